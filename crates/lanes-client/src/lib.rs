@@ -1,0 +1,1 @@
+//! Rust client SDK for Lanes: retrying sends, resume from cursor, dedupe

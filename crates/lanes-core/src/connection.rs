@@ -1,0 +1,588 @@
+//! One client connection as a state machine: frames and timeouts in, frames to write, sends to
+//! commit and closes out. Both transports drive it; chat rules live here, not in the glue.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use lanes_protocol::codec::DecodeError;
+use lanes_protocol::frames::close_code;
+use lanes_protocol::{
+    AckFrame, ClientFrame, ConversationId, Cursor, ErrorCode, ErrorFrame, Seq, ServerFrame,
+    StoreEpoch, UserId, limits,
+};
+
+use crate::validate::{self, Limits, ValidSend};
+
+/// Timing and limits of a connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// How long a new connection may take to send a valid `hello`.
+    pub hello_timeout: Duration,
+    /// How often the server pings an idle peer.
+    pub ping_interval: Duration,
+    /// How long the peer may stay silent (no frame, no pong) before it is closed.
+    pub idle_timeout: Duration,
+    /// Most sends awaiting their ack.
+    pub inflight_sends_max: usize,
+    /// Message limits.
+    pub limits: Limits,
+    /// The server's store epoch; cursors from another epoch are ignored.
+    pub epoch: StoreEpoch,
+}
+
+impl ConnectionConfig {
+    /// Defaults for `epoch`.
+    pub fn new(epoch: StoreEpoch) -> ConnectionConfig {
+        ConnectionConfig {
+            hello_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            inflight_sends_max: limits::INFLIGHT_SENDS_MAX,
+            limits: Limits::default(),
+            epoch,
+        }
+    }
+}
+
+/// What the transport must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write this frame.
+    Write(ServerFrame),
+    /// Check this token, then call `handle_authenticated` or `handle_auth_rejected`.
+    Authenticate {
+        /// Session token or JWT.
+        token: String,
+    },
+    /// Hand this send to the committer, then call `handle_committed` with the outcome.
+    Commit(ValidSend),
+    /// Send a transport-level ping.
+    Ping,
+    /// Close the connection with this code; nothing more is read or written after it.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Short reason.
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    AwaitingHello { deadline: Instant },
+    Authenticating { deadline: Instant },
+    CatchingUp { user_id: UserId },
+    Live { user_id: UserId },
+    Closed,
+}
+
+/// The state of one connection.
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    state: State,
+    /// Per conversation, the last seq the client holds: its cursor at `hello`, then advanced by
+    /// every message written. Costs ~24 bytes per conversation of the user.
+    delivered: HashMap<ConversationId, Seq>,
+    inflight_sends: usize,
+    last_received_at: Instant,
+    next_ping_at: Instant,
+    outputs: VecDeque<Output>,
+}
+
+impl Connection {
+    /// A connection accepted at `now`.
+    pub fn new(now: Instant, config: ConnectionConfig) -> Connection {
+        let deadline = now + config.hello_timeout;
+        let next_ping_at = now + config.ping_interval;
+        Connection {
+            config,
+            state: State::AwaitingHello { deadline },
+            delivered: HashMap::new(),
+            inflight_sends: 0,
+            last_received_at: now,
+            next_ping_at,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The authenticated user, once there is one.
+    pub fn user_id(&self) -> Option<&UserId> {
+        match &self.state {
+            State::CatchingUp { user_id } | State::Live { user_id } => Some(user_id),
+            _ => None,
+        }
+    }
+
+    /// True once the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// True while the transport may read more client frames (backpressure on unacked sends).
+    pub fn wants_read(&self) -> bool {
+        !self.is_closed() && self.inflight_sends < self.config.inflight_sends_max
+    }
+
+    /// Anything at all arrived from the peer (frame, ping, pong) at `now`.
+    pub fn handle_received(&mut self, now: Instant) {
+        self.last_received_at = now;
+    }
+
+    /// A text frame that did not decode.
+    pub fn handle_decode_error(&mut self, now: Instant, error: DecodeError) {
+        self.handle_received(now);
+        self.write_error(ErrorCode::BadFrame, error.message, error.request_id);
+    }
+
+    /// A binary frame: Lanes speaks JSON text only.
+    pub fn handle_binary(&mut self, now: Instant) {
+        self.handle_received(now);
+        self.write_error(
+            ErrorCode::BadFrame,
+            "binary frames are not supported; send JSON text frames".into(),
+            None,
+        );
+    }
+
+    /// A decoded client frame.
+    pub fn handle_frame(&mut self, now: Instant, frame: ClientFrame) {
+        self.handle_received(now);
+        match frame {
+            ClientFrame::Hello {
+                token,
+                cursors,
+                epoch,
+            } => self.handle_hello(now, token, cursors, epoch),
+            ClientFrame::Send {
+                client_msg_id,
+                conversation_id,
+                body,
+            } => {
+                if self.user_id().is_none() {
+                    self.write_error(
+                        ErrorCode::Unauthorized,
+                        "send a valid hello first".into(),
+                        Some(client_msg_id.to_string()),
+                    );
+                    return;
+                }
+                let request_id = client_msg_id.to_string();
+                match validate::send(client_msg_id, conversation_id, body, &self.config.limits) {
+                    Ok(valid) => {
+                        self.inflight_sends += 1;
+                        self.outputs.push_back(Output::Commit(valid));
+                    }
+                    Err(rejection) => {
+                        self.write_error(rejection.code(), rejection.message(), Some(request_id))
+                    }
+                }
+            }
+            ClientFrame::Ping { request_id } => {
+                self.outputs
+                    .push_back(Output::Write(ServerFrame::Pong { request_id }));
+            }
+        }
+    }
+
+    fn handle_hello(
+        &mut self,
+        now: Instant,
+        token: String,
+        cursors: Vec<Cursor>,
+        epoch: Option<StoreEpoch>,
+    ) {
+        let State::AwaitingHello { deadline } = self.state else {
+            self.write_error(ErrorCode::BadFrame, "hello was already sent".into(), None);
+            return;
+        };
+        if cursors.len() > limits::HELLO_CURSORS_MAX {
+            self.write_error(
+                ErrorCode::InvalidField,
+                format!("at most {} cursors", limits::HELLO_CURSORS_MAX),
+                None,
+            );
+            return;
+        }
+        // Cursors from another store would skip messages that reuse their seqs: start over.
+        self.delivered.clear();
+        if epoch.as_ref() == Some(&self.config.epoch) {
+            for cursor in cursors {
+                self.delivered.insert(cursor.conversation_id, cursor.seq);
+            }
+        }
+        let _ = now;
+        self.state = State::Authenticating { deadline };
+        self.outputs.push_back(Output::Authenticate { token });
+    }
+
+    /// The token of the last `Authenticate` belongs to `user_id`. Catch-up starts.
+    pub fn handle_authenticated(&mut self, user_id: UserId) {
+        if !matches!(self.state, State::Authenticating { .. }) {
+            return;
+        }
+        self.outputs.push_back(Output::Write(ServerFrame::Welcome {
+            user_id: user_id.clone(),
+            epoch: self.config.epoch.clone(),
+        }));
+        self.state = State::CatchingUp { user_id };
+    }
+
+    /// The token of the last `Authenticate` was refused; the client may try another `hello`.
+    pub fn handle_auth_rejected(&mut self, message: String) {
+        let State::Authenticating { deadline } = self.state else {
+            return;
+        };
+        self.delivered.clear();
+        self.state = State::AwaitingHello { deadline };
+        self.write_error(ErrorCode::Unauthorized, message, None);
+    }
+
+    /// Where catch-up of `conversation_id` starts: the last seq the client holds.
+    pub fn delivered(&self, conversation_id: ConversationId) -> Seq {
+        self.delivered
+            .get(&conversation_id)
+            .copied()
+            .unwrap_or(Seq::ZERO)
+    }
+
+    /// Decides whether a message may be written, and records it if so. A message at or below
+    /// what the client already holds is a duplicate (catch-up and live overlap) and is dropped.
+    pub fn admit_message(&mut self, conversation_id: ConversationId, seq: Seq) -> bool {
+        let delivered = self.delivered.entry(conversation_id).or_insert(Seq::ZERO);
+        if seq <= *delivered {
+            return false;
+        }
+        *delivered = seq;
+        true
+    }
+
+    /// Catch-up after `hello` is complete; live frames follow.
+    pub fn handle_synced(&mut self) {
+        if let State::CatchingUp { user_id } = &self.state {
+            self.state = State::Live {
+                user_id: user_id.clone(),
+            };
+            self.outputs.push_back(Output::Write(ServerFrame::Synced));
+        }
+    }
+
+    /// The user became a member of `conversation_id` while connected.
+    pub fn handle_joined(&mut self, conversation_id: ConversationId) {
+        self.outputs
+            .push_back(Output::Write(ServerFrame::Joined { conversation_id }));
+    }
+
+    /// The user stopped being a member of `conversation_id`.
+    pub fn handle_left(&mut self, conversation_id: ConversationId) {
+        self.delivered.remove(&conversation_id);
+        self.outputs
+            .push_back(Output::Write(ServerFrame::Left { conversation_id }));
+    }
+
+    /// The committer's answer to one `Output::Commit`.
+    pub fn handle_committed(&mut self, outcome: Result<AckFrame, ErrorFrame>) {
+        assert!(self.inflight_sends > 0, "a commit outcome without a commit");
+        self.inflight_sends -= 1;
+        let frame = match outcome {
+            Ok(ack) => ServerFrame::Ack(ack),
+            Err(error) => ServerFrame::Error(error),
+        };
+        self.outputs.push_back(Output::Write(frame));
+    }
+
+    /// The hub dropped this connection because its queue overflowed.
+    pub fn handle_slow_consumer(&mut self) {
+        self.write_error(
+            ErrorCode::SlowConsumer,
+            format!(
+                "more than {} frames queued; reconnect and resume from your cursors",
+                limits::CONNECTION_QUEUE_LEN_MAX
+            ),
+            None,
+        );
+        self.close(close_code::SLOW_CONSUMER, "slow consumer");
+    }
+
+    /// The server is shutting down.
+    pub fn handle_shutdown(&mut self) {
+        self.write_error(
+            ErrorCode::ShuttingDown,
+            "server is shutting down; reconnect shortly".into(),
+            None,
+        );
+        self.close(1001, "server shutting down");
+    }
+
+    /// Time passed; fires whichever deadline is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Closed => {}
+            State::AwaitingHello { deadline } | State::Authenticating { deadline } => {
+                if now >= deadline {
+                    self.write_error(
+                        ErrorCode::Unauthorized,
+                        "no valid hello in time".into(),
+                        None,
+                    );
+                    self.close(close_code::UNAUTHORIZED, "no valid hello");
+                }
+            }
+            State::CatchingUp { .. } | State::Live { .. } => {
+                if now.duration_since(self.last_received_at) >= self.config.idle_timeout {
+                    self.close(close_code::IDLE_TIMEOUT, "idle timeout");
+                } else if now >= self.next_ping_at {
+                    self.next_ping_at = now + self.config.ping_interval;
+                    self.outputs.push_back(Output::Ping);
+                }
+            }
+        }
+    }
+
+    /// The next instant `handle_timeout` must be called at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitingHello { deadline } | State::Authenticating { deadline } => {
+                Some(deadline)
+            }
+            State::CatchingUp { .. } | State::Live { .. } => Some(
+                self.next_ping_at
+                    .min(self.last_received_at + self.config.idle_timeout),
+            ),
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn write_error(&mut self, code: ErrorCode, message: String, request_id: Option<String>) {
+        self.outputs
+            .push_back(Output::Write(ServerFrame::Error(ErrorFrame {
+                code,
+                message,
+                request_id,
+            })));
+    }
+
+    fn close(&mut self, code: u16, reason: &'static str) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.outputs.push_back(Output::Close { code, reason });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanes_protocol::ClientMsgId;
+
+    fn epoch() -> StoreEpoch {
+        StoreEpoch("e1".into())
+    }
+
+    fn drain(connection: &mut Connection) -> Vec<Output> {
+        std::iter::from_fn(|| connection.poll_output()).collect()
+    }
+
+    fn hello(token: &str, cursors: Vec<Cursor>, epoch: Option<StoreEpoch>) -> ClientFrame {
+        ClientFrame::Hello {
+            token: token.into(),
+            cursors,
+            epoch,
+        }
+    }
+
+    fn send(id: &str, body: &str) -> ClientFrame {
+        ClientFrame::Send {
+            client_msg_id: ClientMsgId::parse(id).unwrap(),
+            conversation_id: ConversationId(1),
+            body: body.into(),
+        }
+    }
+
+    fn error_code(output: &Output) -> Option<ErrorCode> {
+        match output {
+            Output::Write(ServerFrame::Error(error)) => Some(error.code),
+            _ => None,
+        }
+    }
+
+    /// Runs `inputs` against a fresh connection and compares the outputs' shapes.
+    fn check(inputs: Vec<ClientFrame>, authenticate_as: Option<&str>, expected: &[&str]) {
+        let now = Instant::now();
+        let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+        let mut got = Vec::new();
+        for frame in inputs {
+            connection.handle_frame(now, frame);
+            for output in drain(&mut connection) {
+                if let Output::Authenticate { .. } = output {
+                    match authenticate_as {
+                        Some(user) => connection.handle_authenticated(UserId::parse(user).unwrap()),
+                        None => connection.handle_auth_rejected("bad token".into()),
+                    }
+                }
+                got.push(describe(&output));
+                got.extend(drain(&mut connection).iter().map(describe));
+            }
+        }
+        assert_eq!(got, expected);
+    }
+
+    fn describe(output: &Output) -> String {
+        match output {
+            Output::Write(ServerFrame::Error(error)) => format!("error:{}", error.code.as_str()),
+            Output::Write(frame) => {
+                let text = lanes_protocol::codec::encode_server(frame);
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                format!("write:{}", value["type"].as_str().unwrap())
+            }
+            Output::Authenticate { .. } => "authenticate".into(),
+            Output::Commit(send) => format!("commit:{}", send.client_msg_id),
+            Output::Ping => "ping".into(),
+            Output::Close { code, .. } => format!("close:{code}"),
+        }
+    }
+
+    #[test]
+    fn frames() {
+        check(
+            vec![hello("t", vec![], None), send("a", "hi")],
+            Some("alice"),
+            &["authenticate", "write:welcome", "commit:a"],
+        );
+        check(vec![send("a", "hi")], None, &["error:unauthorized"]);
+        check(
+            vec![hello("bad", vec![], None)],
+            None,
+            &["authenticate", "error:unauthorized"],
+        );
+        check(
+            vec![hello("t", vec![], None), hello("t", vec![], None)],
+            Some("alice"),
+            &["authenticate", "write:welcome", "error:bad_frame"],
+        );
+        check(
+            vec![
+                hello("t", vec![], None),
+                send("a", &"x".repeat(20_000)),
+                send("b", " "),
+            ],
+            Some("alice"),
+            &[
+                "authenticate",
+                "write:welcome",
+                "error:message_too_large",
+                "error:invalid_field",
+            ],
+        );
+        check(
+            vec![ClientFrame::Ping { request_id: None }],
+            None,
+            &["write:pong"],
+        );
+    }
+
+    #[test]
+    fn cursors_only_count_in_the_same_epoch() {
+        let cursor = Cursor {
+            conversation_id: ConversationId(1),
+            seq: Seq(5),
+        };
+        for (client_epoch, expected) in [
+            (Some(epoch()), Seq(5)),
+            (None, Seq(0)),
+            (Some(StoreEpoch("old".into())), Seq(0)),
+        ] {
+            let now = Instant::now();
+            let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+            connection.handle_frame(now, hello("t", vec![cursor.clone()], client_epoch));
+            assert_eq!(connection.delivered(ConversationId(1)), expected);
+        }
+    }
+
+    #[test]
+    fn duplicates_between_catch_up_and_live_are_dropped() {
+        let now = Instant::now();
+        let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+        let conversation = ConversationId(3);
+        let admitted: Vec<bool> = [1, 2, 2, 1, 3, 5]
+            .iter()
+            .map(|seq| connection.admit_message(conversation, Seq(*seq)))
+            .collect();
+        assert_eq!(admitted, [true, true, false, false, true, true]);
+        assert_eq!(connection.delivered(conversation), Seq(5));
+    }
+
+    #[test]
+    fn backpressure_on_unacked_sends() {
+        let now = Instant::now();
+        let mut config = ConnectionConfig::new(epoch());
+        config.inflight_sends_max = 2;
+        let mut connection = Connection::new(now, config);
+        connection.handle_frame(now, hello("t", vec![], None));
+        connection.handle_authenticated(UserId::parse("alice").unwrap());
+        connection.handle_frame(now, send("a", "1"));
+        assert!(connection.wants_read());
+        connection.handle_frame(now, send("b", "2"));
+        assert!(!connection.wants_read());
+        connection.handle_committed(Err(ErrorFrame {
+            code: ErrorCode::NotFound,
+            message: "no".into(),
+            request_id: Some("a".into()),
+        }));
+        assert!(connection.wants_read());
+        let outputs = drain(&mut connection);
+        assert_eq!(
+            outputs.last().and_then(error_code),
+            Some(ErrorCode::NotFound)
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        let start = Instant::now();
+        let config = ConnectionConfig::new(epoch());
+        // No hello: closed with 4001 at the deadline, not before.
+        let mut connection = Connection::new(start, config.clone());
+        connection.handle_timeout(start + Duration::from_secs(9));
+        assert!(drain(&mut connection).is_empty());
+        assert_eq!(
+            connection.poll_timeout(),
+            Some(start + Duration::from_secs(10))
+        );
+        connection.handle_timeout(start + Duration::from_secs(10));
+        let outputs = drain(&mut connection);
+        assert_eq!(error_code(&outputs[0]), Some(ErrorCode::Unauthorized));
+        assert_eq!(
+            outputs[1],
+            Output::Close {
+                code: 4001,
+                reason: "no valid hello"
+            }
+        );
+
+        // Authenticated: pinged every 20 s, closed after 60 s of silence.
+        let mut connection = Connection::new(start, config);
+        connection.handle_frame(start, hello("t", vec![], None));
+        connection.handle_authenticated(UserId::parse("alice").unwrap());
+        drain(&mut connection);
+        connection.handle_timeout(start + Duration::from_secs(20));
+        assert_eq!(drain(&mut connection), vec![Output::Ping]);
+        connection.handle_received(start + Duration::from_secs(30));
+        connection.handle_timeout(start + Duration::from_secs(70));
+        assert_eq!(drain(&mut connection), vec![Output::Ping]);
+        connection.handle_timeout(start + Duration::from_secs(90));
+        assert_eq!(
+            drain(&mut connection),
+            vec![Output::Close {
+                code: 4009,
+                reason: "idle timeout"
+            }]
+        );
+        assert!(connection.is_closed());
+    }
+}

@@ -1,0 +1,1 @@
+//! Fan-out of frames from conversations to live connections, with bounded queues

@@ -1,0 +1,176 @@
+//! JSON bodies of the HTTP API (`/v1/...`). Routes and examples are in docs/PROTOCOL.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::{ErrorCode, MessageFrame};
+use crate::ids::{ConversationId, Seq, UnixMillis, UserId};
+
+/// `POST /v1/register` and `POST /v1/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The username, which becomes the user id.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+/// A new session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Who logged in.
+    pub user_id: UserId,
+    /// Opaque bearer token; send it as `Authorization: Bearer …` and in the WebSocket `hello`.
+    pub token: String,
+    /// When the token stops working.
+    pub expires_at: UnixMillis,
+}
+
+/// `POST /v1/conversations/direct`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDirect {
+    /// The other user.
+    pub user_id: UserId,
+}
+
+/// `POST /v1/conversations/group`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    /// Display name.
+    pub name: String,
+    /// Initial members besides the creator, who becomes the owner.
+    #[serde(default)]
+    pub members: Vec<UserId>,
+}
+
+/// `POST /v1/conversations/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// Who to add.
+    pub user_id: UserId,
+    /// Their role; `member` when absent. Only the owner may add admins.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// What a member may do in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Created the group; manages members and admins.
+    Owner,
+    /// Manages members.
+    Admin,
+    /// Reads and sends.
+    Member,
+}
+
+impl Role {
+    /// The role as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(value: &str) -> Option<Role> {
+        match value {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+/// Direct (two users, fixed) or group (named, managed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// Exactly two users; the same pair always gets the same conversation.
+    Direct,
+    /// A named group with an owner.
+    Group,
+}
+
+impl ConversationKind {
+    /// The kind as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(value: &str) -> Option<ConversationKind> {
+        match value {
+            "direct" => Some(ConversationKind::Direct),
+            "group" => Some(ConversationKind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The user.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+/// A conversation as one member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Its id.
+    pub conversation_id: ConversationId,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Group name; absent for direct conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Seq of the newest message (0 when empty).
+    pub head_seq: Seq,
+    /// The newest message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessageFrame>,
+    /// Messages from others after the caller's read marker.
+    pub unread_count: u64,
+    /// Members, with roles.
+    pub members: Vec<Member>,
+    /// When it was created.
+    pub created_at: UnixMillis,
+}
+
+/// `GET /v1/conversations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationList {
+    /// Newest activity first.
+    pub conversations: Vec<Conversation>,
+}
+
+/// `GET /v1/conversations/{id}/messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Ascending by seq, whichever direction was asked.
+    pub messages: Vec<MessageFrame>,
+    /// True when more messages exist beyond this page in the direction asked.
+    pub has_more: bool,
+}
+
+/// Every HTTP error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable code (same set as WebSocket error frames).
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}

@@ -1,0 +1,50 @@
+//! Size and count limits shared by server, store and client. Units come last in each name.
+//!
+//! These are defaults; the server configuration may lower (never raise past the protocol maxima)
+//! the per-deployment ones. `check_consistency` is asserted at server start-up.
+
+/// Largest message body accepted by default, in bytes of UTF-8.
+pub const MESSAGE_BODY_BYTES_DEFAULT: usize = 16 * 1024;
+/// Hard protocol maximum for a message body; configuration may not exceed it.
+pub const MESSAGE_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest WebSocket frame (and message) the server reads. Leaves room for JSON escaping
+/// (a body of N bytes may encode to up to 6N bytes as `\uXXXX`) plus the envelope.
+pub const FRAME_BYTES_MAX: usize = 6 * MESSAGE_BODY_BYTES_MAX + 4 * 1024;
+/// Longest client-generated message id, in bytes.
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 64;
+/// Longest user id / username, in bytes.
+pub const USER_ID_BYTES_MAX: usize = 64;
+/// Shortest password accepted at registration, in characters.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// Longest password accepted, in bytes (argon2 cost is per byte; refuse absurd inputs).
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// Longest group name, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 256;
+/// Most members a group may have, by default.
+pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
+/// Most cursors a `hello` frame may carry.
+pub const HELLO_CURSORS_MAX: usize = 100_000;
+/// Largest page of messages returned by history or catch-up.
+pub const PAGE_LEN_MAX: usize = 500;
+/// Default page of messages returned by history when the client does not say.
+pub const PAGE_LEN_DEFAULT: usize = 100;
+/// Most sends one connection may have waiting for their ack; further frames are not read
+/// until acks come back (backpressure instead of an unbounded queue).
+pub const INFLIGHT_SENDS_MAX: usize = 256;
+/// Frames queued for one connection before it is declared a slow consumer.
+pub const CONNECTION_QUEUE_LEN_MAX: usize = 4096;
+/// Most items one group commit may carry.
+pub const COMMIT_BATCH_LEN_MAX: usize = 2048;
+/// Largest HTTP request body accepted, in bytes.
+pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
+
+/// Panics if the limits above contradict each other. Called once at start-up.
+pub fn check_consistency() {
+    assert!(MESSAGE_BODY_BYTES_DEFAULT <= MESSAGE_BODY_BYTES_MAX);
+    assert!(
+        FRAME_BYTES_MAX > 6 * MESSAGE_BODY_BYTES_MAX,
+        "a frame must fit the largest body fully escaped"
+    );
+    assert!(PAGE_LEN_DEFAULT <= PAGE_LEN_MAX);
+    assert!(INFLIGHT_SENDS_MAX <= COMMIT_BATCH_LEN_MAX);
+}

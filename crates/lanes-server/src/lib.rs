@@ -1,0 +1,1 @@
+//! The Lanes chat server: HTTP and WebSocket transports, committer, auth, config

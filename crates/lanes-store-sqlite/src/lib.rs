@@ -1,0 +1,691 @@
+//! The embedded SQLite backend of `Store`: WAL mode, `synchronous=FULL` by default, one writer
+//! connection (the committer's group commits and other writes share it) and a small pool of
+//! reader connections. This crate and the other backends are the only places that hold SQL.
+
+mod schema;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use lanes_protocol::http::{Conversation, ConversationKind, Member, Role};
+use lanes_protocol::{
+    ClientMsgId, ConversationId, MessageFrame, MessageId, Seq, StoreEpoch, UnixMillis, UserId,
+};
+use lanes_store::{
+    AppendOutcome, ConversationInfo, MembershipChange, NewMessage, Store, StoreError, StoredUser,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsync'd before it returns. Survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: survives a process crash, but the last commits may be lost on power
+    /// loss or OS crash. Weaker than the Lanes promise; for benchmarks and throwaway setups.
+    Normal,
+}
+
+impl Durability {
+    /// The name used in configuration, logs and `/healthz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        }
+    }
+}
+
+/// Readers kept open for reuse; more may be opened under load and are closed after use.
+const READERS_KEPT_MAX: usize = 8;
+
+/// A Lanes store in one SQLite file.
+pub struct SqliteStore {
+    path: std::path::PathBuf,
+    epoch: StoreEpoch,
+    /// The only connection that writes. Lock order: `writer` before `readers`, never the reverse.
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn unavailable(err: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a SQLite connection half-written: an open
+    // transaction is rolled back when its guard drops. So a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) `lanes.db` in `dir`.
+    pub fn open(dir: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|err| StoreError::Unavailable(format!("create {}: {err}", dir.display())))?;
+        let path = dir.join("lanes.db");
+        let mut writer = open_connection(&path)?;
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        writer
+            .pragma_update(None, "synchronous", synchronous)
+            .map_err(unavailable)?;
+        let mode: String = writer
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "journal_mode is {mode}, expected wal"
+            )));
+        }
+        let epoch = schema::migrate(&mut writer)?;
+        Ok(SqliteStore {
+            path,
+            epoch,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The `synchronous` setting actually in force (2 = FULL, 1 = NORMAL).
+    pub fn synchronous(&self) -> Result<i64, StoreError> {
+        lock(&self.writer)
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .map_err(unavailable)
+    }
+
+    /// Runs `PRAGMA integrity_check`; `Ok(())` when the database is intact.
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let result: String = lock(&self.writer)
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        if result == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "integrity check: {result}"
+            )))
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = lock(&self.readers).pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => open_connection(&self.path)?,
+        };
+        let result = f(&connection).map_err(unavailable);
+        let mut readers = lock(&self.readers);
+        if readers.len() < READERS_KEPT_MAX {
+            readers.push(connection);
+        }
+        result
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut writer = lock(&self.writer);
+        let transaction = writer
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let value = f(&transaction).map_err(unavailable)?;
+        transaction.commit().map_err(unavailable)?;
+        Ok(value)
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path).map_err(unavailable)?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    connection
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(unavailable)?;
+    connection.set_prepared_statement_cache_capacity(64);
+    Ok(connection)
+}
+
+/// Reads a column that must hold a valid id; a bad value means a corrupt database.
+fn user_id_column(row: &Row<'_>, index: usize) -> rusqlite::Result<UserId> {
+    let text: String = row.get(index)?;
+    UserId::parse(&text).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+    })
+}
+
+fn client_msg_id_column(row: &Row<'_>, index: usize) -> rusqlite::Result<ClientMsgId> {
+    let text: String = row.get(index)?;
+    ClientMsgId::parse(&text).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+    })
+}
+
+fn role_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Role> {
+    let text: String = row.get(index)?;
+    Role::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown role {text:?}").into(),
+        )
+    })
+}
+
+fn kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<ConversationKind> {
+    let text: String = row.get(index)?;
+    ConversationKind::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown conversation kind {text:?}").into(),
+        )
+    })
+}
+
+fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Integer,
+            Box::new(err),
+        )
+    })
+}
+
+fn sql_i64(value: u64) -> i64 {
+    // Ids and seqs come from SQLite's own i64 columns or from clients; anything above i64::MAX
+    // cannot exist in the database, so clamping turns it into "not found" rather than a wrap.
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+const MESSAGE_COLUMNS: &str =
+    "conversation_id, seq, message_id, sender_id, client_msg_id, body, server_ts";
+
+fn message_row(row: &Row<'_>) -> rusqlite::Result<MessageFrame> {
+    Ok(MessageFrame {
+        conversation_id: ConversationId(u64_column(row, 0)?),
+        seq: Seq(u64_column(row, 1)?),
+        message_id: MessageId(u64_column(row, 2)?),
+        sender_id: user_id_column(row, 3)?,
+        client_msg_id: client_msg_id_column(row, 4)?,
+        body: row.get(5)?,
+        server_ts: UnixMillis(row.get(6)?),
+    })
+}
+
+fn members_of(
+    connection: &Connection,
+    conversation_id: ConversationId,
+) -> rusqlite::Result<Vec<(UserId, Role)>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT user_id, role FROM members WHERE conversation_id = ?1 ORDER BY joined_at, user_id",
+    )?;
+    let rows = statement.query_map([sql_i64(conversation_id.0)], |row| {
+        Ok((user_id_column(row, 0)?, role_column(row, 1)?))
+    })?;
+    rows.collect()
+}
+
+fn is_member(
+    connection: &Connection,
+    conversation_id: ConversationId,
+    user_id: &UserId,
+) -> rusqlite::Result<bool> {
+    connection
+        .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
+        .exists(params![sql_i64(conversation_id.0), user_id.as_str()])
+}
+
+fn view_of(
+    connection: &Connection,
+    conversation_id: ConversationId,
+    viewer: &UserId,
+) -> rusqlite::Result<Option<Conversation>> {
+    let head = connection
+        .prepare_cached(
+            "SELECT c.kind, c.name, c.head_seq, c.created_at, m.read_seq
+             FROM conversations c JOIN members m ON m.conversation_id = c.conversation_id
+             WHERE c.conversation_id = ?1 AND m.user_id = ?2",
+        )?
+        .query_row(
+            params![sql_i64(conversation_id.0), viewer.as_str()],
+            |row| {
+                Ok((
+                    kind_column(row, 0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    u64_column(row, 2)?,
+                    row.get::<_, i64>(3)?,
+                    u64_column(row, 4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((kind, name, head_seq, created_at, read_seq)) = head else {
+        return Ok(None);
+    };
+    let last_message = connection
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"
+        ))?
+        .query_row(
+            params![sql_i64(conversation_id.0), sql_i64(head_seq)],
+            message_row,
+        )
+        .optional()?;
+    let unread_count: i64 = connection
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender_id != ?3",
+        )?
+        .query_row(
+            params![
+                sql_i64(conversation_id.0),
+                sql_i64(read_seq),
+                viewer.as_str()
+            ],
+            |row| row.get(0),
+        )?;
+    let members = members_of(connection, conversation_id)?
+        .into_iter()
+        .map(|(user_id, role)| Member { user_id, role })
+        .collect();
+    Ok(Some(Conversation {
+        conversation_id,
+        kind,
+        name,
+        head_seq: Seq(head_seq),
+        last_message,
+        unread_count: u64::try_from(unread_count).unwrap_or(0),
+        members,
+        created_at: UnixMillis(created_at),
+    }))
+}
+
+fn insert_member(
+    transaction: &rusqlite::Transaction<'_>,
+    conversation_id: ConversationId,
+    user_id: &UserId,
+    role: Role,
+    now: UnixMillis,
+) -> rusqlite::Result<bool> {
+    let inserted = transaction
+        .prepare_cached(
+            "INSERT OR IGNORE INTO members (conversation_id, user_id, role, joined_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            sql_i64(conversation_id.0),
+            user_id.as_str(),
+            role.as_str(),
+            now.0
+        ])?;
+    Ok(inserted == 1)
+}
+
+impl Store for SqliteStore {
+    fn epoch(&self) -> StoreEpoch {
+        self.epoch.clone()
+    }
+
+    fn create_user(&self, user: &StoredUser, now: UnixMillis) -> Result<bool, StoreError> {
+        self.write(|transaction| {
+            let inserted = transaction.execute(
+                "INSERT OR IGNORE INTO users (user_id, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![user.user_id.as_str(), user.password_hash, now.0],
+            )?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn ensure_user(&self, user_id: &UserId, now: UnixMillis) -> Result<(), StoreError> {
+        // Most calls find the user: check with a reader before taking the writer.
+        if self.user(user_id)?.is_some() {
+            return Ok(());
+        }
+        self.write(|transaction| {
+            transaction.execute(
+                "INSERT OR IGNORE INTO users (user_id, password_hash, created_at) VALUES (?1, NULL, ?2)",
+                params![user_id.as_str(), now.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn user(&self, user_id: &UserId) -> Result<Option<StoredUser>, StoreError> {
+        self.read(|connection| {
+            connection
+                .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
+                .query_row([user_id.as_str()], |row| {
+                    Ok(StoredUser {
+                        user_id: user_id.clone(),
+                        password_hash: row.get(0)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &UserId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.write(|transaction| {
+            // Expired sessions are garbage; dropping them here keeps the table small.
+            transaction.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now.0])?;
+            transaction.execute(
+                "INSERT INTO sessions (token_hash, user_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&token_hash[..], user_id.as_str(), expires_at.0, now.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn session_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: UnixMillis,
+    ) -> Result<Option<UserId>, StoreError> {
+        self.read(|connection| {
+            connection
+                .prepare_cached(
+                    "SELECT user_id FROM sessions WHERE token_hash = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![&token_hash[..], now.0], |row| {
+                    user_id_column(row, 0)
+                })
+                .optional()
+        })
+    }
+
+    fn revoke_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.write(|transaction| {
+            transaction.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [&token_hash[..]],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_direct(
+        &self,
+        a: &UserId,
+        b: &UserId,
+        now: UnixMillis,
+    ) -> Result<(ConversationId, bool), StoreError> {
+        assert_ne!(a, b, "a direct conversation needs two distinct users");
+        let (low, high) = if a < b { (a, b) } else { (b, a) };
+        // '/' cannot occur in a user id, so the key is unambiguous.
+        let direct_key = format!("{low}/{high}");
+        self.write(|transaction| {
+            let existing: Option<i64> = transaction
+                .prepare_cached("SELECT conversation_id FROM conversations WHERE direct_key = ?1")?
+                .query_row([&direct_key], |row| row.get(0))
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok((ConversationId(u64::try_from(id).unwrap_or(0)), false));
+            }
+            transaction.execute(
+                "INSERT INTO conversations (kind, name, direct_key, created_at, last_activity_at)
+                 VALUES ('direct', NULL, ?1, ?2, ?2)",
+                params![direct_key, now.0],
+            )?;
+            let id = ConversationId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0));
+            insert_member(transaction, id, low, Role::Member, now)?;
+            insert_member(transaction, id, high, Role::Member, now)?;
+            Ok((id, true))
+        })
+    }
+
+    fn create_group(
+        &self,
+        owner: &UserId,
+        name: &str,
+        members: &[UserId],
+        now: UnixMillis,
+    ) -> Result<ConversationId, StoreError> {
+        self.write(|transaction| {
+            transaction.execute(
+                "INSERT INTO conversations (kind, name, direct_key, created_at, last_activity_at)
+                 VALUES ('group', ?1, NULL, ?2, ?2)",
+                params![name, now.0],
+            )?;
+            let id = ConversationId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0));
+            insert_member(transaction, id, owner, Role::Owner, now)?;
+            for member in members {
+                insert_member(transaction, id, member, Role::Member, now)?;
+            }
+            Ok(id)
+        })
+    }
+
+    fn conversation_info(
+        &self,
+        conversation_id: ConversationId,
+    ) -> Result<Option<ConversationInfo>, StoreError> {
+        self.read(|connection| {
+            let kind = connection
+                .prepare_cached("SELECT kind FROM conversations WHERE conversation_id = ?1")?
+                .query_row([sql_i64(conversation_id.0)], |row| kind_column(row, 0))
+                .optional()?;
+            let Some(kind) = kind else {
+                return Ok(None);
+            };
+            Ok(Some(ConversationInfo {
+                conversation_id,
+                kind,
+                members: members_of(connection, conversation_id)?,
+            }))
+        })
+    }
+
+    fn conversation_for(
+        &self,
+        conversation_id: ConversationId,
+        viewer: &UserId,
+    ) -> Result<Option<Conversation>, StoreError> {
+        self.read(|connection| view_of(connection, conversation_id, viewer))
+    }
+
+    fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError> {
+        self.read(|connection| {
+            let ids: Vec<u64> = connection
+                .prepare_cached(
+                    "SELECT c.conversation_id FROM members m
+                     JOIN conversations c ON c.conversation_id = m.conversation_id
+                     WHERE m.user_id = ?1
+                     ORDER BY c.last_activity_at DESC, c.conversation_id DESC",
+                )?
+                .query_map([user_id.as_str()], |row| u64_column(row, 0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut conversations = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(view) = view_of(connection, ConversationId(id), user_id)? {
+                    conversations.push(view);
+                }
+            }
+            Ok(conversations)
+        })
+    }
+
+    fn heads_of(&self, user_id: &UserId) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        self.read(|connection| {
+            connection
+                .prepare_cached(
+                    "SELECT c.conversation_id, c.head_seq FROM members m
+                     JOIN conversations c ON c.conversation_id = m.conversation_id
+                     WHERE m.user_id = ?1 ORDER BY c.conversation_id",
+                )?
+                .query_map([user_id.as_str()], |row| {
+                    Ok((
+                        ConversationId(u64_column(row, 0)?),
+                        Seq(u64_column(row, 1)?),
+                    ))
+                })?
+                .collect()
+        })
+    }
+
+    fn add_member(
+        &self,
+        conversation_id: ConversationId,
+        user_id: &UserId,
+        role: Role,
+        now: UnixMillis,
+    ) -> Result<MembershipChange, StoreError> {
+        self.write(|transaction| {
+            Ok(
+                if insert_member(transaction, conversation_id, user_id, role, now)? {
+                    MembershipChange::Changed
+                } else {
+                    MembershipChange::Unchanged
+                },
+            )
+        })
+    }
+
+    fn remove_member(
+        &self,
+        conversation_id: ConversationId,
+        user_id: &UserId,
+    ) -> Result<MembershipChange, StoreError> {
+        self.write(|transaction| {
+            let role: Option<String> = transaction
+                .prepare_cached(
+                    "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 RETURNING role",
+                )?
+                .query_row(params![sql_i64(conversation_id.0), user_id.as_str()], |row| row.get(0))
+                .optional()?;
+            let Some(role) = role else {
+                return Ok(MembershipChange::Unchanged);
+            };
+            if role == Role::Owner.as_str() {
+                transaction.execute(
+                    "UPDATE members SET role = 'owner'
+                     WHERE conversation_id = ?1 AND user_id = (
+                         SELECT user_id FROM members WHERE conversation_id = ?1
+                         ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1)",
+                    [sql_i64(conversation_id.0)],
+                )?;
+            }
+            Ok(MembershipChange::Changed)
+        })
+    }
+
+    fn append_batch(
+        &self,
+        batch: &[NewMessage],
+        now: UnixMillis,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.write(|transaction| {
+            let mut find_duplicate = transaction.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+            ))?;
+            let mut next_seq = transaction.prepare_cached(
+                "UPDATE conversations SET head_seq = head_seq + 1, last_activity_at = ?2
+                 WHERE conversation_id = ?1 RETURNING head_seq",
+            )?;
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, body, server_ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for message in batch {
+                let duplicate = find_duplicate
+                    .query_row(
+                        params![message.sender_id.as_str(), message.client_msg_id.as_str()],
+                        message_row,
+                    )
+                    .optional()?;
+                if let Some(original) = duplicate {
+                    outcomes.push(AppendOutcome::Duplicate(original));
+                    continue;
+                }
+                if !is_member(transaction, message.conversation_id, &message.sender_id)? {
+                    outcomes.push(AppendOutcome::NotMember);
+                    continue;
+                }
+                let conversation_id = sql_i64(message.conversation_id.0);
+                let seq: i64 =
+                    next_seq.query_row(params![conversation_id, now.0], |row| row.get(0))?;
+                insert.execute(params![
+                    conversation_id,
+                    seq,
+                    message.sender_id.as_str(),
+                    message.client_msg_id.as_str(),
+                    message.body,
+                    now.0
+                ])?;
+                outcomes.push(AppendOutcome::Appended(MessageFrame {
+                    conversation_id: message.conversation_id,
+                    seq: Seq(u64::try_from(seq).unwrap_or(0)),
+                    message_id: MessageId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0)),
+                    sender_id: message.sender_id.clone(),
+                    client_msg_id: message.client_msg_id.clone(),
+                    body: message.body.clone(),
+                    server_ts: now,
+                }));
+            }
+            Ok(outcomes)
+        })
+    }
+
+    fn messages_after(
+        &self,
+        conversation_id: ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<MessageFrame>, StoreError> {
+        self.read(|connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ))?
+                .query_map(
+                    params![
+                        sql_i64(conversation_id.0),
+                        sql_i64(after.0),
+                        sql_i64(limit as u64)
+                    ],
+                    message_row,
+                )?
+                .collect()
+        })
+    }
+
+    fn messages_before(
+        &self,
+        conversation_id: ConversationId,
+        before: Seq,
+        limit: usize,
+    ) -> Result<Vec<MessageFrame>, StoreError> {
+        let mut page = self.read(|connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                ))?
+                .query_map(
+                    params![
+                        sql_i64(conversation_id.0),
+                        sql_i64(before.0),
+                        sql_i64(limit as u64)
+                    ],
+                    message_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        page.reverse();
+        Ok(page)
+    }
+}

@@ -1,0 +1,412 @@
+//! The behaviours every `Store` backend must have, one function each. A backend's
+//! `tests/conformance.rs` calls `run_all` with a factory for fresh, empty stores. If a behaviour
+//! is not here, it is not a behaviour of `Store`.
+
+// The suite is test code shipped as a library so every backend can run it: a failed step is a
+// failed test, so panicking is the point.
+#![allow(clippy::expect_used, clippy::panic)]
+use lanes_protocol::http::{ConversationKind, Role};
+use lanes_protocol::{ClientMsgId, ConversationId, Seq, UnixMillis, UserId};
+
+use crate::{AppendOutcome, MembershipChange, NewMessage, Store, StoredUser};
+
+const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
+
+/// Runs every behaviour against fresh stores from `make_store`.
+pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
+    let behaviours: &[(&str, fn(&dyn Store))] = &[
+        ("users_are_unique", users_are_unique),
+        ("sessions_expire_and_revoke", sessions_expire_and_revoke),
+        ("direct_is_idempotent", direct_is_idempotent),
+        ("append_assigns_gap_free_seq", append_assigns_gap_free_seq),
+        (
+            "duplicate_client_msg_id_returns_original",
+            duplicate_client_msg_id_returns_original,
+        ),
+        ("non_member_cannot_append", non_member_cannot_append),
+        ("messages_after_is_ordered", messages_after_is_ordered),
+        (
+            "messages_before_pages_backwards",
+            messages_before_pages_backwards,
+        ),
+        ("membership_changes", membership_changes),
+        ("owner_leaving_hands_over", owner_leaving_hands_over),
+        ("conversation_views", conversation_views),
+        ("epoch_is_stable", epoch_is_stable),
+    ];
+    for (name, behaviour) in behaviours {
+        eprintln!("conformance: {name}");
+        let store = make_store();
+        behaviour(store.as_ref());
+    }
+}
+
+fn user(store: &dyn Store, name: &str) -> UserId {
+    let user_id = UserId::parse(name).expect("test user ids are valid");
+    store.ensure_user(&user_id, NOW).expect("ensure_user");
+    user_id
+}
+
+fn message(sender: &UserId, id: &str, conversation_id: ConversationId) -> NewMessage {
+    NewMessage {
+        sender_id: sender.clone(),
+        client_msg_id: ClientMsgId::parse(id).expect("test ids are valid"),
+        conversation_id,
+        body: format!("body of {id}"),
+    }
+}
+
+fn appended_seqs(outcomes: &[AppendOutcome]) -> Vec<u64> {
+    outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            AppendOutcome::Appended(frame) => frame.seq.0,
+            other => panic!("expected Appended, got {other:?}"),
+        })
+        .collect()
+}
+
+/// `create_user` refuses a taken id and keeps the first password hash.
+pub fn users_are_unique(store: &dyn Store) {
+    let alice = UserId::parse("alice").expect("valid");
+    let first = StoredUser {
+        user_id: alice.clone(),
+        password_hash: Some("hash-1".into()),
+    };
+    assert!(store.create_user(&first, NOW).expect("create"));
+    let second = StoredUser {
+        password_hash: Some("hash-2".into()),
+        ..first.clone()
+    };
+    assert!(!store.create_user(&second, NOW).expect("create again"));
+    assert_eq!(store.user(&alice).expect("user"), Some(first));
+    store.ensure_user(&alice, NOW).expect("ensure existing");
+    assert_eq!(
+        store
+            .user(&alice)
+            .expect("user")
+            .and_then(|u| u.password_hash),
+        Some("hash-1".into())
+    );
+    assert_eq!(
+        store
+            .user(&UserId::parse("nobody").expect("valid"))
+            .expect("user"),
+        None
+    );
+}
+
+/// Sessions resolve until they expire or are revoked.
+pub fn sessions_expire_and_revoke(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let hash = [7u8; 32];
+    let expires_at = UnixMillis(NOW.0 + 1000);
+    store
+        .create_session(&hash, &alice, expires_at, NOW)
+        .expect("create session");
+    assert_eq!(
+        store.session_user(&hash, NOW).expect("lookup"),
+        Some(alice.clone())
+    );
+    assert_eq!(store.session_user(&hash, expires_at).expect("lookup"), None);
+    assert_eq!(store.session_user(&[8u8; 32], NOW).expect("lookup"), None);
+    store.revoke_session(&hash).expect("revoke");
+    assert_eq!(store.session_user(&hash, NOW).expect("lookup"), None);
+    store.revoke_session(&hash).expect("revoking twice is fine");
+}
+
+/// The same pair, in either order, always gets the same direct conversation.
+pub fn direct_is_idempotent(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let (first, created) = store.create_direct(&alice, &bob, NOW).expect("create");
+    assert!(created);
+    let (again, created) = store.create_direct(&bob, &alice, NOW).expect("again");
+    assert_eq!((again, created), (first, false));
+    let (other, created) = store.create_direct(&alice, &carol, NOW).expect("other");
+    assert!(created);
+    assert_ne!(other, first);
+    let info = store
+        .conversation_info(first)
+        .expect("info")
+        .expect("exists");
+    assert_eq!(info.kind, ConversationKind::Direct);
+    assert_eq!(info.members.len(), 2);
+}
+
+/// Seqs start at 1 and are gap-free per conversation, in batch order, across batches.
+pub fn append_assigns_gap_free_seq(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let (ac, _) = store.create_direct(&alice, &carol, NOW).expect("create");
+    let batch = vec![
+        message(&alice, "a1", ab),
+        message(&bob, "b1", ab),
+        message(&alice, "a2", ac),
+        message(&alice, "a3", ab),
+    ];
+    assert_eq!(
+        appended_seqs(&store.append_batch(&batch, NOW).expect("append")),
+        [1, 2, 1, 3]
+    );
+    let batch = vec![message(&carol, "c1", ac), message(&bob, "b2", ab)];
+    assert_eq!(
+        appended_seqs(&store.append_batch(&batch, NOW).expect("append")),
+        [2, 4]
+    );
+    let seqs: Vec<u64> = store
+        .messages_after(ab, Seq::ZERO, 100)
+        .expect("read")
+        .iter()
+        .map(|frame| frame.seq.0)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+}
+
+/// A repeated (sender, client_msg_id) returns the original and writes nothing, even within one
+/// batch and even naming another conversation; another sender may reuse the id.
+pub fn duplicate_client_msg_id_returns_original(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let (ac, _) = store.create_direct(&alice, &carol, NOW).expect("create");
+    let outcomes = store
+        .append_batch(&[message(&alice, "m", ab), message(&alice, "m", ab)], NOW)
+        .expect("append");
+    let AppendOutcome::Appended(original) = outcomes[0].clone() else {
+        panic!("first must be appended: {outcomes:?}");
+    };
+    assert_eq!(outcomes[1], AppendOutcome::Duplicate(original.clone()));
+    let later = store
+        .append_batch(
+            &[message(&alice, "m", ac), message(&bob, "m", ab)],
+            UnixMillis(NOW.0 + 5),
+        )
+        .expect("append");
+    assert_eq!(later[0], AppendOutcome::Duplicate(original));
+    assert_eq!(appended_seqs(&later[1..]), [2]);
+    assert_eq!(
+        store.messages_after(ac, Seq::ZERO, 10).expect("read"),
+        vec![]
+    );
+}
+
+/// Non-members and unknown conversations get `NotMember`, and nothing is written.
+pub fn non_member_cannot_append(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let mallory = user(store, "mallory");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let outcomes = store
+        .append_batch(
+            &[
+                message(&mallory, "x", ab),
+                message(&alice, "y", ConversationId(999_999)),
+                message(&alice, "z", ab),
+            ],
+            NOW,
+        )
+        .expect("append");
+    assert_eq!(outcomes[0], AppendOutcome::NotMember);
+    assert_eq!(outcomes[1], AppendOutcome::NotMember);
+    assert_eq!(appended_seqs(&outcomes[2..]), [1]);
+}
+
+/// `messages_after` pages forwards in seq order.
+pub fn messages_after_is_ordered(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let batch: Vec<NewMessage> = (0..25)
+        .map(|i| message(&alice, &format!("m{i}"), ab))
+        .collect();
+    store.append_batch(&batch, NOW).expect("append");
+    let mut cursor = Seq::ZERO;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.messages_after(ab, cursor, 10).expect("read");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        cursor = page[page.len() - 1].seq;
+        seen.extend(page.iter().map(|frame| (frame.seq.0, frame.body.clone())));
+    }
+    let expected: Vec<(u64, String)> = (0..25).map(|i| (i + 1, format!("body of m{i}"))).collect();
+    assert_eq!(seen, expected);
+}
+
+/// `messages_before` returns the newest page below a seq, ascending.
+pub fn messages_before_pages_backwards(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let batch: Vec<NewMessage> = (0..7)
+        .map(|i| message(&bob, &format!("m{i}"), ab))
+        .collect();
+    store.append_batch(&batch, NOW).expect("append");
+    let seqs = |before: u64, limit| -> Vec<u64> {
+        store
+            .messages_before(ab, Seq(before), limit)
+            .expect("read")
+            .iter()
+            .map(|frame| frame.seq.0)
+            .collect()
+    };
+    assert_eq!(seqs(8, 3), [5, 6, 7]);
+    assert_eq!(seqs(5, 3), [2, 3, 4]);
+    assert_eq!(seqs(2, 3), [1]);
+    assert_eq!(seqs(1, 3), Vec::<u64>::new());
+}
+
+/// Adding and removing members is reflected in reads and in what may be appended.
+pub fn membership_changes(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let group = store
+        .create_group(&alice, "team", std::slice::from_ref(&bob), NOW)
+        .expect("group");
+    let info = store
+        .conversation_info(group)
+        .expect("info")
+        .expect("exists");
+    assert_eq!(info.kind, ConversationKind::Group);
+    assert_eq!(
+        info.members,
+        vec![(alice.clone(), Role::Owner), (bob.clone(), Role::Member)]
+    );
+    assert_eq!(
+        store
+            .add_member(group, &carol, Role::Admin, NOW)
+            .expect("add"),
+        MembershipChange::Changed
+    );
+    assert_eq!(
+        store
+            .add_member(group, &carol, Role::Member, NOW)
+            .expect("add again"),
+        MembershipChange::Unchanged
+    );
+    assert_eq!(
+        store.remove_member(group, &bob).expect("remove"),
+        MembershipChange::Changed
+    );
+    assert_eq!(
+        store.remove_member(group, &bob).expect("again"),
+        MembershipChange::Unchanged
+    );
+    let outcomes = store
+        .append_batch(
+            &[message(&bob, "late", group), message(&carol, "hi", group)],
+            NOW,
+        )
+        .expect("append");
+    assert_eq!(outcomes[0], AppendOutcome::NotMember);
+    assert_eq!(appended_seqs(&outcomes[1..]), [1]);
+    assert!(store.conversation_for(group, &bob).expect("view").is_none());
+    let heads: Vec<ConversationId> = store
+        .heads_of(&bob)
+        .expect("heads")
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(!heads.contains(&group));
+    assert_eq!(
+        store.heads_of(&carol).expect("heads"),
+        vec![(group, Seq(1))]
+    );
+}
+
+/// When the owner leaves, the longest-standing admin becomes owner (else the oldest member).
+pub fn owner_leaving_hands_over(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let group = store
+        .create_group(&alice, "team", std::slice::from_ref(&bob), NOW)
+        .expect("group");
+    store
+        .add_member(group, &carol, Role::Admin, UnixMillis(NOW.0 + 1))
+        .expect("add");
+    store.remove_member(group, &alice).expect("owner leaves");
+    let info = store
+        .conversation_info(group)
+        .expect("info")
+        .expect("exists");
+    assert!(
+        info.members.contains(&(carol.clone(), Role::Owner)),
+        "{info:?}"
+    );
+    assert!(
+        info.members.contains(&(bob.clone(), Role::Member)),
+        "{info:?}"
+    );
+    store
+        .remove_member(group, &carol)
+        .expect("next owner leaves");
+    let info = store
+        .conversation_info(group)
+        .expect("info")
+        .expect("exists");
+    assert_eq!(info.members, vec![(bob, Role::Owner)]);
+}
+
+/// Per-viewer views: last message, unread count (others' messages), newest activity first.
+pub fn conversation_views(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let group = store
+        .create_group(&alice, "team", &[bob.clone(), carol.clone()], NOW)
+        .expect("group");
+    store
+        .append_batch(
+            &[
+                message(&bob, "b1", ab),
+                message(&alice, "a1", ab),
+                message(&carol, "c1", group),
+            ],
+            UnixMillis(NOW.0 + 10),
+        )
+        .expect("append");
+    store
+        .append_batch(&[message(&bob, "b2", ab)], UnixMillis(NOW.0 + 20))
+        .expect("append");
+    let list = store.conversations_of(&alice).expect("list");
+    let ids: Vec<ConversationId> = list.iter().map(|c| c.conversation_id).collect();
+    assert_eq!(ids, [ab, group], "newest activity first");
+    assert_eq!(list[0].head_seq, Seq(3));
+    assert_eq!(list[0].unread_count, 2, "own messages are not unread");
+    assert_eq!(
+        list[0].last_message.as_ref().map(|m| m.body.as_str()),
+        Some("body of b2")
+    );
+    assert_eq!(list[0].name, None);
+    assert_eq!(list[1].name.as_deref(), Some("team"));
+    assert_eq!(list[1].members.len(), 3);
+    let view = store
+        .conversation_for(group, &carol)
+        .expect("view")
+        .expect("member");
+    assert_eq!(view.unread_count, 0);
+    assert_eq!(view.head_seq, Seq(1));
+    let empty = store.create_direct(&bob, &carol, NOW).expect("create").0;
+    let view = store
+        .conversation_for(empty, &bob)
+        .expect("view")
+        .expect("member");
+    assert_eq!((view.head_seq, view.last_message), (Seq::ZERO, None));
+}
+
+/// The epoch is non-empty and does not change while the store lives.
+pub fn epoch_is_stable(store: &dyn Store) {
+    let epoch = store.epoch();
+    assert!(!epoch.0.is_empty());
+    assert_eq!(store.epoch(), epoch);
+}

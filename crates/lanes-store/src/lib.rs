@@ -1,0 +1,170 @@
+//! The `Store` trait every backend implements, its fault type, and the conformance suite that
+//! defines what a store does. Synchronous: callers run it on blocking threads, and the single
+//! writer (`committer`) owns the ordering.
+
+pub mod conformance;
+
+use lanes_protocol::http::{Conversation, ConversationKind, Role};
+use lanes_protocol::{
+    ClientMsgId, ConversationId, MessageFrame, Seq, StoreEpoch, UnixMillis, UserId,
+};
+
+/// Something outside our control failed. Rejections (the caller's fault) are not here.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be used right now (IO error, disk full, locked, corrupt).
+    /// For `append_batch` the outcome is unknown and the sends must be retried by id.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A message waiting to be committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Author.
+    pub sender_id: UserId,
+    /// Idempotency key.
+    pub client_msg_id: ClientMsgId,
+    /// Target.
+    pub conversation_id: ConversationId,
+    /// Text.
+    pub body: String,
+}
+
+/// What `append_batch` did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored now, with the next seq of its conversation.
+    Appended(MessageFrame),
+    /// (sender, client_msg_id) was already stored: this is the original, nothing new was written.
+    Duplicate(MessageFrame),
+    /// The sender is not a member of the conversation (or it does not exist): nothing written.
+    NotMember,
+}
+
+/// Result of changing membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// The membership changed.
+    Changed,
+    /// Nothing to do (already a member, or not one).
+    Unchanged,
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    /// Id.
+    pub user_id: UserId,
+    /// Argon2id PHC string; `None` for users who only authenticate with application JWTs.
+    pub password_hash: Option<String>,
+}
+
+/// One conversation's identity, kind and members (no per-viewer fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Id.
+    pub conversation_id: ConversationId,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Members with roles, in join order.
+    pub members: Vec<(UserId, Role)>,
+}
+
+/// The durable state of Lanes. Every method is one transaction.
+pub trait Store: Send + Sync + 'static {
+    /// The store's identity, fixed at creation.
+    fn epoch(&self) -> StoreEpoch;
+
+    /// Creates a user. `Ok(false)` if the id is taken.
+    fn create_user(&self, user: &StoredUser, now: UnixMillis) -> Result<bool, StoreError>;
+    /// Creates a password-less user unless it exists (users known from application JWTs).
+    fn ensure_user(&self, user_id: &UserId, now: UnixMillis) -> Result<(), StoreError>;
+    /// Looks a user up.
+    fn user(&self, user_id: &UserId) -> Result<Option<StoredUser>, StoreError>;
+
+    /// Records a session token by its hash.
+    fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &UserId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<(), StoreError>;
+    /// The user of an unexpired, unrevoked session.
+    fn session_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: UnixMillis,
+    ) -> Result<Option<UserId>, StoreError>;
+    /// Revokes a session. Revoking an unknown session is not an error.
+    fn revoke_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// The direct conversation of two distinct users, created if needed (`true` when created).
+    fn create_direct(
+        &self,
+        a: &UserId,
+        b: &UserId,
+        now: UnixMillis,
+    ) -> Result<(ConversationId, bool), StoreError>;
+    /// A new group owned by `owner`, with `members` (existing users) as members.
+    fn create_group(
+        &self,
+        owner: &UserId,
+        name: &str,
+        members: &[UserId],
+        now: UnixMillis,
+    ) -> Result<ConversationId, StoreError>;
+    /// Kind and members of a conversation.
+    fn conversation_info(
+        &self,
+        conversation_id: ConversationId,
+    ) -> Result<Option<ConversationInfo>, StoreError>;
+    /// The conversation as `viewer` sees it (`None` unless `viewer` is a member).
+    fn conversation_for(
+        &self,
+        conversation_id: ConversationId,
+        viewer: &UserId,
+    ) -> Result<Option<Conversation>, StoreError>;
+    /// Every conversation of `user_id`, newest activity first.
+    fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError>;
+    /// Every conversation of `user_id` with its head seq (for catch-up).
+    fn heads_of(&self, user_id: &UserId) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
+    /// Adds a member with a role.
+    fn add_member(
+        &self,
+        conversation_id: ConversationId,
+        user_id: &UserId,
+        role: Role,
+        now: UnixMillis,
+    ) -> Result<MembershipChange, StoreError>;
+    /// Removes a member. When the owner goes, the longest-standing admin (else member) becomes
+    /// owner.
+    fn remove_member(
+        &self,
+        conversation_id: ConversationId,
+        user_id: &UserId,
+    ) -> Result<MembershipChange, StoreError>;
+
+    /// `append_batch`: commits the batch in one transaction with one fsync, assigning each
+    /// conversation's next seqs in batch order. Outcomes are in batch order.
+    fn append_batch(
+        &self,
+        batch: &[NewMessage],
+        now: UnixMillis,
+    ) -> Result<Vec<AppendOutcome>, StoreError>;
+    /// Up to `limit` messages with seq > `after`, ascending.
+    fn messages_after(
+        &self,
+        conversation_id: ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<MessageFrame>, StoreError>;
+    /// Up to `limit` messages with seq < `before`, the newest of them, ascending.
+    fn messages_before(
+        &self,
+        conversation_id: ConversationId,
+        before: Seq,
+        limit: usize,
+    ) -> Result<Vec<MessageFrame>, StoreError>;
+}
