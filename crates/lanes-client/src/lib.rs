@@ -1,1 +1,41 @@
-//! Rust client SDK for Lanes: retrying sends, resume from cursor, dedupe
+//! Rust client SDK for Lanes: the HTTP API ([`HttpApi`]) and a live WebSocket client
+//! ([`Client`]) that retries sends, resumes from cursors and dedupes deliveries.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lanes_client::ClientError> {
+//! use lanes_client::{Client, ClientConfig, Event, HttpApi};
+//!
+//! let session = HttpApi::new("http://127.0.0.1:8080").login("alice", "password1").await?;
+//! let (client, mut events) =
+//!     Client::connect(ClientConfig::new("http://127.0.0.1:8080", &session.token)).await?;
+//! let ack = client.send(lanes_client::ConversationId(12), "hi").await?;
+//! println!("stored as seq {}", ack.seq);
+//! while let Some(event) = events.next().await {
+//!     if let Event::Message(message) = event {
+//!         println!("{}: {}", message.sender_id, message.body);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The decisions (backoff, dedupe and gap filling, pending-send bookkeeping) live in sans-IO
+//! modules with plain unit tests; `driver` is the IO glue around them.
+
+mod backoff;
+mod client;
+mod delivery;
+mod driver;
+mod error;
+mod http_api;
+mod pending;
+mod resume;
+
+pub use client::{Client, ClientConfig, Event, Events};
+pub use error::ClientError;
+pub use http_api::HttpApi;
+pub use lanes_protocol::http::{Conversation, ConversationKind, History, Member, Role, Session};
+pub use lanes_protocol::{
+    AckFrame, ClientMsgId, ConversationId, Cursor, ErrorCode, ErrorFrame, MessageFrame, Seq,
+    StoreEpoch, UserId,
+};

@@ -145,6 +145,18 @@ impl Connection {
         );
     }
 
+    /// The peer sent a frame larger than `limits::FRAME_BYTES_MAX`: a broken size contract,
+    /// so the connection is closed with 1009 after saying why.
+    pub fn handle_oversized(&mut self, now: Instant) {
+        self.handle_received(now);
+        self.write_error(
+            ErrorCode::PayloadTooLarge,
+            format!("frames are limited to {} bytes", limits::FRAME_BYTES_MAX),
+            None,
+        );
+        self.close(1009, "frame too large");
+    }
+
     /// A decoded client frame.
     pub fn handle_frame(&mut self, now: Instant, frame: ClientFrame) {
         self.handle_received(now);
@@ -153,7 +165,7 @@ impl Connection {
                 token,
                 cursors,
                 epoch,
-            } => self.handle_hello(now, token, cursors, epoch),
+            } => self.handle_hello(token, cursors, epoch),
             ClientFrame::Send {
                 client_msg_id,
                 conversation_id,
@@ -185,13 +197,7 @@ impl Connection {
         }
     }
 
-    fn handle_hello(
-        &mut self,
-        now: Instant,
-        token: String,
-        cursors: Vec<Cursor>,
-        epoch: Option<StoreEpoch>,
-    ) {
+    fn handle_hello(&mut self, token: String, cursors: Vec<Cursor>, epoch: Option<StoreEpoch>) {
         let State::AwaitingHello { deadline } = self.state else {
             self.write_error(ErrorCode::BadFrame, "hello was already sent".into(), None);
             return;
@@ -211,7 +217,6 @@ impl Connection {
                 self.delivered.insert(cursor.conversation_id, cursor.seq);
             }
         }
-        let _ = now;
         self.state = State::Authenticating { deadline };
         self.outputs.push_back(Output::Authenticate { token });
     }

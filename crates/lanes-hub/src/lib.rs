@@ -1,1 +1,458 @@
-//! Fan-out of frames from conversations to live connections, with bounded queues
+//! The hub: which live connections belong to which user, and which online users are members of
+//! which conversation. `publish` hands a frame, encoded once and shared, to every connection of
+//! every online member with `try_send`: publishing never waits on a slow reader. A connection
+//! whose bounded queue is full is dropped from the hub and flagged slow. Never touches the store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use lanes_protocol::{ConversationId, Seq, UserId};
+use tokio::sync::mpsc;
+
+/// What a connection receives from the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<P> {
+    /// A committed message (or other lane event) of a conversation.
+    Message {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Its seq, for dedupe against catch-up.
+        seq: Seq,
+        /// The encoded frame, shared by every receiver.
+        payload: P,
+    },
+    /// The user became a member: catch the conversation up, then it continues live.
+    Joined(ConversationId),
+    /// The user is no longer a member: nothing more of it follows.
+    Left(ConversationId),
+}
+
+/// Identifies one connection in the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(u64);
+
+/// A registered connection's end: its queue and its slow flag.
+#[derive(Debug)]
+pub struct Subscription<P> {
+    /// Identifies the connection for `unregister`.
+    pub connection_id: ConnectionId,
+    /// Frames for this connection, at most `queue_len_max` waiting.
+    pub receiver: mpsc::Receiver<Event<P>>,
+    /// Set when the queue overflowed; the connection must close and the client resume.
+    pub slow: Arc<AtomicBool>,
+    /// Membership version at registration, for `set_conversations`.
+    pub version: u64,
+}
+
+#[derive(Debug)]
+struct ConnectionEntry<P> {
+    connection_id: ConnectionId,
+    sender: mpsc::Sender<Event<P>>,
+    slow: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct UserEntry<P> {
+    connections: Vec<ConnectionEntry<P>>,
+    conversations: HashSet<ConversationId>,
+    /// Bumped by every membership change, so a connection that listed the user's conversations
+    /// from the store can tell whether a change raced with its listing.
+    version: u64,
+}
+
+#[derive(Debug)]
+struct Inner<P> {
+    /// Online members of each conversation with at least one online member.
+    conversations: HashMap<ConversationId, HashSet<UserId>>,
+    users: HashMap<UserId, UserEntry<P>>,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HubStats {
+    /// Users with at least one connection.
+    pub users: usize,
+    /// Registered connections.
+    pub connections: usize,
+    /// Conversations with at least one online member.
+    pub conversations: usize,
+}
+
+/// The fan-out table. `P` is the encoded frame type, cheap to clone (e.g. `Bytes`).
+#[derive(Debug)]
+pub struct Hub<P> {
+    /// Readers: `publish`. Writers: (un)registration and membership changes. Never held across
+    /// an await or a store call.
+    inner: RwLock<Inner<P>>,
+    next_connection_id: AtomicU64,
+    queue_len_max: usize,
+}
+
+impl<P: Clone> Hub<P> {
+    /// A hub whose connection queues hold at most `queue_len_max` events.
+    pub fn new(queue_len_max: usize) -> Hub<P> {
+        assert!(queue_len_max > 0, "a queue must hold at least one event");
+        Hub {
+            inner: RwLock::new(Inner {
+                conversations: HashMap::new(),
+                users: HashMap::new(),
+            }),
+            next_connection_id: AtomicU64::new(1),
+            queue_len_max,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<P>> {
+        // Every mutation below completes its map updates before it can panic, so the data
+        // behind a poisoned lock is consistent.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner<P>> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection of `user_id`. It receives nothing until the user's conversations
+    /// are known: for a user's first connection, call `set_conversations` next.
+    pub fn register(&self, user_id: &UserId) -> Subscription<P> {
+        let connection_id = ConnectionId(self.next_connection_id.fetch_add(1, Ordering::Relaxed));
+        let (sender, receiver) = mpsc::channel(self.queue_len_max);
+        let slow = Arc::new(AtomicBool::new(false));
+        let mut inner = self.write();
+        let user = inner
+            .users
+            .entry(user_id.clone())
+            .or_insert_with(|| UserEntry {
+                connections: Vec::new(),
+                conversations: HashSet::new(),
+                version: 0,
+            });
+        user.connections.push(ConnectionEntry {
+            connection_id,
+            sender,
+            slow: Arc::clone(&slow),
+        });
+        Subscription {
+            connection_id,
+            receiver,
+            slow,
+            version: user.version,
+        }
+    }
+
+    /// Records the user's conversations as listed from the store after `register`. Returns
+    /// `false` (and changes nothing) if membership changed since `version`: list again with the
+    /// returned version and retry.
+    pub fn set_conversations(
+        &self,
+        user_id: &UserId,
+        version: u64,
+        conversation_ids: &[ConversationId],
+    ) -> Result<(), u64> {
+        let mut inner = self.write();
+        let Inner {
+            conversations,
+            users,
+        } = &mut *inner;
+        let Some(user) = users.get_mut(user_id) else {
+            return Ok(());
+        };
+        if user.version != version {
+            return Err(user.version);
+        }
+        for conversation_id in conversation_ids {
+            if user.conversations.insert(*conversation_id) {
+                conversations
+                    .entry(*conversation_id)
+                    .or_default()
+                    .insert(user_id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a connection; the user's last connection takes the user out of every conversation.
+    pub fn unregister(&self, user_id: &UserId, connection_id: ConnectionId) {
+        let mut inner = self.write();
+        let Inner {
+            conversations,
+            users,
+        } = &mut *inner;
+        let Some(user) = users.get_mut(user_id) else {
+            return;
+        };
+        user.connections
+            .retain(|entry| entry.connection_id != connection_id);
+        if !user.connections.is_empty() {
+            return;
+        }
+        if let Some(user) = users.remove(user_id) {
+            for conversation_id in user.conversations {
+                remove_online_member(conversations, conversation_id, user_id);
+            }
+        }
+    }
+
+    /// `user_id` became a member of `conversation_id` (after the store committed it).
+    pub fn member_added(&self, conversation_id: ConversationId, user_id: &UserId) {
+        let mut inner = self.write();
+        let Inner {
+            conversations,
+            users,
+        } = &mut *inner;
+        let Some(user) = users.get_mut(user_id) else {
+            return;
+        };
+        user.version += 1;
+        if user.conversations.insert(conversation_id) {
+            conversations
+                .entry(conversation_id)
+                .or_default()
+                .insert(user_id.clone());
+        }
+        let slow = notify(&user.connections, &Event::Joined(conversation_id));
+        drop_slow(users, user_id, &slow, conversations);
+    }
+
+    /// `user_id` stopped being a member of `conversation_id` (after the store committed it).
+    /// Nothing published after this call reaches the user.
+    pub fn member_removed(&self, conversation_id: ConversationId, user_id: &UserId) {
+        let mut inner = self.write();
+        let Inner {
+            conversations,
+            users,
+        } = &mut *inner;
+        let Some(user) = users.get_mut(user_id) else {
+            return;
+        };
+        user.version += 1;
+        if user.conversations.remove(&conversation_id) {
+            remove_online_member(conversations, conversation_id, user_id);
+        }
+        let slow = notify(&user.connections, &Event::Left(conversation_id));
+        drop_slow(users, user_id, &slow, conversations);
+    }
+
+    /// `publish`: hands the frame to every connection of every online member, without waiting.
+    /// Returns how many connections received it.
+    pub fn publish(&self, conversation_id: ConversationId, seq: Seq, payload: P) -> usize {
+        let event = Event::Message {
+            conversation_id,
+            seq,
+            payload,
+        };
+        let mut delivered = 0;
+        let mut slow: Vec<(UserId, ConnectionId)> = Vec::new();
+        {
+            let inner = self.read();
+            let Some(members) = inner.conversations.get(&conversation_id) else {
+                return 0;
+            };
+            for user_id in members {
+                let Some(user) = inner.users.get(user_id) else {
+                    continue;
+                };
+                for entry in &user.connections {
+                    if entry.sender.try_send(event.clone()).is_ok() {
+                        delivered += 1;
+                    } else {
+                        slow.push((user_id.clone(), entry.connection_id));
+                    }
+                }
+            }
+        }
+        if !slow.is_empty() {
+            let mut inner = self.write();
+            let Inner {
+                conversations,
+                users,
+            } = &mut *inner;
+            for (user_id, connection_id) in slow {
+                drop_slow(users, &user_id, &[connection_id], conversations);
+            }
+        }
+        delivered
+    }
+
+    /// Current sizes.
+    pub fn stats(&self) -> HubStats {
+        let inner = self.read();
+        HubStats {
+            users: inner.users.len(),
+            connections: inner.users.values().map(|u| u.connections.len()).sum(),
+            conversations: inner.conversations.len(),
+        }
+    }
+}
+
+fn remove_online_member(
+    conversations: &mut HashMap<ConversationId, HashSet<UserId>>,
+    conversation_id: ConversationId,
+    user_id: &UserId,
+) {
+    if let Some(members) = conversations.get_mut(&conversation_id) {
+        members.remove(user_id);
+        if members.is_empty() {
+            conversations.remove(&conversation_id);
+        }
+    }
+}
+
+/// Offers `event` to each connection; returns those whose queue was full (or closed).
+fn notify<P: Clone>(connections: &[ConnectionEntry<P>], event: &Event<P>) -> Vec<ConnectionId> {
+    connections
+        .iter()
+        .filter(|entry| entry.sender.try_send(event.clone()).is_err())
+        .map(|entry| entry.connection_id)
+        .collect()
+}
+
+/// Flags and removes connections whose queue overflowed. Dropping the sender ends the
+/// connection's queue; the flag tells it why.
+fn drop_slow<P>(
+    users: &mut HashMap<UserId, UserEntry<P>>,
+    user_id: &UserId,
+    slow: &[ConnectionId],
+    conversations: &mut HashMap<ConversationId, HashSet<UserId>>,
+) {
+    if slow.is_empty() {
+        return;
+    }
+    let Some(user) = users.get_mut(user_id) else {
+        return;
+    };
+    user.connections.retain(|entry| {
+        if slow.contains(&entry.connection_id) {
+            entry.slow.store(true, Ordering::Release);
+            false
+        } else {
+            true
+        }
+    });
+    if user.connections.is_empty()
+        && let Some(user) = users.remove(user_id)
+    {
+        for conversation_id in user.conversations {
+            remove_online_member(conversations, conversation_id, user_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn drain(subscription: &mut Subscription<u32>) -> Vec<Event<u32>> {
+        std::iter::from_fn(|| subscription.receiver.try_recv().ok()).collect()
+    }
+
+    fn message(conversation: u64, seq: u64, payload: u32) -> Event<u32> {
+        Event::Message {
+            conversation_id: ConversationId(conversation),
+            seq: Seq(seq),
+            payload,
+        }
+    }
+
+    #[test]
+    fn publish_reaches_every_connection_of_every_online_member() {
+        let hub: Hub<u32> = Hub::new(16);
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let mut alice_phone = hub.register(&alice);
+        hub.set_conversations(&alice, alice_phone.version, &[ConversationId(1)])
+            .unwrap();
+        let mut alice_laptop = hub.register(&alice);
+        let mut bob_phone = hub.register(&bob);
+        hub.set_conversations(&bob, bob_phone.version, &[ConversationId(1)])
+            .unwrap();
+        let mut carol_phone = hub.register(&carol);
+        hub.set_conversations(&carol, carol_phone.version, &[ConversationId(2)])
+            .unwrap();
+        assert_eq!(hub.publish(ConversationId(1), Seq(1), 10), 3);
+        assert_eq!(drain(&mut alice_phone), [message(1, 1, 10)]);
+        assert_eq!(drain(&mut alice_laptop), [message(1, 1, 10)]);
+        assert_eq!(drain(&mut bob_phone), [message(1, 1, 10)]);
+        assert_eq!(drain(&mut carol_phone), []);
+        assert_eq!(hub.publish(ConversationId(3), Seq(1), 11), 0);
+    }
+
+    #[test]
+    fn membership_changes_take_effect_at_once() {
+        let hub: Hub<u32> = Hub::new(16);
+        let alice = user("alice");
+        let mut phone = hub.register(&alice);
+        hub.set_conversations(&alice, phone.version, &[]).unwrap();
+        hub.member_added(ConversationId(5), &alice);
+        hub.publish(ConversationId(5), Seq(1), 1);
+        hub.member_removed(ConversationId(5), &alice);
+        hub.publish(ConversationId(5), Seq(2), 2);
+        assert_eq!(
+            drain(&mut phone),
+            [
+                Event::Joined(ConversationId(5)),
+                message(5, 1, 1),
+                Event::Left(ConversationId(5))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_membership_change_racing_the_listing_forces_a_relist() {
+        let hub: Hub<u32> = Hub::new(16);
+        let alice = user("alice");
+        let phone = hub.register(&alice);
+        // The store listing was taken, then a removal committed and reached the hub.
+        hub.member_removed(ConversationId(5), &alice);
+        let current = hub
+            .set_conversations(&alice, phone.version, &[ConversationId(5)])
+            .unwrap_err();
+        hub.set_conversations(&alice, current, &[]).unwrap();
+        assert_eq!(hub.publish(ConversationId(5), Seq(1), 1), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_flags_only_that_connection() {
+        let hub: Hub<u32> = Hub::new(2);
+        let (alice, bob) = (user("alice"), user("bob"));
+        let slow = hub.register(&alice);
+        hub.set_conversations(&alice, slow.version, &[ConversationId(1)])
+            .unwrap();
+        let mut fast = hub.register(&bob);
+        hub.set_conversations(&bob, fast.version, &[ConversationId(1)])
+            .unwrap();
+        for seq in 1..=3 {
+            hub.publish(ConversationId(1), Seq(seq), seq as u32);
+            drain(&mut fast);
+        }
+        assert!(slow.slow.load(Ordering::Acquire));
+        assert!(!fast.slow.load(Ordering::Acquire));
+        assert_eq!(hub.stats().users, 1);
+        assert_eq!(hub.publish(ConversationId(1), Seq(4), 4), 1);
+    }
+
+    #[test]
+    fn last_connection_leaving_clears_the_user() {
+        let hub: Hub<u32> = Hub::new(4);
+        let alice = user("alice");
+        let phone = hub.register(&alice);
+        hub.set_conversations(&alice, phone.version, &[ConversationId(1)])
+            .unwrap();
+        let laptop = hub.register(&alice);
+        hub.unregister(&alice, phone.connection_id);
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                users: 1,
+                connections: 1,
+                conversations: 1
+            }
+        );
+        hub.unregister(&alice, laptop.connection_id);
+        assert_eq!(hub.stats(), HubStats::default());
+    }
+}

@@ -1,7 +1,7 @@
 //! Size and count limits shared by server, store and client. Units come last in each name.
 //!
 //! These are defaults; the server configuration may lower (never raise past the protocol maxima)
-//! the per-deployment ones. `check_consistency` is asserted at server start-up.
+//! the per-deployment ones. Related limits are asserted against each other at compile time.
 
 /// Largest message body accepted by default, in bytes of UTF-8.
 pub const MESSAGE_BODY_BYTES_DEFAULT: usize = 16 * 1024;
@@ -38,8 +38,8 @@ pub const COMMIT_BATCH_LEN_MAX: usize = 2048;
 /// Largest HTTP request body accepted, in bytes.
 pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
 
-/// Panics if the limits above contradict each other. Called once at start-up.
-pub fn check_consistency() {
+// Related limits are checked against each other at compile time.
+const _: () = {
     assert!(MESSAGE_BODY_BYTES_DEFAULT <= MESSAGE_BODY_BYTES_MAX);
     assert!(
         FRAME_BYTES_MAX > 6 * MESSAGE_BODY_BYTES_MAX,
@@ -47,4 +47,4 @@ pub fn check_consistency() {
     );
     assert!(PAGE_LEN_DEFAULT <= PAGE_LEN_MAX);
     assert!(INFLIGHT_SENDS_MAX <= COMMIT_BATCH_LEN_MAX);
-}
+};

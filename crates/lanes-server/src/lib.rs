@@ -1,1 +1,208 @@
-//! The Lanes chat server: HTTP and WebSocket transports, committer, auth, config
+//! The Lanes server: HTTP routes, the WebSocket transport, the committer (the single writer that
+//! group-commits sends), authentication and configuration. `serve(config, shutdown)` runs it.
+//! The only crate that knows HTTP.
+
+mod auth;
+mod committer;
+pub mod config;
+mod error;
+mod http;
+mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use lanes_hub::Hub;
+use lanes_protocol::{StoreEpoch, UnixMillis, limits};
+use lanes_store::{Store, StoreError};
+use lanes_store_sqlite::{Durability, SqliteStore};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use crate::auth::AuthConfigError;
+use crate::auth::Authenticator;
+use crate::committer::CommitRequest;
+pub use crate::config::Config;
+use crate::config::DurabilityConfig;
+use crate::error::ApiError;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The store could not be opened.
+    #[error("open store: {0}")]
+    Store(#[from] StoreError),
+    /// The auth configuration is unusable.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// Binding or serving the socket failed.
+    #[error("listen on {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every request and connection.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub<Utf8Bytes>>,
+    commits: mpsc::Sender<CommitRequest>,
+    auth: Arc<Authenticator>,
+    config: Arc<Config>,
+    epoch: StoreEpoch,
+    durability: &'static str,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Commits queued for the committer before senders wait (backpressure, not an error).
+const COMMIT_CHANNEL_LEN_MAX: usize = 16 * 1024;
+
+/// A bound, not yet serving, server: lets the caller print the address before serving.
+pub struct Bound {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_sender: watch::Sender<bool>,
+    committer: tokio::task::JoinHandle<()>,
+}
+
+impl Bound {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.listener.local_addr().map_err(|source| ServeError::Io {
+            addr: self.state.config.listen,
+            source,
+        })
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, tells every WebSocket client to
+    /// reconnect, finishes in-flight commits and acks, and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let addr = self.local_addr()?;
+        let Bound {
+            listener,
+            state,
+            shutdown_sender,
+            committer,
+        } = self;
+        let app = http::router(state.clone());
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections, finishing commits");
+            let _ = shutdown_sender.send(true);
+        };
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .await;
+        // Every connection is gone, so every commit sender but the state's is dropped; dropping
+        // the state's lets the committer drain its queue and stop.
+        drop(state);
+        if committer.await.is_err() {
+            tracing::error!("committer task failed");
+        }
+        result.map_err(|source| ServeError::Io { addr, source })
+    }
+}
+
+/// Opens the store, starts the committer and binds the listener.
+pub async fn bind(config: Config) -> Result<Bound, ServeError> {
+    config.check().map_err(ServeError::Config)?;
+    let durability = match config.durability {
+        DurabilityConfig::Full => Durability::Full,
+        DurabilityConfig::Normal => Durability::Normal,
+    };
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir, durability))
+        .await
+        .map_err(|err| ServeError::Config(format!("store open task failed: {err}")))??;
+    match durability {
+        Durability::Full => {
+            tracing::info!("durability: full (SQLite WAL, synchronous=FULL): an ack means fsync'd")
+        }
+        Durability::Normal => tracing::warn!(
+            "durability: NORMAL (synchronous=NORMAL): acked messages may be lost on power loss \
+             or OS crash; do not use in production"
+        ),
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
+    let epoch = store.epoch();
+    let hub = Arc::new(Hub::new(limits::CONNECTION_QUEUE_LEN_MAX));
+    let (commits, commit_receiver) = mpsc::channel(COMMIT_CHANNEL_LEN_MAX);
+    let committer = tokio::spawn(committer::run(
+        commit_receiver,
+        Arc::clone(&store),
+        Arc::clone(&hub),
+        Duration::from_micros(config.commit_linger_micros),
+    ));
+    let auth = Arc::new(Authenticator::new(Arc::clone(&store), &config.auth)?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            addr: config.listen,
+            source,
+        })?;
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let state = AppState {
+        store,
+        hub,
+        commits,
+        auth,
+        config: Arc::new(config),
+        epoch,
+        durability: durability.as_str(),
+        shutdown,
+    };
+    Ok(Bound {
+        listener,
+        state,
+        shutdown_sender,
+        committer,
+    })
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    bind(config).await?.serve(shutdown).await
+}
+
+/// The server's clock.
+pub(crate) fn now_millis() -> UnixMillis {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis())
+        .unwrap_or(0);
+    UnixMillis(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+/// Runs a store call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(store);
+    let result = tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .map_err(|err| {
+            tracing::error!("store task failed: {err}");
+            ApiError::new(lanes_protocol::ErrorCode::Internal, "internal error")
+        })?;
+    Ok(result?)
+}

@@ -124,6 +124,37 @@ impl SqliteStore {
         result
     }
 
+    /// Runs a page query (`?1` conversation, `?2` seq bound, `?3` limit) in one read
+    /// transaction with the membership check, so both see the same snapshot.
+    fn read_as_member(
+        &self,
+        viewer: &UserId,
+        conversation_id: ConversationId,
+        sql: &str,
+        bound: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<MessageFrame>>, StoreError> {
+        self.read(|connection| {
+            let transaction = connection.unchecked_transaction()?;
+            if !is_member(&transaction, conversation_id, viewer)? {
+                return Ok(None);
+            }
+            let page = transaction
+                .prepare_cached(sql)?
+                .query_map(
+                    params![
+                        sql_i64(conversation_id.0),
+                        sql_i64(bound.0),
+                        sql_i64(limit as u64)
+                    ],
+                    message_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            transaction.finish()?;
+            Ok(Some(page))
+        })
+    }
+
     fn write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
@@ -641,51 +672,43 @@ impl Store for SqliteStore {
 
     fn messages_after(
         &self,
+        viewer: &UserId,
         conversation_id: ConversationId,
         after: Seq,
         limit: usize,
-    ) -> Result<Vec<MessageFrame>, StoreError> {
-        self.read(|connection| {
-            connection
-                .prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages
-                     WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                ))?
-                .query_map(
-                    params![
-                        sql_i64(conversation_id.0),
-                        sql_i64(after.0),
-                        sql_i64(limit as u64)
-                    ],
-                    message_row,
-                )?
-                .collect()
-        })
+    ) -> Result<Option<Vec<MessageFrame>>, StoreError> {
+        self.read_as_member(
+            viewer,
+            conversation_id,
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
+            after,
+            limit,
+        )
     }
 
     fn messages_before(
         &self,
+        viewer: &UserId,
         conversation_id: ConversationId,
         before: Seq,
         limit: usize,
-    ) -> Result<Vec<MessageFrame>, StoreError> {
-        let mut page = self.read(|connection| {
-            connection
-                .prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages
-                     WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-                ))?
-                .query_map(
-                    params![
-                        sql_i64(conversation_id.0),
-                        sql_i64(before.0),
-                        sql_i64(limit as u64)
-                    ],
-                    message_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        page.reverse();
-        Ok(page)
+    ) -> Result<Option<Vec<MessageFrame>>, StoreError> {
+        let page = self.read_as_member(
+            viewer,
+            conversation_id,
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            ),
+            before,
+            limit,
+        )?;
+        Ok(page.map(|mut page| {
+            page.reverse();
+            page
+        }))
     }
 }

@@ -12,9 +12,12 @@ use crate::{AppendOutcome, MembershipChange, NewMessage, Store, StoredUser};
 
 const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
 
+/// One behaviour, run against a fresh store.
+type Behaviour = fn(&dyn Store);
+
 /// Runs every behaviour against fresh stores from `make_store`.
 pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
-    let behaviours: &[(&str, fn(&dyn Store))] = &[
+    let behaviours: &[(&str, Behaviour)] = &[
         ("users_are_unique", users_are_unique),
         ("sessions_expire_and_revoke", sessions_expire_and_revoke),
         ("direct_is_idempotent", direct_is_idempotent),
@@ -158,8 +161,9 @@ pub fn append_assigns_gap_free_seq(store: &dyn Store) {
         [2, 4]
     );
     let seqs: Vec<u64> = store
-        .messages_after(ab, Seq::ZERO, 100)
+        .messages_after(&alice, ab, Seq::ZERO, 100)
         .expect("read")
+        .expect("member")
         .iter()
         .map(|frame| frame.seq.0)
         .collect();
@@ -190,8 +194,10 @@ pub fn duplicate_client_msg_id_returns_original(store: &dyn Store) {
     assert_eq!(later[0], AppendOutcome::Duplicate(original));
     assert_eq!(appended_seqs(&later[1..]), [2]);
     assert_eq!(
-        store.messages_after(ac, Seq::ZERO, 10).expect("read"),
-        vec![]
+        store
+            .messages_after(&alice, ac, Seq::ZERO, 10)
+            .expect("read"),
+        Some(vec![])
     );
 }
 
@@ -228,7 +234,10 @@ pub fn messages_after_is_ordered(store: &dyn Store) {
     let mut cursor = Seq::ZERO;
     let mut seen = Vec::new();
     loop {
-        let page = store.messages_after(ab, cursor, 10).expect("read");
+        let page = store
+            .messages_after(&bob, ab, cursor, 10)
+            .expect("read")
+            .expect("member");
         if page.is_empty() {
             break;
         }
@@ -251,8 +260,9 @@ pub fn messages_before_pages_backwards(store: &dyn Store) {
     store.append_batch(&batch, NOW).expect("append");
     let seqs = |before: u64, limit| -> Vec<u64> {
         store
-            .messages_before(ab, Seq(before), limit)
+            .messages_before(&alice, ab, Seq(before), limit)
             .expect("read")
+            .expect("member")
             .iter()
             .map(|frame| frame.seq.0)
             .collect()
@@ -309,6 +319,25 @@ pub fn membership_changes(store: &dyn Store) {
     assert_eq!(outcomes[0], AppendOutcome::NotMember);
     assert_eq!(appended_seqs(&outcomes[1..]), [1]);
     assert!(store.conversation_for(group, &bob).expect("view").is_none());
+    assert_eq!(
+        store
+            .messages_after(&bob, group, Seq::ZERO, 10)
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .messages_before(&bob, group, Seq(10), 10)
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .messages_after(&alice, ConversationId(999_999), Seq::ZERO, 10)
+            .expect("read"),
+        None,
+        "unknown conversations read like forbidden ones"
+    );
     let heads: Vec<ConversationId> = store
         .heads_of(&bob)
         .expect("heads")

@@ -153,18 +153,22 @@ pub trait Store: Send + Sync + 'static {
         batch: &[NewMessage],
         now: UnixMillis,
     ) -> Result<Vec<AppendOutcome>, StoreError>;
-    /// Up to `limit` messages with seq > `after`, ascending.
+    /// Up to `limit` messages with seq > `after`, ascending; `None` unless `viewer` is a member
+    /// (checked in the same read transaction, so a removed member reads nothing after removal).
     fn messages_after(
         &self,
+        viewer: &UserId,
         conversation_id: ConversationId,
         after: Seq,
         limit: usize,
-    ) -> Result<Vec<MessageFrame>, StoreError>;
-    /// Up to `limit` messages with seq < `before`, the newest of them, ascending.
+    ) -> Result<Option<Vec<MessageFrame>>, StoreError>;
+    /// Up to `limit` messages with seq < `before`, the newest of them, ascending; `None` unless
+    /// `viewer` is a member.
     fn messages_before(
         &self,
+        viewer: &UserId,
         conversation_id: ConversationId,
         before: Seq,
         limit: usize,
-    ) -> Result<Vec<MessageFrame>, StoreError>;
+    ) -> Result<Option<Vec<MessageFrame>>, StoreError>;
 }

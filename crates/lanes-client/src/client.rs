@@ -1,0 +1,281 @@
+//! The live client: [`Client`] (a cheap handle to a background task), [`Events`] (what the task
+//! delivers) and [`ClientConfig`].
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lanes_protocol::{
+    AckFrame, ClientMsgId, ConversationId, Cursor, ErrorFrame, MessageFrame, StoreEpoch, UserId,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::delivery::Delivery;
+use crate::driver::{
+    BUFFERED_FRAMES_MAX, COMMANDS_LEN_MAX, Command, Driver, EVENTS_LEN_MAX, Settings, handshake,
+    hello_text, ws_url,
+};
+use crate::error::ClientError;
+use crate::http_api::HttpApi;
+use crate::resume::ResumePoint;
+
+/// How to connect, and where to resume from.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The server's HTTP base URL, like `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// A session token or an application JWT.
+    pub token: String,
+    /// Resume point from [`Client::cursors`] (empty: every conversation from the start).
+    pub cursors: Vec<Cursor>,
+    /// The epoch the cursors came from ([`Client::epoch`]).
+    pub epoch: Option<StoreEpoch>,
+    /// First reconnect delay ceiling; doubles per failed attempt (default 50 ms).
+    pub backoff_base: Duration,
+    /// Largest reconnect delay ceiling (default 5 s).
+    pub backoff_max: Duration,
+    /// A send unacked for this long means a broken connection: reconnect and send again
+    /// (default 10 s).
+    pub ack_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: no resume point, backoff 50 ms to 5 s, ack timeout 10 s.
+    pub fn new(base_url: &str, token: &str) -> ClientConfig {
+        ClientConfig {
+            base_url: base_url.to_owned(),
+            token: token.to_owned(),
+            cursors: Vec::new(),
+            epoch: None,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url)
+            .field("token", &"<redacted>")
+            .field("cursors", &self.cursors.len())
+            .field("epoch", &self.epoch)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("ack_timeout", &self.ack_timeout)
+            .finish()
+    }
+}
+
+/// What happens on the live connection, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A connection was welcomed (the first one and every reconnect).
+    Connected {
+        /// Who we are.
+        user_id: UserId,
+        /// The server's store epoch. When it changed, every conversation is delivered again
+        /// from seq 1.
+        epoch: StoreEpoch,
+    },
+    /// Catch-up after a (re)connect is done: everything missed has been delivered.
+    Synced,
+    /// A message: each `(conversation, seq)` exactly once, in seq order per conversation,
+    /// without gaps (within one epoch).
+    Message(MessageFrame),
+    /// We became a member of a conversation while connected.
+    Joined(ConversationId),
+    /// We stopped being a member of a conversation.
+    Left(ConversationId),
+    /// The connection was lost; the client is reconnecting.
+    Disconnected {
+        /// What happened, for humans.
+        reason: String,
+    },
+    /// An `error` frame not tied to one of our sends (such as `slow_consumer`), or the
+    /// refusal of a reconnect (such as `unauthorized` for an expired token).
+    ServerError(ErrorFrame),
+}
+
+/// A handle to the live connection. Cheap to clone; all clones drive the same background task,
+/// which stops when [`Client::close`] is called or every handle is dropped.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    /// Shared with `Events`, which advances it; held only for a copy or an update.
+    resume: Arc<Mutex<ResumePoint>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("closed", &self.commands.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Receives the [`Event`]s of a [`Client`].
+pub struct Events {
+    receiver: mpsc::Receiver<Event>,
+    resume: Arc<Mutex<ResumePoint>>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// The next event; `None` once the client is closed. Taking a `Message` advances
+    /// [`Client::cursors`].
+    pub async fn next(&mut self) -> Option<Event> {
+        let event = self.receiver.recv().await?;
+        self.resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&event);
+        Some(event)
+    }
+}
+
+impl Client {
+    /// Connects, sends `hello` and waits for `welcome`. Fails with `ClientError::Api` (code
+    /// `unauthorized`) when the token is refused, and with `ClientError::Transport` when the
+    /// connection fails or no welcome comes within 10 s. After that, the background task
+    /// reconnects by itself, with backoff, until [`Client::close`].
+    pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
+        let settings = Settings {
+            ws_url: ws_url(&config.base_url),
+            token: config.token.clone(),
+            backoff_base: config.backoff_base,
+            backoff_max: config.backoff_max,
+            ack_timeout: config.ack_timeout,
+        };
+        let http = HttpApi::new(&config.base_url).with_token(&config.token);
+        let resume = ResumePoint::new(&config.cursors, config.epoch.clone());
+        let delivery = Delivery::new(config.cursors, config.epoch, BUFFERED_FRAMES_MAX);
+        let hello = hello_text(
+            &settings.token,
+            delivery.cursors(),
+            delivery.epoch().cloned(),
+        );
+        let welcomed = handshake(settings.ws_url.clone(), hello).await?;
+
+        let (commands_tx, commands_rx) = mpsc::channel(COMMANDS_LEN_MAX);
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_LEN_MAX);
+        let driver = Driver::new(settings, http, delivery, welcomed, commands_rx, events_tx);
+        tokio::spawn(driver.run());
+        let resume = Arc::new(Mutex::new(resume));
+        let client = Client {
+            commands: commands_tx,
+            resume: Arc::clone(&resume),
+        };
+        let events = Events {
+            receiver: events_rx,
+            resume,
+        };
+        Ok((client, events))
+    }
+
+    /// Sends `body` with a fresh random `client_msg_id` and resolves with its ack. See
+    /// [`Client::send_with_id`].
+    pub async fn send(
+        &self,
+        conversation_id: ConversationId,
+        body: &str,
+    ) -> Result<AckFrame, ClientError> {
+        self.send_with_id(conversation_id, new_client_msg_id(), body)
+            .await
+    }
+
+    /// Sends `body` and resolves with its ack. Until then the send is retried with the same
+    /// `client_msg_id` across reconnects and after `storage_unavailable`, `internal`,
+    /// `shutting_down` and `rate_limited` errors; any other `error` answering it fails it with
+    /// `ClientError::Api`. Dropping the future does not cancel the send. Every pending send is
+    /// kept in memory until resolved, so the app bounds that memory by the sends it starts.
+    pub async fn send_with_id(
+        &self,
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: &str,
+    ) -> Result<AckFrame, ClientError> {
+        let (responder, outcome) = oneshot::channel();
+        self.commands
+            .send(Command::Send {
+                client_msg_id,
+                conversation_id,
+                body: body.to_owned(),
+                responder,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        outcome.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Cursors (the highest seq per conversation) as of the events taken from
+    /// [`Events::next`]; persist them with [`Client::epoch`] to resume later.
+    pub fn cursors(&self) -> Vec<Cursor> {
+        self.resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cursors()
+    }
+
+    /// The store epoch the [`Client::cursors`] belong to.
+    pub fn epoch(&self) -> Option<StoreEpoch> {
+        self.resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .epoch()
+    }
+
+    /// Closes the connection and stops reconnecting. Pending sends fail with
+    /// `ClientError::Closed`, and [`Events::next`] returns `None` after the events already
+    /// queued.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+/// 16 random bytes as 32 hex digits.
+fn new_client_msg_id() -> ClientMsgId {
+    let bytes: [u8; 16] = rand::random();
+    let mut hex = String::with_capacity(32);
+    for byte in bytes {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    match ClientMsgId::parse(&hex) {
+        Ok(client_msg_id) => client_msg_id,
+        Err(err) => unreachable!("32 hex digits are a valid client_msg_id: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_msg_ids_are_fresh_hex() {
+        let first = new_client_msg_id();
+        let second = new_client_msg_id();
+        assert_eq!(first.as_str().len(), 32);
+        assert!(first.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn config_defaults_and_redaction() {
+        let config = ClientConfig::new("http://h:1", "secret");
+        assert_eq!(config.backoff_base, Duration::from_millis(50));
+        assert_eq!(config.backoff_max, Duration::from_secs(5));
+        assert_eq!(config.ack_timeout, Duration::from_secs(10));
+        assert!(config.cursors.is_empty() && config.epoch.is_none());
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+}

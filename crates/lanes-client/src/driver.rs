@@ -1,0 +1,626 @@
+//! The background task behind a `Client`: one WebSocket at a time, reconnecting with backoff.
+//! Thin glue: `Delivery`, `PendingSends` and `Backoff` decide; this module reads, writes, sleeps
+//! and spawns history fetches.
+//!
+//! Bounds: commands and events are bounded channels. Events wait in `outbox` until the app takes
+//! them; while it holds `OUTBOX_READ_PAUSE_LEN` or more, the socket is not read, so the outbox is
+//! bounded by that plus what one input can release (a history page plus the lanes' buffers).
+//! At most one history fetch runs per conversation.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use lanes_protocol::codec::{decode_server, encode_client};
+use lanes_protocol::http::History;
+use lanes_protocol::limits::{HELLO_CURSORS_MAX, INFLIGHT_SENDS_MAX, PAGE_LEN_MAX};
+use lanes_protocol::{
+    AckFrame, ClientFrame, ClientMsgId, ConversationId, Cursor, ErrorFrame, ServerFrame,
+    StoreEpoch, UserId,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::client::Event;
+use crate::delivery::{Delivery, DeliveryOutput, Fetch};
+use crate::error::{ClientError, error_chain};
+use crate::http_api::HttpApi;
+use crate::pending::{ErrorMatch, PendingSends, PendingSettings};
+
+/// Longest wait from starting a connect to its `welcome`.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often we send a `ping` frame, so the server's idle timer (60 s) never fires.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Nothing read for this long (the server pings every 20 s) means the connection is dead.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a write may block (the server not reading) before the connection counts as dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the close handshake when the app closes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Events waiting for the app above which the socket is not read.
+const OUTBOX_READ_PAUSE_LEN: usize = 1024;
+/// Out-of-order message frames kept while a gap is fetched, across conversations.
+pub(crate) const BUFFERED_FRAMES_MAX: usize = 10_000;
+/// Capacity of the command channel from `Client` handles.
+pub(crate) const COMMANDS_LEN_MAX: usize = 256;
+/// Capacity of the event channel to `Events`.
+pub(crate) const EVENTS_LEN_MAX: usize = 1024;
+
+/// The WebSocket type.
+pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// Where a send's outcome goes.
+pub(crate) type Responder = oneshot::Sender<Result<AckFrame, ClientError>>;
+type Handshake = Pin<Box<dyn Future<Output = Result<Welcomed, ClientError>> + Send>>;
+type Fetched = (Fetch, Result<History, ClientError>);
+
+/// What `Client` handles ask of the task.
+pub(crate) enum Command {
+    Send {
+        client_msg_id: ClientMsgId,
+        conversation_id: ConversationId,
+        body: String,
+        responder: Responder,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Everything the task needs to know besides its state.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) ws_url: String,
+    pub(crate) token: String,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) ack_timeout: Duration,
+}
+
+/// A connection that got its `welcome`.
+pub(crate) struct Welcomed {
+    ws: WsStream,
+    pub(crate) user_id: UserId,
+    pub(crate) epoch: StoreEpoch,
+}
+
+/// `http://host` -> `ws://host/v1/ws`, `https://` -> `wss://`; `ws://` and `wss://` are kept.
+pub(crate) fn ws_url(base_url: &str) -> String {
+    let base_url = base_url.trim_end_matches('/');
+    let base_url = if let Some(rest) = base_url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base_url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        base_url.to_owned()
+    };
+    format!("{base_url}/v1/ws")
+}
+
+/// The `hello` frame as text. More cursors than a hello may carry are left out: those
+/// conversations are replayed from the start and the replayed seqs dropped as duplicates.
+pub(crate) fn hello_text(
+    token: &str,
+    mut cursors: Vec<Cursor>,
+    epoch: Option<StoreEpoch>,
+) -> String {
+    cursors.truncate(HELLO_CURSORS_MAX);
+    encode_client(&ClientFrame::Hello {
+        token: token.to_owned(),
+        cursors,
+        epoch,
+    })
+}
+
+/// Connects, says `hello` and waits for `welcome`, all within `HANDSHAKE_TIMEOUT`. An `error`
+/// frame before the welcome (such as `unauthorized`) ends the attempt with that error.
+pub(crate) async fn handshake(url: String, hello: String) -> Result<Welcomed, ClientError> {
+    match timeout(HANDSHAKE_TIMEOUT, handshake_untimed(&url, hello)).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Transport(format!(
+            "no welcome from {url} within {HANDSHAKE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn handshake_untimed(url: &str, hello: String) -> Result<Welcomed, ClientError> {
+    let (mut ws, _) = connect_async(url)
+        .await
+        .map_err(|err| ClientError::Transport(error_chain(&err)))?;
+    ws.send(Message::text(hello))
+        .await
+        .map_err(|err| ClientError::Transport(error_chain(&err)))?;
+    loop {
+        let message = match ws.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(err)) => return Err(ClientError::Transport(error_chain(&err))),
+            None => return Err(ClientError::Transport("closed before welcome".into())),
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(frame) => {
+                return Err(ClientError::Transport(format!(
+                    "closed before welcome: {}",
+                    close_reason(frame.as_ref())
+                )));
+            }
+            Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                continue;
+            }
+        };
+        match decode_server(text.as_str()) {
+            Ok(ServerFrame::Welcome { user_id, epoch }) => {
+                return Ok(Welcomed { ws, user_id, epoch });
+            }
+            Ok(ServerFrame::Error(error)) => {
+                return Err(ClientError::Api {
+                    status: 0,
+                    code: error.code,
+                    message: error.message,
+                });
+            }
+            Ok(frame) => debug!(?frame, "ignoring a frame before welcome"),
+            Err(err) => {
+                return Err(ClientError::Protocol(format!(
+                    "undecodable frame before welcome: {err}"
+                )));
+            }
+        }
+    }
+}
+
+fn close_reason(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+    match frame {
+        Some(frame) => format!("close {} {}", u16::from(frame.code), frame.reason.as_str()),
+        None => "close without code".into(),
+    }
+}
+
+/// An open connection.
+struct Up {
+    ws: WsStream,
+    last_read: Instant,
+    next_ping: Instant,
+}
+
+/// Where the connection is.
+enum Link {
+    /// Backing off before the next attempt.
+    Waiting(Pin<Box<Sleep>>),
+    /// Connecting, up to the welcome.
+    Handshaking(Handshake),
+    /// Welcomed: frames flow.
+    Up(Box<Up>),
+}
+
+/// What happened on the link.
+enum LinkStep {
+    BackoffDone,
+    Handshake(Box<Result<Welcomed, ClientError>>),
+    Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+}
+
+async fn link_step(link: &mut Link, read_allowed: bool) -> LinkStep {
+    match link {
+        Link::Waiting(sleep) => {
+            sleep.as_mut().await;
+            LinkStep::BackoffDone
+        }
+        Link::Handshaking(handshake) => LinkStep::Handshake(Box::new(handshake.as_mut().await)),
+        Link::Up(up) if read_allowed => LinkStep::Read(up.ws.next().await),
+        Link::Up(_) => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// The task's state; [`Driver::run`] is the task.
+pub(crate) struct Driver {
+    settings: Settings,
+    http: HttpApi,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    /// False once `Events` is dropped: events are then discarded.
+    events_open: bool,
+    outbox: VecDeque<Event>,
+    delivery: Delivery,
+    pending: PendingSends<Responder>,
+    backoff: Backoff,
+    fetches: JoinSet<Fetched>,
+    link: Link,
+}
+
+impl Driver {
+    /// A driver on a connection that was just welcomed.
+    pub(crate) fn new(
+        settings: Settings,
+        http: HttpApi,
+        delivery: Delivery,
+        welcomed: Welcomed,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Driver {
+        let pending = PendingSends::new(PendingSettings {
+            ack_timeout: settings.ack_timeout,
+            backoff_base: settings.backoff_base,
+            backoff_max: settings.backoff_max,
+            in_flight_max: INFLIGHT_SENDS_MAX,
+        });
+        let backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
+        let mut driver = Driver {
+            settings,
+            http,
+            commands,
+            events,
+            events_open: true,
+            outbox: VecDeque::new(),
+            delivery,
+            pending,
+            backoff,
+            fetches: JoinSet::new(),
+            link: Link::Waiting(Box::pin(sleep(Duration::ZERO))),
+        };
+        driver.on_welcome(welcomed);
+        driver
+    }
+
+    /// Runs until the app closes the client or drops every `Client` handle.
+    pub(crate) async fn run(mut self) {
+        loop {
+            match timeout(WRITE_TIMEOUT, self.write_pending()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => self.lose(reason),
+                Err(_) => self.lose(format!("a write took longer than {WRITE_TIMEOUT:?}")),
+            }
+            let read_allowed = self.outbox.len() < OUTBOX_READ_PAUSE_LEN;
+            // While the app is behind, time-outs wait too: acks sit unread in the socket.
+            // (Right after such a pause, an expired ack deadline may still cost a reconnect.)
+            let deadline = if read_allowed { self.deadline() } else { None };
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Send { client_msg_id, conversation_id, body, responder }) => {
+                        self.pending.insert(client_msg_id, conversation_id, body, responder);
+                    }
+                    Some(Command::Close { done }) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                // An owned permit, so that the handlers below may borrow `self` again.
+                permit = self.events.clone().reserve_owned(), if !self.outbox.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = self.outbox.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    Err(_) => {
+                        self.events_open = false;
+                        self.outbox.clear();
+                    }
+                },
+                step = link_step(&mut self.link, read_allowed) => self.on_link_step(step),
+                Some(fetched) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                    self.on_fetched(fetched);
+                }
+                () = sleep_until_some(deadline) => self.on_timeout(),
+            }
+        }
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events_open {
+            self.outbox.push_back(event);
+        }
+    }
+
+    /// Writes the sends that may go now, and a ping when one is due.
+    async fn write_pending(&mut self) -> Result<(), String> {
+        let Link::Up(up) = &mut self.link else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut wrote = false;
+        while let Some(frame) = self.pending.poll_write(now.into_std()) {
+            up.ws
+                .feed(Message::text(encode_client(&frame)))
+                .await
+                .map_err(|err| format!("write failed: {}", error_chain(&err)))?;
+            wrote = true;
+        }
+        if now >= up.next_ping {
+            let ping = ClientFrame::Ping { request_id: None };
+            up.ws
+                .feed(Message::text(encode_client(&ping)))
+                .await
+                .map_err(|err| format!("write failed: {}", error_chain(&err)))?;
+            up.next_ping = now + PING_INTERVAL;
+            wrote = true;
+        }
+        if wrote {
+            up.ws
+                .flush()
+                .await
+                .map_err(|err| format!("write failed: {}", error_chain(&err)))?;
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let pending = self.pending.poll_timeout().map(Instant::from_std);
+        let link = match &self.link {
+            Link::Up(up) => Some((up.last_read + IDLE_TIMEOUT).min(up.next_ping)),
+            Link::Waiting(_) | Link::Handshaking(_) => None,
+        };
+        match (pending, link) {
+            (Some(pending), Some(link)) => Some(pending.min(link)),
+            (pending, link) => pending.or(link),
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let now = Instant::now();
+        if self.pending.handle_timeout(now.into_std()) {
+            self.lose(format!(
+                "a send got no ack within {:?}",
+                self.settings.ack_timeout
+            ));
+            return;
+        }
+        let idle = matches!(&self.link, Link::Up(up) if now >= up.last_read + IDLE_TIMEOUT);
+        if idle {
+            self.lose(format!("nothing received for {IDLE_TIMEOUT:?}"));
+        }
+    }
+
+    /// The connection (or an attempt) is over: back off, then try again.
+    fn lose(&mut self, reason: String) {
+        if matches!(self.link, Link::Up(_)) {
+            info!(%reason, "disconnected; reconnecting");
+            self.pending.handle_disconnected();
+            self.push_event(Event::Disconnected { reason });
+        } else {
+            debug!(%reason, "connect attempt failed");
+        }
+        let delay = self.backoff.next_delay(rand::random::<f64>());
+        self.link = Link::Waiting(Box::pin(sleep(delay)));
+    }
+
+    fn on_welcome(&mut self, welcomed: Welcomed) {
+        let Welcomed { ws, user_id, epoch } = welcomed;
+        if self.delivery.handle_welcome(epoch.clone()) {
+            info!(epoch = %epoch.0, "store epoch changed; cursors reset");
+            self.fetches.abort_all();
+        }
+        self.pending.handle_connected();
+        self.backoff.reset();
+        self.push_event(Event::Connected { user_id, epoch });
+        let now = Instant::now();
+        self.link = Link::Up(Box::new(Up {
+            ws,
+            last_read: now,
+            next_ping: now + PING_INTERVAL,
+        }));
+    }
+
+    fn on_link_step(&mut self, step: LinkStep) {
+        match step {
+            LinkStep::BackoffDone => {
+                let hello = hello_text(
+                    &self.settings.token,
+                    self.delivery.cursors(),
+                    self.delivery.epoch().cloned(),
+                );
+                let url = self.settings.ws_url.clone();
+                self.link = Link::Handshaking(Box::pin(handshake(url, hello)));
+            }
+            LinkStep::Handshake(result) => match *result {
+                Ok(welcomed) => self.on_welcome(welcomed),
+                Err(err) => self.on_refused(err),
+            },
+            LinkStep::Read(None) => self.lose("connection closed".into()),
+            LinkStep::Read(Some(Err(err))) => self.lose(error_chain(&err)),
+            LinkStep::Read(Some(Ok(message))) => self.on_message(message),
+        }
+    }
+
+    /// A connect attempt failed; an `error` frame from the server is also an event for the app.
+    fn on_refused(&mut self, err: ClientError) {
+        if let ClientError::Api { code, message, .. } = &err {
+            // Most likely an expired or revoked token: the app must hear of it.
+            warn!(%err, "connect refused");
+            self.push_event(Event::ServerError(ErrorFrame {
+                code: *code,
+                message: message.clone(),
+                request_id: None,
+            }));
+        }
+        self.lose(err.to_string());
+    }
+
+    fn on_message(&mut self, message: Message) {
+        if let Link::Up(up) = &mut self.link {
+            up.last_read = Instant::now();
+        }
+        match message {
+            Message::Text(text) => match decode_server(text.as_str()) {
+                Ok(frame) => self.on_frame(frame),
+                // Unknown frame types from a newer server are skipped; a skipped message
+                // shows up as a gap and is fetched.
+                Err(err) => warn!(%err, "ignoring an undecodable frame"),
+            },
+            Message::Close(frame) => {
+                self.lose(format!(
+                    "closed by server: {}",
+                    close_reason(frame.as_ref())
+                ));
+            }
+            Message::Binary(_) => warn!("ignoring a binary frame"),
+            // tungstenite answers pings itself on the next read or write.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    fn on_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Welcome { .. } => debug!("ignoring a second welcome"),
+            ServerFrame::Synced => self.push_event(Event::Synced),
+            ServerFrame::Message(message) => {
+                self.delivery.handle_message(message);
+                self.drain_delivery();
+            }
+            ServerFrame::Ack(ack) => {
+                for responder in self.pending.handle_ack(&ack) {
+                    let _ = responder.send(Ok(ack.clone()));
+                }
+            }
+            ServerFrame::Joined { conversation_id } => {
+                self.push_event(Event::Joined(conversation_id));
+            }
+            ServerFrame::Left { conversation_id } => {
+                self.delivery.handle_left(conversation_id);
+                self.drain_delivery();
+                self.push_event(Event::Left(conversation_id));
+            }
+            ServerFrame::Pong { .. } => {}
+            ServerFrame::Error(error) => {
+                match self
+                    .pending
+                    .handle_error(&error, now_std(), rand::random::<f64>())
+                {
+                    ErrorMatch::Unrelated => self.push_event(Event::ServerError(error)),
+                    ErrorMatch::Retrying => {
+                        debug!(code = error.code.as_str(), "send will be retried");
+                    }
+                    ErrorMatch::Failed(responders) => {
+                        for responder in responders {
+                            let _ = responder.send(Err(ClientError::Api {
+                                status: 0,
+                                code: error.code,
+                                message: error.message.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_delivery(&mut self) {
+        while let Some(output) = self.delivery.poll_output() {
+            match output {
+                DeliveryOutput::Deliver(message) => self.push_event(Event::Message(message)),
+                DeliveryOutput::Fetch(fetch) => {
+                    debug!(
+                        conversation_id = fetch.conversation_id.0,
+                        after = fetch.after.0,
+                        "fetching history to fill a gap"
+                    );
+                    self.fetches.spawn(fetch_history(
+                        self.http.clone(),
+                        fetch,
+                        Backoff::new(self.settings.backoff_base, self.settings.backoff_max),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_fetched(&mut self, fetched: Result<Fetched, JoinError>) {
+        match fetched {
+            Ok((fetch, Ok(history))) => self.delivery.handle_history(&fetch, Some(history)),
+            Ok((fetch, Err(err))) => {
+                warn!(conversation_id = fetch.conversation_id.0, %err, "history fetch failed");
+                self.delivery.handle_history(&fetch, None);
+            }
+            // Aborted after an epoch change: its lane is gone.
+            Err(err) if err.is_cancelled() => {}
+            Err(err) => warn!(%err, "history fetch task failed"),
+        }
+        self.drain_delivery();
+    }
+
+    async fn shutdown(&mut self) {
+        for responder in self.pending.drain() {
+            let _ = responder.send(Err(ClientError::Closed));
+        }
+        self.fetches.abort_all();
+        if let Link::Up(up) = &mut self.link {
+            let _ = timeout(CLOSE_TIMEOUT, up.ws.close(None)).await;
+        }
+    }
+}
+
+/// Fetches one history page, retrying retryable failures with backoff; a definite failure is
+/// returned for `Delivery` to give up on the gap.
+async fn fetch_history(http: HttpApi, fetch: Fetch, mut backoff: Backoff) -> Fetched {
+    loop {
+        match http
+            .history_after(fetch.conversation_id, fetch.after, PAGE_LEN_MAX)
+            .await
+        {
+            Ok(history) => return (fetch, Ok(history)),
+            Err(err) if err.is_retryable() => {
+                debug!(%err, "history fetch failed; retrying");
+                sleep(backoff.next_delay(rand::random::<f64>())).await;
+            }
+            Err(err) => return (fetch, Err(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(base_url: &str, expected: &str) {
+        assert_eq!(ws_url(base_url), expected, "{base_url}");
+    }
+
+    #[test]
+    fn websocket_urls() {
+        check("http://127.0.0.1:8080", "ws://127.0.0.1:8080/v1/ws");
+        check("http://h:1/", "ws://h:1/v1/ws");
+        check(
+            "https://chat.example/lanes",
+            "wss://chat.example/lanes/v1/ws",
+        );
+        check("ws://h:1", "ws://h:1/v1/ws");
+    }
+
+    #[test]
+    fn hello_frame() {
+        let cursors = vec![Cursor {
+            conversation_id: ConversationId(12),
+            seq: lanes_protocol::Seq(40),
+        }];
+        assert_eq!(
+            hello_text("lt_x", cursors, Some(StoreEpoch("3f1c".into()))),
+            r#"{"type":"hello","token":"lt_x","cursors":[{"conversation_id":12,"seq":40}],"epoch":"3f1c"}"#
+        );
+        assert_eq!(
+            hello_text("lt_x", vec![], None),
+            r#"{"type":"hello","token":"lt_x","cursors":[],"epoch":null}"#
+        );
+    }
+}

@@ -1,0 +1,534 @@
+//! The live `Client` against a scripted fake server (axum, in-process): connect, acks, resends
+//! across reconnects, resume cursors, epoch change, gap filling over HTTP, errors and close.
+//! Each test drives the server's side of every connection by hand and awaits frames with a timeout.
+
+// A test fails by panicking, in helpers as much as in test functions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use lanes_client::{
+    AckFrame, Client, ClientConfig, ClientError, ClientMsgId, ConversationId, Cursor, ErrorCode,
+    ErrorFrame, Event, Events, History, MessageFrame, Seq, StoreEpoch, UserId,
+};
+use lanes_protocol::codec::{decode_client, encode_server};
+use lanes_protocol::http::ErrorBody;
+use lanes_protocol::{ClientFrame, MessageId, ServerFrame, UnixMillis};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const TOKEN: &str = "lt_test";
+const WAIT: Duration = Duration::from_secs(5);
+
+type Messages = Arc<Mutex<HashMap<u64, Vec<MessageFrame>>>>;
+
+#[derive(Clone)]
+struct AppState {
+    connections: mpsc::Sender<FakeConn>,
+    messages: Messages,
+}
+
+/// The server's side of one WebSocket connection. Dropping it drops the connection.
+struct FakeConn {
+    from_client: mpsc::Receiver<ClientFrame>,
+    to_client: mpsc::Sender<ServerFrame>,
+}
+
+struct FakeServer {
+    base_url: String,
+    connections: mpsc::Receiver<FakeConn>,
+    /// Stored messages per conversation, served by the history route.
+    messages: Messages,
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+impl FakeServer {
+    async fn start() -> FakeServer {
+        let (connections_tx, connections) = mpsc::channel(16);
+        let messages = Messages::default();
+        let state = AppState {
+            connections: connections_tx,
+            messages: Arc::clone(&messages),
+        };
+        let router = Router::new()
+            .route("/v1/ws", get(ws_route))
+            .route("/v1/conversations/{id}/messages", get(history_route))
+            .with_state(state);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        FakeServer {
+            base_url: format!("http://{addr}"),
+            connections,
+            messages,
+        }
+    }
+
+    async fn accept(&mut self) -> FakeConn {
+        within("a connection", self.connections.recv())
+            .await
+            .unwrap()
+    }
+
+    /// Accepts a connection, checks its hello and welcomes it.
+    async fn welcome(&mut self, epoch: &str) -> (FakeConn, Vec<Cursor>, Option<StoreEpoch>) {
+        let mut conn = self.accept().await;
+        let ClientFrame::Hello {
+            token,
+            cursors,
+            epoch: hello_epoch,
+        } = conn.recv().await
+        else {
+            panic!("the first frame must be hello");
+        };
+        assert_eq!(token, TOKEN);
+        conn.send(ServerFrame::Welcome {
+            user_id: UserId::parse("alice").unwrap(),
+            epoch: StoreEpoch(epoch.into()),
+        })
+        .await;
+        (conn, cursors, hello_epoch)
+    }
+
+    fn store(&self, conversation: u64, seqs: std::ops::RangeInclusive<u64>) {
+        let mut messages = self.messages.lock().unwrap();
+        let stored = messages.entry(conversation).or_default();
+        stored.extend(seqs.map(|seq| message(conversation, seq)));
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(&self.base_url, TOKEN);
+        config.backoff_base = Duration::from_millis(1);
+        config.backoff_max = Duration::from_millis(20);
+        config
+    }
+}
+
+impl FakeConn {
+    /// The next frame from the client, skipping its keepalive pings.
+    async fn recv(&mut self) -> ClientFrame {
+        loop {
+            match within("a client frame", self.from_client.recv()).await {
+                Some(ClientFrame::Ping { .. }) => continue,
+                Some(frame) => return frame,
+                None => panic!("the client closed the connection"),
+            }
+        }
+    }
+
+    async fn recv_send(&mut self) -> (ClientMsgId, ConversationId, String) {
+        match self.recv().await {
+            ClientFrame::Send {
+                client_msg_id,
+                conversation_id,
+                body,
+            } => (client_msg_id, conversation_id, body),
+            frame => panic!("expected a send, got {frame:?}"),
+        }
+    }
+
+    async fn send(&self, frame: ServerFrame) {
+        self.to_client.send(frame).await.unwrap();
+    }
+
+    async fn ack(&self, client_msg_id: &ClientMsgId, seq: u64) {
+        self.send(ServerFrame::Ack(ack(client_msg_id, seq))).await;
+    }
+
+    async fn error(&self, code: ErrorCode, request_id: Option<&ClientMsgId>) {
+        self.send(ServerFrame::Error(ErrorFrame {
+            code,
+            message: code.as_str().into(),
+            request_id: request_id.map(|id| id.to_string()),
+        }))
+        .await;
+    }
+
+    /// Ends the connection and waits until the client saw it go.
+    async fn closed(mut self) {
+        self.to_client = mpsc::channel(1).0;
+        while within("the connection to end", self.from_client.recv())
+            .await
+            .is_some()
+        {}
+    }
+}
+
+async fn ws_route(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| serve_socket(socket, state.connections))
+}
+
+async fn serve_socket(mut socket: WebSocket, connections: mpsc::Sender<FakeConn>) {
+    let (from_client_tx, from_client) = mpsc::channel(64);
+    let (to_client, mut to_client_rx) = mpsc::channel(64);
+    if connections
+        .send(FakeConn {
+            from_client,
+            to_client,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            received = socket.recv() => match received {
+                Some(Ok(Message::Text(text))) => {
+                    let frame = decode_client(text.as_str()).unwrap();
+                    if from_client_tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+            frame = to_client_rx.recv() => match frame {
+                Some(frame) => {
+                    if socket.send(Message::text(encode_server(&frame))).await.is_err() {
+                        return;
+                    }
+                }
+                // The test dropped its side: drop the socket without a close handshake.
+                None => return,
+            },
+        }
+    }
+}
+
+async fn history_route(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    Query(query): Query<HashMap<String, u64>>,
+    headers: HeaderMap,
+) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .is_some_and(|value| value == format!("Bearer {TOKEN}").as_str());
+    if !authorized {
+        let body = ErrorBody {
+            code: ErrorCode::Unauthorized,
+            message: "no token".into(),
+        };
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    let after = query.get("after").copied().unwrap_or(0);
+    let limit = query.get("limit").copied().unwrap_or(100) as usize;
+    let messages = state.messages.lock().unwrap();
+    let newer: Vec<MessageFrame> = messages
+        .get(&id)
+        .into_iter()
+        .flatten()
+        .filter(|message| message.seq.0 > after)
+        .cloned()
+        .collect();
+    let page: Vec<MessageFrame> = newer.iter().take(limit).cloned().collect();
+    let history = History {
+        has_more: newer.len() > page.len(),
+        messages: page,
+    };
+    axum::Json(history).into_response()
+}
+
+fn message(conversation: u64, seq: u64) -> MessageFrame {
+    MessageFrame {
+        conversation_id: ConversationId(conversation),
+        seq: Seq(seq),
+        message_id: MessageId(conversation * 1000 + seq),
+        sender_id: UserId::parse("bob").unwrap(),
+        client_msg_id: ClientMsgId::parse(&format!("b-{conversation}-{seq}")).unwrap(),
+        body: format!("message {seq}"),
+        server_ts: UnixMillis(1),
+    }
+}
+
+fn ack(client_msg_id: &ClientMsgId, seq: u64) -> AckFrame {
+    AckFrame {
+        client_msg_id: client_msg_id.clone(),
+        conversation_id: ConversationId(1),
+        message_id: MessageId(seq),
+        seq: Seq(seq),
+        server_ts: UnixMillis(2),
+    }
+}
+
+async fn next_event(events: &mut Events) -> Event {
+    within("an event", events.next()).await.unwrap()
+}
+
+/// Takes events until `count` messages arrived, returning their (conversation, seq).
+async fn next_messages(events: &mut Events, count: usize) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        if let Event::Message(message) = next_event(events).await {
+            assert_eq!(message.body, format!("message {}", message.seq));
+            seen.push((message.conversation_id.0, message.seq.0));
+        }
+    }
+    seen
+}
+
+fn pairs(cursors: &[Cursor]) -> Vec<(u64, u64)> {
+    cursors
+        .iter()
+        .map(|cursor| (cursor.conversation_id.0, cursor.seq.0))
+        .collect()
+}
+
+async fn connect(
+    server: &mut FakeServer,
+    configure: impl FnOnce(&mut ClientConfig),
+) -> (Client, Events, FakeConn) {
+    let mut config = server.config();
+    configure(&mut config);
+    let connecting = tokio::spawn(Client::connect(config));
+    let (conn, cursors, epoch) = server.welcome("e1").await;
+    assert!(cursors.is_empty() && epoch.is_none());
+    let (client, mut events) = within("connect", connecting).await.unwrap().unwrap();
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Connected { .. }
+    ));
+    (client, events, conn)
+}
+
+#[tokio::test]
+async fn send_resolves_with_its_ack() {
+    let mut server = FakeServer::start().await;
+    let (client, _events, mut conn) = connect(&mut server, |_| {}).await;
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "hi").await })
+    };
+    let (client_msg_id, conversation_id, body) = conn.recv_send().await;
+    assert_eq!((conversation_id, body.as_str()), (ConversationId(1), "hi"));
+    assert_eq!(client_msg_id.as_str().len(), 32);
+    conn.ack(&client_msg_id, 7).await;
+    let acked = within("the ack", sending).await.unwrap().unwrap();
+    assert_eq!(acked, ack(&client_msg_id, 7));
+}
+
+#[tokio::test]
+async fn refused_token_and_refused_connection() {
+    let mut server = FakeServer::start().await;
+    let connecting = tokio::spawn(Client::connect(server.config()));
+    let mut conn = server.accept().await;
+    assert!(matches!(conn.recv().await, ClientFrame::Hello { .. }));
+    conn.error(ErrorCode::Unauthorized, None).await;
+    match within("connect", connecting).await.unwrap() {
+        Err(ClientError::Api {
+            status: 0,
+            code: ErrorCode::Unauthorized,
+            ..
+        }) => {}
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    match Client::connect(ClientConfig::new(&base_url, TOKEN)).await {
+        Err(ClientError::Transport(_)) => {}
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reconnects_resumes_and_resends_with_the_same_id() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+    conn.send(ServerFrame::Message(message(3, 1))).await;
+    conn.send(ServerFrame::Message(message(3, 2))).await;
+    conn.send(ServerFrame::Synced).await;
+    assert_eq!(next_messages(&mut events, 2).await, [(3, 1), (3, 2)]);
+    assert_eq!(next_event(&mut events).await, Event::Synced);
+    assert_eq!(pairs(&client.cursors()), [(3, 2)]);
+    assert_eq!(client.epoch(), Some(StoreEpoch("e1".into())));
+
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "again").await })
+    };
+    let (first_id, _, _) = conn.recv_send().await;
+    conn.closed().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+
+    let (mut conn, cursors, epoch) = server.welcome("e1").await;
+    assert_eq!(pairs(&cursors), [(3, 2)]);
+    assert_eq!(epoch, Some(StoreEpoch("e1".into())));
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Connected { .. }
+    ));
+    let (second_id, _, body) = conn.recv_send().await;
+    assert_eq!((&second_id, body.as_str()), (&first_id, "again"));
+    // A replayed seq is dropped; the next one is delivered.
+    conn.send(ServerFrame::Message(message(3, 2))).await;
+    conn.send(ServerFrame::Message(message(3, 3))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(3, 3)]);
+    conn.ack(&second_id, 9).await;
+    assert_eq!(
+        within("the ack", sending).await.unwrap().unwrap().seq,
+        Seq(9)
+    );
+}
+
+#[tokio::test]
+async fn new_epoch_replays_from_the_start() {
+    let mut server = FakeServer::start().await;
+    let mut config = server.config();
+    config.cursors = vec![Cursor {
+        conversation_id: ConversationId(3),
+        seq: Seq(5),
+    }];
+    config.epoch = Some(StoreEpoch("old".into()));
+    let connecting = tokio::spawn(Client::connect(config));
+    let (conn, cursors, epoch) = server.welcome("new").await;
+    assert_eq!(pairs(&cursors), [(3, 5)]);
+    assert_eq!(epoch, Some(StoreEpoch("old".into())));
+    let (client, mut events) = within("connect", connecting).await.unwrap().unwrap();
+    assert_eq!(pairs(&client.cursors()), [(3, 5)]);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Connected { .. }
+    ));
+    assert!(client.cursors().is_empty());
+    conn.send(ServerFrame::Message(message(3, 1))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(3, 1)]);
+    assert_eq!(pairs(&client.cursors()), [(3, 1)]);
+    assert_eq!(client.epoch(), Some(StoreEpoch("new".into())));
+}
+
+#[tokio::test]
+async fn fills_a_gap_from_history() {
+    let mut server = FakeServer::start().await;
+    server.store(7, 1..=700);
+    let (_client, mut events, conn) = connect(&mut server, |_| {}).await;
+    conn.send(ServerFrame::Joined {
+        conversation_id: ConversationId(7),
+    })
+    .await;
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Joined(ConversationId(7))
+    );
+    // Live frames beyond a gap: the client pages history (500 + 200) and keeps order.
+    conn.send(ServerFrame::Message(message(7, 699))).await;
+    conn.send(ServerFrame::Message(message(7, 700))).await;
+    let expected: Vec<(u64, u64)> = (1..=700).map(|seq| (7, seq)).collect();
+    assert_eq!(next_messages(&mut events, 700).await, expected);
+    server.store(7, 701..=701);
+    conn.send(ServerFrame::Message(message(7, 701))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(7, 701)]);
+}
+
+#[tokio::test]
+async fn errors_fail_or_retry_sends() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(99), "x").await })
+    };
+    let (client_msg_id, _, _) = conn.recv_send().await;
+    conn.error(ErrorCode::NotFound, Some(&client_msg_id)).await;
+    match within("the error", sending).await.unwrap() {
+        Err(ClientError::Api {
+            status: 0,
+            code: ErrorCode::NotFound,
+            ..
+        }) => {}
+        other => panic!("expected not_found, got {other:?}"),
+    }
+
+    let client_msg_id = ClientMsgId::parse("my-id").unwrap();
+    let sending = {
+        let client = client.clone();
+        let client_msg_id = client_msg_id.clone();
+        tokio::spawn(async move {
+            client
+                .send_with_id(ConversationId(1), client_msg_id, "y")
+                .await
+        })
+    };
+    let (first, _, _) = conn.recv_send().await;
+    assert_eq!(first, client_msg_id);
+    conn.error(ErrorCode::StorageUnavailable, Some(&first))
+        .await;
+    let (second, _, _) = conn.recv_send().await;
+    assert_eq!(second, client_msg_id);
+    conn.ack(&second, 4).await;
+    assert_eq!(
+        within("the ack", sending).await.unwrap().unwrap().seq,
+        Seq(4)
+    );
+
+    conn.error(ErrorCode::SlowConsumer, None).await;
+    match next_event(&mut events).await {
+        Event::ServerError(error) => assert_eq!(error.code, ErrorCode::SlowConsumer),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unacked_send_reconnects_after_ack_timeout() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |config| {
+        config.ack_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "slow").await })
+    };
+    let (first, _, _) = conn.recv_send().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let (mut conn, _, _) = server.welcome("e1").await;
+    let (second, _, _) = conn.recv_send().await;
+    assert_eq!(first, second);
+    conn.ack(&second, 1).await;
+    assert!(within("the ack", sending).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn close_fails_pending_sends_and_ends_events() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "never acked").await })
+    };
+    conn.recv_send().await;
+    client.close().await;
+    assert!(matches!(
+        within("the send", sending).await.unwrap(),
+        Err(ClientError::Closed)
+    ));
+    assert!(within("the end of events", events.next()).await.is_none());
+    assert!(matches!(
+        client.send(ConversationId(1), "late").await,
+        Err(ClientError::Closed)
+    ));
+}

@@ -1,0 +1,142 @@
+//! `committer::run`: the single writer. It takes every pending send off its queue, commits them
+//! as one batch (`store.append_batch`: one transaction, one fsync), and only then acks each
+//! sender and publishes each new message to the hub, in commit order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use lanes_core::CommitQueue;
+use lanes_hub::Hub;
+use lanes_protocol::codec::encode_server;
+use lanes_protocol::{AckFrame, ErrorCode, ErrorFrame, MessageFrame, ServerFrame, limits};
+use lanes_store::{AppendOutcome, NewMessage, Store};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::now_millis;
+
+/// What a connection or HTTP handler hears back about one send.
+pub(crate) type CommitOutcome = Result<AckFrame, ErrorFrame>;
+
+/// One send waiting to be committed.
+pub(crate) struct CommitRequest {
+    pub(crate) message: NewMessage,
+    pub(crate) reply: oneshot::Sender<CommitOutcome>,
+}
+
+fn ack_of(frame: &MessageFrame) -> AckFrame {
+    AckFrame {
+        client_msg_id: frame.client_msg_id.clone(),
+        conversation_id: frame.conversation_id,
+        message_id: frame.message_id,
+        seq: frame.seq,
+        server_ts: frame.server_ts,
+    }
+}
+
+/// Runs until every sender of `requests` is gone and the queue is drained.
+pub(crate) async fn run(
+    mut requests: mpsc::Receiver<CommitRequest>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub<Utf8Bytes>>,
+    linger: Duration,
+) {
+    let mut queue = CommitQueue::new(limits::COMMIT_BATCH_LEN_MAX, linger);
+    loop {
+        if queue.is_empty() {
+            match requests.recv().await {
+                Some(request) => queue.push(Instant::now(), request),
+                None => return,
+            }
+        }
+        // Everything that arrived while the previous batch was committing joins this one.
+        while queue.len() < limits::COMMIT_BATCH_LEN_MAX {
+            match requests.try_recv() {
+                Ok(request) => queue.push(Instant::now(), request),
+                Err(_) => break,
+            }
+        }
+        let batch = match queue.poll_batch(Instant::now()) {
+            Some(batch) => batch,
+            None => {
+                let deadline = queue.poll_timeout().unwrap_or_else(Instant::now);
+                if let Ok(Some(request)) =
+                    tokio::time::timeout_at(deadline.into(), requests.recv()).await
+                {
+                    queue.push(Instant::now(), request);
+                }
+                continue;
+            }
+        };
+        commit(batch, &store, &hub).await;
+    }
+}
+
+async fn commit(batch: Vec<CommitRequest>, store: &Arc<dyn Store>, hub: &Hub<Utf8Bytes>) {
+    let (messages, replies): (Vec<NewMessage>, Vec<oneshot::Sender<CommitOutcome>>) = batch
+        .into_iter()
+        .map(|request| (request.message, request.reply))
+        .unzip();
+    let request_ids: Vec<String> = messages
+        .iter()
+        .map(|message| message.client_msg_id.to_string())
+        .collect();
+    let store = Arc::clone(store);
+    let now = now_millis();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let outcomes = store.append_batch(&messages, now);
+        (messages, outcomes)
+    })
+    .await;
+    let (messages, outcomes) = match outcome {
+        Ok((messages, Ok(outcomes))) => (messages, outcomes),
+        Ok((_, Err(err))) => {
+            tracing::error!("commit of {} sends failed: {err}", replies.len());
+            fail_all(
+                replies,
+                request_ids,
+                "storage is unavailable; retry with the same client_msg_id",
+            );
+            return;
+        }
+        Err(err) => {
+            tracing::error!("commit task failed: {err}");
+            fail_all(
+                replies,
+                request_ids,
+                "commit failed; retry with the same client_msg_id",
+            );
+            return;
+        }
+    };
+    assert_eq!(outcomes.len(), replies.len(), "one outcome per send");
+    for ((outcome, reply), message) in outcomes.into_iter().zip(replies).zip(messages) {
+        let answer = match outcome {
+            AppendOutcome::Appended(frame) => {
+                let ack = ack_of(&frame);
+                let (conversation_id, seq) = (frame.conversation_id, frame.seq);
+                let payload = Utf8Bytes::from(encode_server(&ServerFrame::Message(frame)));
+                hub.publish(conversation_id, seq, payload);
+                Ok(ack)
+            }
+            AppendOutcome::Duplicate(frame) => Ok(ack_of(&frame)),
+            AppendOutcome::NotMember => Err(ErrorFrame {
+                code: ErrorCode::NotFound,
+                message: "conversation not found".into(),
+                request_id: Some(message.client_msg_id.to_string()),
+            }),
+        };
+        // The sender may have disconnected; its message is stored and it will see it on resume.
+        let _ = reply.send(answer);
+    }
+}
+
+fn fail_all(replies: Vec<oneshot::Sender<CommitOutcome>>, request_ids: Vec<String>, message: &str) {
+    for (reply, request_id) in replies.into_iter().zip(request_ids) {
+        let _ = reply.send(Err(ErrorFrame {
+            code: ErrorCode::StorageUnavailable,
+            message: message.into(),
+            request_id: Some(request_id),
+        }));
+    }
+}

@@ -1,0 +1,166 @@
+//! Server configuration: what `lanes serve` reads from its config file, environment and flags.
+//! Every field has a default, so an empty configuration is a working single-node server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use lanes_core::Limits;
+use serde::Deserialize;
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityConfig {
+    /// fsync on every commit (SQLite `synchronous=FULL`). The default and the Lanes promise.
+    Full,
+    /// SQLite `synchronous=NORMAL`: an acked message survives a process crash but may be lost
+    /// on power loss or OS crash. Logged loudly at start-up.
+    Normal,
+}
+
+/// Which credentials the server accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Password accounts (`/v1/register`, `/v1/login`).
+    pub password: bool,
+    /// Lifetime of a session token, in seconds.
+    pub session_ttl_secs: u64,
+    /// Shared secret for HS256 application JWTs.
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public key for RS256 or EdDSA application JWTs.
+    pub jwt_public_key_pem: Option<String>,
+    /// `RS256` or `EdDSA`, for `jwt_public_key_pem`.
+    pub jwt_algorithm: Option<String>,
+    /// Required `iss` claim, if set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub jwt_audience: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            password: true,
+            session_ttl_secs: 30 * 24 * 3600,
+            jwt_hs256_secret: None,
+            jwt_public_key_pem: None,
+            jwt_algorithm: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+        }
+    }
+}
+
+/// Limits a deployment may tighten.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message body, in bytes (at most 65536).
+    pub message_body_bytes_max: usize,
+    /// Most members of a group.
+    pub group_members_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        let limits = Limits::default();
+        LimitsConfig {
+            message_body_bytes_max: limits.message_body_bytes_max,
+            group_members_max: limits.group_members_max,
+        }
+    }
+}
+
+/// WebSocket timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// How long a new connection may take to send a valid `hello`, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// How often the server pings, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// How long a silent peer is kept, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> WebSocketConfig {
+        WebSocketConfig {
+            hello_timeout_ms: 10_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the SQLite database lives.
+    pub data_dir: PathBuf,
+    /// fsync policy.
+    pub durability: DurabilityConfig,
+    /// How long the committer waits for more sends before committing a batch, in microseconds.
+    /// 0 (the default) commits whatever arrived while the previous commit ran.
+    pub commit_linger_micros: u64,
+    /// Credentials.
+    pub auth: AuthConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// WebSocket timing.
+    pub websocket: WebSocketConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./lanes-data"),
+            durability: DurabilityConfig::Full,
+            commit_linger_micros: 0,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            websocket: WebSocketConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Why this configuration cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        self.core_limits().check()?;
+        let websocket = &self.websocket;
+        if websocket.hello_timeout_ms == 0 || websocket.ping_interval_ms == 0 {
+            return Err("websocket timeouts must be positive".into());
+        }
+        if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
+            return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());
+        }
+        Ok(())
+    }
+
+    /// The per-connection settings of the state machine.
+    pub fn connection_config(
+        &self,
+        epoch: lanes_protocol::StoreEpoch,
+    ) -> lanes_core::ConnectionConfig {
+        let mut config = lanes_core::ConnectionConfig::new(epoch);
+        config.limits = self.core_limits();
+        config.hello_timeout = std::time::Duration::from_millis(self.websocket.hello_timeout_ms);
+        config.ping_interval = std::time::Duration::from_millis(self.websocket.ping_interval_ms);
+        config.idle_timeout = std::time::Duration::from_millis(self.websocket.idle_timeout_ms);
+        config
+    }
+
+    /// The limits as the core uses them.
+    pub fn core_limits(&self) -> Limits {
+        Limits {
+            message_body_bytes_max: self.limits.message_body_bytes_max,
+            group_members_max: self.limits.group_members_max,
+        }
+    }
+}

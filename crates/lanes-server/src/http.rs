@@ -1,0 +1,456 @@
+//! The HTTP routes: accounts, conversations, membership and history. Each handler authenticates
+//! with the bearer token, checks what only the caller's role decides, and leaves membership of
+//! reads and writes to the store, which checks it in the same transaction.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use lanes_protocol::http::{
+    AddMember, ConversationKind, ConversationList, CreateDirect, CreateGroup, Credentials, History,
+    Role,
+};
+use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId, limits};
+use lanes_store::MembershipChange;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::{AppState, blocking, now_millis, ws};
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/register", post(register))
+        .route("/v1/login", post(login))
+        .route("/v1/logout", post(logout))
+        .route("/v1/conversations", get(list_conversations))
+        .route("/v1/conversations/direct", post(create_direct))
+        .route("/v1/conversations/group", post(create_group))
+        .route("/v1/conversations/{id}", get(get_conversation))
+        .route("/v1/conversations/{id}/members", post(add_member))
+        .route(
+            "/v1/conversations/{id}/members/{user_id}",
+            delete(remove_member),
+        )
+        .route("/v1/conversations/{id}/leave", post(leave))
+        .route("/v1/conversations/{id}/messages", get(history))
+        .route("/v1/ws", get(ws::upgrade))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// The authenticated caller of a request, from `Authorization: Bearer <token>`.
+pub(crate) struct Caller {
+    pub(crate) user_id: UserId,
+    pub(crate) token: String,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "missing Authorization: Bearer token",
+                )
+            })?;
+        let user_id = state.auth.authenticate(token).await?;
+        Ok(Caller {
+            user_id,
+            token: token.to_owned(),
+        })
+    }
+}
+
+fn conversation_id(path: Result<Path<u64>, PathRejection>) -> Result<ConversationId, ApiError> {
+    let Path(id) = path?;
+    Ok(ConversationId(id))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+/// `GET /healthz`
+async fn healthz(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "durability": state.durability,
+        "epoch": state.epoch,
+    }))
+    .into_response()
+}
+
+/// `POST /v1/register`
+async fn register(
+    State(state): State<AppState>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(credentials) = body?;
+    let session = state
+        .auth
+        .register(&credentials.username, &credentials.password)
+        .await?;
+    Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+/// `POST /v1/login`
+async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(credentials) = body?;
+    let session = state
+        .auth
+        .login(&credentials.username, &credentials.password)
+        .await?;
+    Ok(Json(session).into_response())
+}
+
+/// `POST /v1/logout`
+async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    state.auth.logout(&caller.token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/conversations`
+async fn list_conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ConversationList>, ApiError> {
+    let conversations = blocking(&state.store, move |store| {
+        store.conversations_of(&caller.user_id)
+    })
+    .await?;
+    Ok(Json(ConversationList { conversations }))
+}
+
+async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiError> {
+    let missing = blocking(&state.store, move |store| {
+        for user_id in users {
+            if store.user(&user_id)?.is_none() {
+                return Ok(Some(user_id));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    match missing {
+        Some(user_id) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("user {user_id} not found"),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn view(
+    state: &AppState,
+    conversation_id: ConversationId,
+    viewer: UserId,
+) -> Result<Response, ApiError> {
+    let view = blocking(&state.store, move |store| {
+        store.conversation_for(conversation_id, &viewer)
+    })
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    Ok(Json(view).into_response())
+}
+
+/// `POST /v1/conversations/direct`
+async fn create_direct(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateDirect>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    if request.user_id == caller.user_id {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "a direct conversation needs another user",
+        ));
+    }
+    require_users(&state, vec![request.user_id.clone()]).await?;
+    let (me, other) = (caller.user_id.clone(), request.user_id.clone());
+    let now = now_millis();
+    let (conversation_id, created) = blocking(&state.store, move |store| {
+        store.create_direct(&me, &other, now)
+    })
+    .await?;
+    if created {
+        state.hub.member_added(conversation_id, &caller.user_id);
+        state.hub.member_added(conversation_id, &request.user_id);
+    }
+    let mut response = view(&state, conversation_id, caller.user_id).await?;
+    if created {
+        *response.status_mut() = StatusCode::CREATED;
+    }
+    Ok(response)
+}
+
+/// `POST /v1/conversations/group`
+async fn create_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateGroup>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || name.len() > limits::GROUP_NAME_BYTES_MAX {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("name must be 1 to {} bytes", limits::GROUP_NAME_BYTES_MAX),
+        ));
+    }
+    let mut members: Vec<UserId> = request
+        .members
+        .into_iter()
+        .filter(|member| *member != caller.user_id)
+        .collect();
+    members.sort();
+    members.dedup();
+    let group_members_max = state.config.limits.group_members_max;
+    if members.len() + 1 > group_members_max {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("a group has at most {group_members_max} members"),
+        ));
+    }
+    require_users(&state, members.clone()).await?;
+    let owner = caller.user_id.clone();
+    let stored = members.clone();
+    let now = now_millis();
+    let conversation_id = blocking(&state.store, move |store| {
+        store.create_group(&owner, &name, &stored, now)
+    })
+    .await?;
+    state.hub.member_added(conversation_id, &caller.user_id);
+    for member in &members {
+        state.hub.member_added(conversation_id, member);
+    }
+    let mut response = view(&state, conversation_id, caller.user_id).await?;
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+/// `GET /v1/conversations/{id}`
+async fn get_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<u64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let conversation_id = conversation_id(path)?;
+    view(&state, conversation_id, caller.user_id).await
+}
+
+/// The caller's role in a group they belong to; `not_found` when not a member, `forbidden` for
+/// direct conversations (fixed membership).
+async fn group_role(
+    state: &AppState,
+    conversation_id: ConversationId,
+    caller: &UserId,
+) -> Result<(Role, Vec<(UserId, Role)>), ApiError> {
+    let info = blocking(&state.store, move |store| {
+        store.conversation_info(conversation_id)
+    })
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let role = info
+        .members
+        .iter()
+        .find(|(user_id, _)| user_id == caller)
+        .map(|(_, role)| *role)
+        .ok_or_else(ApiError::not_found)?;
+    if info.kind == ConversationKind::Direct {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "direct conversations have fixed members",
+        ));
+    }
+    Ok((role, info.members))
+}
+
+/// `POST /v1/conversations/{id}/members`
+async fn add_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<u64>, PathRejection>,
+    body: Result<Json<AddMember>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let conversation_id = conversation_id(path)?;
+    let Json(request) = body?;
+    let (role, members) = group_role(&state, conversation_id, &caller.user_id).await?;
+    let new_role = request.role.unwrap_or(Role::Member);
+    let allowed = match (role, new_role) {
+        (_, Role::Owner) => false,
+        (Role::Owner, _) => true,
+        (Role::Admin, Role::Member) => true,
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only the owner adds admins, and only the owner and admins add members",
+        ));
+    }
+    if members
+        .iter()
+        .any(|(user_id, _)| *user_id == request.user_id)
+    {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if members.len() >= state.config.limits.group_members_max {
+        return Err(ApiError::new(ErrorCode::Conflict, "the group is full"));
+    }
+    require_users(&state, vec![request.user_id.clone()]).await?;
+    let user_id = request.user_id.clone();
+    let now = now_millis();
+    let change = blocking(&state.store, move |store| {
+        store.add_member(conversation_id, &user_id, new_role, now)
+    })
+    .await?;
+    if change == MembershipChange::Changed {
+        state.hub.member_added(conversation_id, &request.user_id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/conversations/{id}/members/{user_id}`
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(u64, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path((id, target)) = path?;
+    let conversation_id = ConversationId(id);
+    let target = UserId::parse(&target)
+        .map_err(|err| ApiError::new(ErrorCode::InvalidField, format!("user_id: {err}")))?;
+    let (role, members) = group_role(&state, conversation_id, &caller.user_id).await?;
+    if target == caller.user_id {
+        return remove(&state, conversation_id, target).await;
+    }
+    let Some(target_role) = members
+        .iter()
+        .find(|(user_id, _)| *user_id == target)
+        .map(|(_, role)| *role)
+    else {
+        return Err(ApiError::new(ErrorCode::NotFound, "not a member"));
+    };
+    let allowed = match (role, target_role) {
+        (_, Role::Owner) => false,
+        (Role::Owner, _) => true,
+        (Role::Admin, Role::Member) => true,
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only the owner removes admins, only the owner and admins remove members, nobody removes the owner",
+        ));
+    }
+    remove(&state, conversation_id, target).await
+}
+
+/// `POST /v1/conversations/{id}/leave`
+async fn leave(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<u64>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let conversation_id = conversation_id(path)?;
+    group_role(&state, conversation_id, &caller.user_id).await?;
+    remove(&state, conversation_id, caller.user_id).await
+}
+
+async fn remove(
+    state: &AppState,
+    conversation_id: ConversationId,
+    user_id: UserId,
+) -> Result<StatusCode, ApiError> {
+    let removed = user_id.clone();
+    let change = blocking(&state.store, move |store| {
+        store.remove_member(conversation_id, &removed)
+    })
+    .await?;
+    if change == MembershipChange::Changed {
+        state.hub.member_removed(conversation_id, &user_id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/conversations/{id}/messages`
+async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<u64>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<History>, ApiError> {
+    let conversation_id = conversation_id(path)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(limits::PAGE_LEN_DEFAULT);
+    if limit == 0 || limit > limits::PAGE_LEN_MAX {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("limit must be 1 to {}", limits::PAGE_LEN_MAX),
+        ));
+    }
+    let viewer = caller.user_id;
+    // One more than asked tells whether more exist beyond the page.
+    let page = match (query.after, query.before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "give after or before, not both",
+            ));
+        }
+        (Some(after), None) => {
+            let mut page = blocking(&state.store, move |store| {
+                store.messages_after(&viewer, conversation_id, Seq(after), limit + 1)
+            })
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+            let has_more = page.len() > limit;
+            page.truncate(limit);
+            History {
+                messages: page,
+                has_more,
+            }
+        }
+        (None, before) => {
+            let before = Seq(before.unwrap_or(u64::MAX));
+            let mut page = blocking(&state.store, move |store| {
+                store.messages_before(&viewer, conversation_id, before, limit + 1)
+            })
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+            let has_more = page.len() > limit;
+            if has_more {
+                page.remove(0);
+            }
+            History {
+                messages: page,
+                has_more,
+            }
+        }
+    };
+    Ok(Json(page))
+}

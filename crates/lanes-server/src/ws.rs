@@ -1,0 +1,368 @@
+//! The WebSocket transport: glue between a socket, the `Connection` state machine, the hub, the
+//! committer and the store. Chat rules live in `lanes_core::Connection`; this file only moves
+//! frames. Catch-up closes the race with live delivery: the connection subscribes to the hub
+//! first, then pages the store after its cursor, and `admit_message` drops any live frame the
+//! catch-up already wrote (see ARCHITECTURE.md).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use lanes_core::{Connection, Output};
+use lanes_hub::{Event, Subscription};
+use lanes_protocol::codec::{decode_client, encode_server};
+use lanes_protocol::{ConversationId, ErrorCode, ErrorFrame, ServerFrame, UserId, limits};
+use lanes_store::NewMessage;
+use tokio::sync::oneshot;
+
+use crate::committer::{CommitOutcome, CommitRequest};
+use crate::{AppState, blocking};
+
+/// Events taken from the hub queue per wake-up before flushing, so that under load several
+/// frames share one write.
+const EVENTS_PER_FLUSH_MAX: usize = 256;
+/// Attempts to list a user's conversations while membership keeps changing under the listing.
+const LISTING_ATTEMPTS_MAX: usize = 16;
+
+/// `GET /v1/ws`
+pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        // tungstenite's defaults (64 MiB messages, unbounded write buffer) are far above what
+        // the protocol allows; a peer may make the server hold at most these.
+        .max_message_size(limits::FRAME_BYTES_MAX)
+        .max_frame_size(limits::FRAME_BYTES_MAX)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(limits::FRAME_BYTES_MAX * 2)
+        .on_upgrade(move |socket| run(socket, state))
+}
+
+/// Why a session ended early.
+enum End {
+    /// The socket failed or the peer went away.
+    Socket,
+    /// A close frame was sent.
+    Closed,
+}
+
+struct Session {
+    state: AppState,
+    sink: SplitSink<WebSocket, Message>,
+    connection: Connection,
+    user_id: Option<UserId>,
+    subscription: Option<Subscription<Utf8Bytes>>,
+    acks: FuturesOrdered<oneshot::Receiver<CommitOutcome>>,
+    /// Conversations joined while connected, to catch up once their `joined` frame is written.
+    pending_catch_up: Vec<ConversationId>,
+    /// Set by `handle_authenticated`: subscribe and catch up before reading further.
+    pending_sync: bool,
+}
+
+async fn run(socket: WebSocket, state: AppState) {
+    let (sink, stream) = socket.split();
+    let config = state.config.connection_config(state.epoch.clone());
+    let mut session = Session {
+        connection: Connection::new(Instant::now(), config),
+        state,
+        sink,
+        user_id: None,
+        subscription: None,
+        acks: FuturesOrdered::new(),
+        pending_catch_up: Vec::new(),
+        pending_sync: false,
+    };
+    let _ = session.drive(stream).await;
+    if let (Some(user_id), Some(subscription)) = (&session.user_id, &session.subscription) {
+        session
+            .state
+            .hub
+            .unregister(user_id, subscription.connection_id);
+    }
+}
+
+impl Session {
+    async fn drive(&mut self, mut stream: SplitStream<WebSocket>) -> Result<(), End> {
+        let mut shutdown = self.state.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            self.connection.handle_shutdown();
+        }
+        loop {
+            self.flush_outputs().await?;
+            if self.pending_sync {
+                self.pending_sync = false;
+                self.initial_sync().await?;
+                self.connection.handle_synced();
+                continue;
+            }
+            if let Some(conversation_id) = self.pending_catch_up.pop() {
+                self.catch_up(conversation_id).await?;
+                continue;
+            }
+            if let Some(subscription) = &self.subscription
+                && subscription.slow.load(std::sync::atomic::Ordering::Acquire)
+            {
+                self.connection.handle_slow_consumer();
+                continue;
+            }
+            let timeout = self.connection.poll_timeout();
+            let wants_read = self.connection.wants_read();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => self.connection.handle_shutdown(),
+                Some(outcome) = self.acks.next(), if !self.acks.is_empty() => {
+                    let outcome = outcome.unwrap_or_else(|_| Err(ErrorFrame {
+                        code: ErrorCode::Internal,
+                        message: "commit outcome lost; retry with the same client_msg_id".into(),
+                        request_id: None,
+                    }));
+                    self.connection.handle_committed(outcome);
+                }
+                event = recv_event(&mut self.subscription) => self.handle_events(event).await?,
+                frame = stream.next(), if wants_read => self.handle_socket(frame)?,
+                _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    fn handle_socket(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let now = Instant::now();
+        match frame {
+            None => Err(End::Socket),
+            Some(Err(err)) => {
+                if is_too_big(&err) {
+                    self.connection.handle_oversized(now);
+                    Ok(())
+                } else {
+                    tracing::debug!("websocket read failed: {err}");
+                    Err(End::Socket)
+                }
+            }
+            Some(Ok(Message::Text(text))) => {
+                match decode_client(text.as_str()) {
+                    Ok(frame) => self.connection.handle_frame(now, frame),
+                    Err(err) => self.connection.handle_decode_error(now, err),
+                }
+                Ok(())
+            }
+            Some(Ok(Message::Binary(_))) => {
+                self.connection.handle_binary(now);
+                Ok(())
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                self.connection.handle_received(now);
+                Ok(())
+            }
+            Some(Ok(Message::Close(_))) => Err(End::Closed),
+        }
+    }
+
+    /// Carries out everything the state machine decided, then flushes the socket once.
+    async fn flush_outputs(&mut self) -> Result<(), End> {
+        while let Some(output) = self.connection.poll_output() {
+            match output {
+                Output::Write(frame) => self.feed_frame(&frame).await?,
+                Output::Authenticate { token } => {
+                    match self.state.auth.authenticate(&token).await {
+                        Ok(user_id) => {
+                            self.user_id = Some(user_id.clone());
+                            self.connection.handle_authenticated(user_id);
+                            self.pending_sync = true;
+                        }
+                        Err(err) => self.connection.handle_auth_rejected(err.message),
+                    }
+                }
+                Output::Commit(send) => {
+                    let Some(sender_id) = self.user_id.clone() else {
+                        unreachable!("Connection emits Commit only once authenticated");
+                    };
+                    let (reply, outcome) = oneshot::channel();
+                    let request = CommitRequest {
+                        message: NewMessage {
+                            sender_id,
+                            client_msg_id: send.client_msg_id,
+                            conversation_id: send.conversation_id,
+                            body: send.body,
+                        },
+                        reply,
+                    };
+                    // Waits when the committer is saturated: backpressure, not an error.
+                    if self.state.commits.send(request).await.is_err() {
+                        self.connection.handle_shutdown();
+                    }
+                    self.acks.push_back(outcome);
+                }
+                Output::Ping => self.feed(Message::Ping(Default::default())).await?,
+                Output::Close { code, reason } => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    };
+                    let _ = self.sink.send(Message::Close(Some(frame))).await;
+                    return Err(End::Closed);
+                }
+            }
+        }
+        self.sink.flush().await.map_err(|_| End::Socket)
+    }
+
+    async fn feed(&mut self, message: Message) -> Result<(), End> {
+        self.sink.feed(message).await.map_err(|_| End::Socket)
+    }
+
+    async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.feed(Message::Text(Utf8Bytes::from(encode_server(frame))))
+            .await
+    }
+
+    /// Subscribes to the hub, then catches up every conversation from the client's cursor.
+    async fn initial_sync(&mut self) -> Result<(), End> {
+        let Some(user_id) = self.user_id.clone() else {
+            return Ok(());
+        };
+        let subscription = self.state.hub.register(&user_id);
+        let mut version = subscription.version;
+        self.subscription = Some(subscription);
+        let mut heads = None;
+        for _ in 0..LISTING_ATTEMPTS_MAX {
+            let listed = user_id.clone();
+            let listing =
+                match blocking(&self.state.store, move |store| store.heads_of(&listed)).await {
+                    Ok(listing) => listing,
+                    Err(err) => return self.fail(err.code, err.message).await,
+                };
+            let ids: Vec<ConversationId> = listing.iter().map(|(id, _)| *id).collect();
+            match self.state.hub.set_conversations(&user_id, version, &ids) {
+                Ok(()) => {
+                    heads = Some(listing);
+                    break;
+                }
+                Err(current) => version = current,
+            }
+        }
+        let Some(heads) = heads else {
+            return self
+                .fail(
+                    ErrorCode::Internal,
+                    "membership kept changing; reconnect".into(),
+                )
+                .await;
+        };
+        for (conversation_id, head) in heads {
+            if self.connection.delivered(conversation_id) < head {
+                self.catch_up(conversation_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every stored message of `conversation_id` after what the client holds, in pages.
+    async fn catch_up(&mut self, conversation_id: ConversationId) -> Result<(), End> {
+        let Some(user_id) = self.user_id.clone() else {
+            return Ok(());
+        };
+        loop {
+            let after = self.connection.delivered(conversation_id);
+            let viewer = user_id.clone();
+            let page = blocking(&self.state.store, move |store| {
+                store.messages_after(&viewer, conversation_id, after, limits::PAGE_LEN_MAX)
+            })
+            .await;
+            let page = match page {
+                // No longer a member: nothing more to send; `left` follows from the hub.
+                Ok(None) => return Ok(()),
+                Ok(Some(page)) => page,
+                Err(err) => return self.fail(err.code, err.message).await,
+            };
+            let full = page.len() == limits::PAGE_LEN_MAX;
+            for message in page {
+                if self.connection.admit_message(conversation_id, message.seq) {
+                    self.feed_frame(&ServerFrame::Message(message)).await?;
+                }
+            }
+            self.sink.flush().await.map_err(|_| End::Socket)?;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Tells the client the server failed and closes with 1011; it reconnects and resumes.
+    async fn fail(&mut self, code: ErrorCode, message: String) -> Result<(), End> {
+        let frame = ServerFrame::Error(ErrorFrame {
+            code,
+            message,
+            request_id: None,
+        });
+        self.feed_frame(&frame).await?;
+        let close = CloseFrame {
+            code: 1011,
+            reason: Utf8Bytes::from_static("server error"),
+        };
+        let _ = self.sink.send(Message::Close(Some(close))).await;
+        Err(End::Closed)
+    }
+
+    /// Writes the event and whatever else is already queued, up to a bound, before one flush.
+    async fn handle_events(&mut self, first: Option<Event<Utf8Bytes>>) -> Result<(), End> {
+        let mut next = first;
+        for _ in 0..EVENTS_PER_FLUSH_MAX {
+            let Some(event) = next.take() else {
+                // The hub dropped our queue: only happens for slow consumers (checked next turn).
+                break;
+            };
+            match event {
+                Event::Message {
+                    conversation_id,
+                    seq,
+                    payload,
+                } => {
+                    if self.connection.admit_message(conversation_id, seq) {
+                        self.feed(Message::Text(payload)).await?;
+                    }
+                }
+                Event::Joined(conversation_id) => {
+                    self.connection.handle_joined(conversation_id);
+                    self.pending_catch_up.push(conversation_id);
+                    // The joined frame must be written before its catch-up: stop here.
+                    break;
+                }
+                Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
+            }
+            next = self
+                .subscription
+                .as_mut()
+                .and_then(|subscription| subscription.receiver.try_recv().ok());
+        }
+        Ok(())
+    }
+}
+
+async fn recv_event(
+    subscription: &mut Option<Subscription<Utf8Bytes>>,
+) -> Option<Event<Utf8Bytes>> {
+    match subscription {
+        Some(subscription) => subscription.receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn is_too_big(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}

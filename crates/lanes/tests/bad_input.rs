@@ -1,0 +1,377 @@
+//! Bad input over WebSocket and HTTP gets a typed error (code, message, echoed request id), writes
+//! nothing, and keeps the connection where that is safe. Runs the real binary; raw frames.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Http, RawWs, Seen};
+use lanes_test_support::TestServer;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn setup() -> (TestServer, Http, String, String, u64) {
+    let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    let http = Http::new(&server.base_url());
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    (server, http, alice, bob, conversation)
+}
+
+fn check_error(frame: &serde_json::Value, code: &str, request_id: Option<&str>) {
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["code"], code, "{frame}");
+    assert!(
+        !frame["message"].as_str().unwrap_or_default().is_empty(),
+        "{frame}"
+    );
+    assert_eq!(frame["request_id"].as_str(), request_id, "{frame}");
+}
+
+#[tokio::test]
+async fn bad_frames_get_typed_errors_and_the_connection_survives() {
+    let (server, http, alice, _bob, conversation) = setup().await;
+    let (mut ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let cases: Vec<(Message, &str, Option<&str>)> = vec![
+        (Message::text("not json"), "bad_frame", None),
+        (Message::text("[1,2,3]"), "bad_frame", None),
+        (Message::text(r#"{"type":"launch_rockets"}"#), "bad_frame", None),
+        (Message::text(r#"{"type":"send","client_msg_id":"m1","body":"no conversation"}"#), "bad_frame", Some("m1")),
+        (Message::text(r#"{"type":"send","client_msg_id":"m2","conversation_id":"seven","body":"x"}"#), "bad_frame", Some("m2")),
+        (Message::text(r#"{"type":"send","client_msg_id":"","conversation_id":1,"body":"x"}"#), "bad_frame", Some("")),
+        (Message::text(r#"{"type":"ping","request_id":"p","surprise":true}"#), "bad_frame", Some("p")),
+        (Message::binary(vec![1u8, 2, 3]), "bad_frame", None),
+        (Message::text(json!({"type":"send","client_msg_id":"big","conversation_id":conversation,"body":"x".repeat(16 * 1024 + 1)}).to_string()), "message_too_large", Some("big")),
+        (Message::text(json!({"type":"send","client_msg_id":"empty","conversation_id":conversation,"body":"  "}).to_string()), "invalid_field", Some("empty")),
+        (Message::text(json!({"type":"send","client_msg_id":"nowhere","conversation_id":999_999,"body":"hi"}).to_string()), "not_found", Some("nowhere")),
+        (Message::text(json!({"type":"hello","token":"again"}).to_string()), "bad_frame", None),
+    ];
+    for (message, code, request_id) in cases {
+        let shown = format!("{message:?}");
+        ws.send_raw(message).await;
+        let frame = ws.frame().await;
+        check_error(&frame, code, request_id);
+        let _ = shown;
+    }
+    // Still usable, and none of the refused sends was stored.
+    ws.send_message(conversation, "fine", "after all that")
+        .await;
+    assert_eq!(
+        http.history(&alice, conversation).await,
+        vec![(1, "after all that".to_owned())]
+    );
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn hello_is_required_and_bad_tokens_can_be_retried() {
+    let (server, _http, alice, _bob, conversation) = setup().await;
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    ws.send(
+        json!({"type":"send","client_msg_id":"early","conversation_id":conversation,"body":"hi"}),
+    )
+    .await;
+    check_error(&ws.frame().await, "unauthorized", Some("early"));
+    for token in [
+        "",
+        "lt_forged",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.",
+        &"x".repeat(10_000),
+    ] {
+        ws.send(json!({"type":"hello","token":token})).await;
+        check_error(&ws.frame().await, "unauthorized", None);
+    }
+    ws.send(json!({"type":"hello","token":alice})).await;
+    assert_eq!(ws.frame().await["type"], "welcome");
+    assert_eq!(ws.frame().await["type"], "synced");
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn no_hello_in_time_closes_with_4001() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[websocket]\nhello_timeout_ms = 300\n").unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    check_error(&ws.frame().await, "unauthorized", None);
+    match ws.next().await {
+        Seen::Closed(code) => assert_eq!(code, Some(4001)),
+        Seen::Frame(frame) => panic!("expected close, got {frame}"),
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_with_1009() {
+    let (server, http, alice, _bob, conversation) = setup().await;
+    let (mut ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let huge = json!({"type":"send","client_msg_id":"huge","conversation_id":conversation,"body":"x".repeat(500 * 1024)});
+    ws.send_raw(Message::text(huge.to_string())).await;
+    let mut closed_with = None;
+    for _ in 0..2 {
+        match ws.next().await {
+            Seen::Frame(frame) => check_error(&frame, "payload_too_large", None),
+            Seen::Closed(code) => {
+                closed_with = code;
+                break;
+            }
+        }
+    }
+    assert_eq!(closed_with, Some(1009));
+    assert!(http.history(&alice, conversation).await.is_empty());
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn http_errors_are_typed_with_proper_statuses() {
+    let (server, http, alice, _bob, conversation) = setup().await;
+    let path = format!("/v1/conversations/{conversation}/messages");
+    let cases: Vec<(u16, &str, (u16, serde_json::Value))> = vec![
+        (
+            401,
+            "unauthorized",
+            http.call("GET", "/v1/conversations", None, None).await,
+        ),
+        (
+            401,
+            "unauthorized",
+            http.call("GET", "/v1/conversations", Some("lt_nope"), None)
+                .await,
+        ),
+        (
+            401,
+            "unauthorized",
+            http.call(
+                "POST",
+                "/v1/login",
+                None,
+                Some(json!({"username":"alice","password":"wrong password"})),
+            )
+            .await,
+        ),
+        (
+            401,
+            "unauthorized",
+            http.call(
+                "POST",
+                "/v1/login",
+                None,
+                Some(json!({"username":"nobody","password":"whatever123"})),
+            )
+            .await,
+        ),
+        (
+            409,
+            "conflict",
+            http.call(
+                "POST",
+                "/v1/register",
+                None,
+                Some(json!({"username":"alice","password":"another password"})),
+            )
+            .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call(
+                "POST",
+                "/v1/register",
+                None,
+                Some(json!({"username":"carol","password":"short"})),
+            )
+            .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call(
+                "POST",
+                "/v1/register",
+                None,
+                Some(json!({"username":"has space","password":"long enough"})),
+            )
+            .await,
+        ),
+        (
+            400,
+            "bad_frame",
+            http.call(
+                "POST",
+                "/v1/register",
+                None,
+                Some(json!({"username":"carol"})),
+            )
+            .await,
+        ),
+        (
+            400,
+            "bad_frame",
+            http.raw("/v1/register", None, b"{not json".to_vec()).await,
+        ),
+        (
+            413,
+            "payload_too_large",
+            http.raw("/v1/register", None, vec![b' '; 1024 * 1024])
+                .await,
+        ),
+        (
+            404,
+            "not_found",
+            http.call("GET", "/v1/conversations/999999", Some(&alice), None)
+                .await,
+        ),
+        (
+            404,
+            "not_found",
+            http.call(
+                "GET",
+                "/v1/conversations/999999/messages",
+                Some(&alice),
+                None,
+            )
+            .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call("GET", "/v1/conversations/abc", Some(&alice), None)
+                .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call("GET", &format!("{path}?limit=0"), Some(&alice), None)
+                .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call("GET", &format!("{path}?limit=100000"), Some(&alice), None)
+                .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call(
+                "GET",
+                &format!("{path}?after=1&before=5"),
+                Some(&alice),
+                None,
+            )
+            .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call(
+                "POST",
+                "/v1/conversations/direct",
+                Some(&alice),
+                Some(json!({"user_id":"alice"})),
+            )
+            .await,
+        ),
+        (
+            404,
+            "not_found",
+            http.call(
+                "POST",
+                "/v1/conversations/direct",
+                Some(&alice),
+                Some(json!({"user_id":"ghost"})),
+            )
+            .await,
+        ),
+        (
+            400,
+            "invalid_field",
+            http.call(
+                "POST",
+                "/v1/conversations/group",
+                Some(&alice),
+                Some(json!({"name":" ","members":[]})),
+            )
+            .await,
+        ),
+        (
+            403,
+            "forbidden",
+            http.call(
+                "POST",
+                &format!("/v1/conversations/{conversation}/members"),
+                Some(&alice),
+                Some(json!({"user_id":"bob"})),
+            )
+            .await,
+        ),
+        (
+            403,
+            "forbidden",
+            http.call(
+                "POST",
+                &format!("/v1/conversations/{conversation}/leave"),
+                Some(&alice),
+                None,
+            )
+            .await,
+        ),
+        (
+            404,
+            "not_found",
+            http.call("GET", "/v1/nothing-here", None, None).await,
+        ),
+    ];
+    for (index, (status, code, (got_status, body))) in cases.into_iter().enumerate() {
+        assert_eq!(
+            (got_status, body["code"].as_str()),
+            (status, Some(code)),
+            "case {index}: {body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "case {index}: {body}"
+        );
+    }
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_working() {
+    let (server, http, alice, _bob, _conversation) = setup().await;
+    assert_eq!(
+        http.call("GET", "/v1/conversations", Some(&alice), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        http.call("POST", "/v1/logout", Some(&alice), None).await.0,
+        204
+    );
+    assert_eq!(
+        http.call("GET", "/v1/conversations", Some(&alice), None)
+            .await
+            .0,
+        401
+    );
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    ws.send(json!({"type":"hello","token":alice})).await;
+    check_error(&ws.frame().await, "unauthorized", None);
+    // Logging in again issues a fresh token.
+    let (status, session) = http
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"username":"alice","password":"correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_ne!(session["token"].as_str(), Some(alice.as_str()));
+    server.assert_clean_log();
+}

@@ -1,0 +1,488 @@
+//! Delivery semantics over real sockets with raw protocol peers: live fan-out to every device,
+//! catch-up of missed messages in order (across pages), groups agreeing on one order,
+//! idempotent sends, and membership enforced on send, read and live delivery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Http, RawWs};
+use lanes_test_support::TestServer;
+use serde_json::{Value, json};
+
+fn start() -> (TestServer, Http) {
+    let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    let http = Http::new(&server.base_url());
+    (server, http)
+}
+
+fn messages_of(frames: &[Value], conversation: u64) -> Vec<(u64, String)> {
+    frames
+        .iter()
+        .filter(|frame| frame["type"] == "message" && frame["conversation_id"] == conversation)
+        .map(|frame| {
+            (
+                frame["seq"].as_u64().unwrap(),
+                frame["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn live_delivery_reaches_every_device_of_every_member() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut phone, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut laptop, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let ack = phone.send_message(conversation, "a-1", "hello bob").await;
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["conversation_id"], conversation);
+    for peer in [&mut bob_ws, &mut laptop] {
+        let (frame, skipped) = peer.until("message").await;
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(frame["body"], "hello bob");
+        assert_eq!(frame["sender_id"], "alice");
+        assert_eq!(frame["seq"], 1);
+        assert_eq!(frame["message_id"], ack["message_id"]);
+        assert_eq!(frame["client_msg_id"], "a-1");
+    }
+    let reply = bob_ws.send_message(conversation, "b-1", "hi alice").await;
+    assert_eq!(reply["seq"], 2);
+    assert_eq!(phone.until("message").await.0["body"], "hi alice");
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn an_offline_recipient_catches_up_in_order_across_pages_then_continues_live() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    // Pipelined sends: all acked (durable) while bob is offline.
+    let total = 1200;
+    for i in 1..=total {
+        alice_ws
+            .send(json!({"type":"send","client_msg_id":format!("m{i}"),"conversation_id":conversation,"body":format!("message {i}")}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < total {
+        let frame = alice_ws.frame().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "ack" {
+            acked += 1;
+            assert_eq!(frame["seq"], acked, "acks come in seq order");
+        }
+    }
+    // Bob was never connected: he gets everything, in order, then `synced`.
+    let (mut bob_ws, caught_up) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let expected: Vec<(u64, String)> = (1..=total).map(|i| (i, format!("message {i}"))).collect();
+    assert_eq!(messages_of(&caught_up, conversation), expected);
+    // A second device of bob holding 700 gets only the rest.
+    let (mut bob_tablet, rest) = RawWs::hello(
+        &server.ws_url(),
+        &bob,
+        json!([{"conversation_id": conversation, "seq": 700}]),
+        server_epoch(&http).await.as_deref(),
+    )
+    .await;
+    assert_eq!(messages_of(&rest, conversation), expected[700..].to_vec());
+    // Live continues with no gap on both.
+    alice_ws
+        .send_message(conversation, "live", "after sync")
+        .await;
+    for peer in [&mut bob_ws, &mut bob_tablet] {
+        let (frame, _) = peer.until("message").await;
+        assert_eq!(
+            (frame["seq"].as_u64(), frame["body"].as_str()),
+            (Some(total + 1), Some("after sync"))
+        );
+    }
+    server.assert_clean_log();
+}
+
+async fn server_epoch(http: &Http) -> Option<String> {
+    let (_, health) = http.call("GET", "/healthz", None, None).await;
+    health["epoch"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn cursors_from_another_epoch_are_ignored() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    alice_ws.send_message(conversation, "m1", "one").await;
+    alice_ws.send_message(conversation, "m2", "two").await;
+    let cursor = json!([{"conversation_id": conversation, "seq": 2}]);
+    let (_, same_epoch) = RawWs::hello(
+        &server.ws_url(),
+        &bob,
+        cursor.clone(),
+        server_epoch(&http).await.as_deref(),
+    )
+    .await;
+    assert!(same_epoch.is_empty());
+    let (_, other_epoch) = RawWs::hello(&server.ws_url(), &bob, cursor, Some("an-old-store")).await;
+    assert_eq!(messages_of(&other_epoch, conversation).len(), 2);
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_group_of_50_sees_one_order() {
+    let (server, http) = start();
+    let mut tokens = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..50 {
+        let name = format!("user{i}");
+        tokens.push(http.register(&name).await);
+        names.push(name);
+    }
+    let group = http.group(&tokens[0], "fifty", &names[1..]).await;
+    let mut peers = Vec::new();
+    for token in &tokens {
+        peers.push(
+            RawWs::hello(&server.ws_url(), token, json!([]), None)
+                .await
+                .0,
+        );
+    }
+    // Five members send concurrently, 20 messages each, without waiting for acks.
+    let senders = 5;
+    let per_sender = 20;
+    for (index, peer) in peers.iter_mut().take(senders).enumerate() {
+        for n in 0..per_sender {
+            peer.send(json!({"type":"send","client_msg_id":format!("s{index}-{n}"),"conversation_id":group,"body":format!("from {index}: {n}")}))
+                .await;
+        }
+    }
+    let total = senders * per_sender;
+    let mut orders: Vec<Vec<(u64, String)>> = Vec::new();
+    for peer in &mut peers {
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let frame = peer.frame().await;
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "message" {
+                seen.push((
+                    frame["seq"].as_u64().unwrap(),
+                    frame["client_msg_id"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        orders.push(seen);
+    }
+    let first = &orders[0];
+    let seqs: Vec<u64> = first.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "gap-free from 1"
+    );
+    for order in &orders[1..] {
+        assert_eq!(order, first, "every member sees the same order");
+    }
+    // Each sender's own messages keep their send order.
+    let mut last_n: HashMap<String, i64> = HashMap::new();
+    for (_, id) in first {
+        let (sender, n) = id.split_once('-').unwrap();
+        let n: i64 = n.parse().unwrap();
+        let previous = last_n.insert(sender.to_owned(), n).unwrap_or(-1);
+        assert!(n > previous, "{id} after {previous}");
+    }
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_retried_send_returns_the_original_ack_and_stores_one_message() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let other = http.group(&alice, "other", &["bob".to_owned()]).await;
+    let (mut first, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let original = first.send_message(conversation, "same-id", "once").await;
+    let again = first.send_message(conversation, "same-id", "once").await;
+    assert_eq!(again, original);
+    first.close().await;
+    // A new connection (as after a reconnect), even naming another conversation and body.
+    let (mut second, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let retried = second.send_message(other, "same-id", "twice?").await;
+    assert_eq!(retried, original);
+    assert_eq!(
+        http.history(&bob, conversation).await,
+        vec![(1, "once".to_owned())]
+    );
+    assert!(http.history(&bob, other).await.is_empty());
+    // Another user may use the same client_msg_id.
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let bobs = bob_ws
+        .send_message(conversation, "same-id", "bob's own")
+        .await;
+    assert_eq!(bobs["seq"], 2);
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn non_members_cannot_send_read_or_receive() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let _bob = http.register("bob").await;
+    let mallory = http.register("mallory").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut mallory_ws, caught_up) = RawWs::hello(
+        &server.ws_url(),
+        &mallory,
+        json!([{"conversation_id": conversation, "seq": 0}]),
+        None,
+    )
+    .await;
+    assert!(caught_up.is_empty());
+    alice_ws
+        .send_message(conversation, "secret", "for bob only")
+        .await;
+    mallory_ws
+        .send(json!({"type":"send","client_msg_id":"intrude","conversation_id":conversation,"body":"hi"}))
+        .await;
+    let refused = mallory_ws.frame().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("not_found"))
+    );
+    mallory_ws.assert_no_frames_before_pong().await;
+    for path in [
+        format!("/v1/conversations/{conversation}"),
+        format!("/v1/conversations/{conversation}/messages"),
+    ] {
+        let (status, body) = http.call("GET", &path, Some(&mallory), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+    }
+    let (status, _) = http
+        .call(
+            "DELETE",
+            &format!("/v1/conversations/{conversation}/members/bob"),
+            Some(&mallory),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(http.history(&alice, conversation).await.len(), 1);
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_removed_member_stops_receiving_at_removal() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    let group = http
+        .group(&alice, "team", &["bob".to_owned(), "carol".to_owned()])
+        .await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    alice_ws
+        .send_message(group, "before", "bob can see this")
+        .await;
+    assert_eq!(bob_ws.until("message").await.0["body"], "bob can see this");
+    // Members cannot remove each other; the owner can.
+    let (status, _) = http
+        .call(
+            "DELETE",
+            &format!("/v1/conversations/{group}/members/bob"),
+            Some(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = http
+        .call(
+            "DELETE",
+            &format!("/v1/conversations/{group}/members/bob"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (left, _) = bob_ws.until("left").await;
+    assert_eq!(left["conversation_id"], group);
+    alice_ws
+        .send_message(group, "after", "bob must not see this")
+        .await;
+    assert_eq!(
+        carol_ws.until("message").await.0["body"],
+        "bob can see this"
+    );
+    assert_eq!(
+        carol_ws.until("message").await.0["body"],
+        "bob must not see this"
+    );
+    bob_ws.assert_no_frames_before_pong().await;
+    bob_ws
+        .send(
+            json!({"type":"send","client_msg_id":"b","conversation_id":group,"body":"still here?"}),
+        )
+        .await;
+    assert_eq!(bob_ws.frame().await["code"], "not_found");
+    let (status, _) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{group}/messages"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Reconnecting does not bring the conversation back.
+    let (_, caught_up) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    assert!(messages_of(&caught_up, group).is_empty());
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_member_added_while_online_is_told_and_caught_up() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let _carol = http.register("carol").await;
+    let group = http.group(&alice, "team", &["carol".to_owned()]).await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    for i in 1..=3 {
+        alice_ws
+            .send_message(group, &format!("m{i}"), &format!("early {i}"))
+            .await;
+    }
+    let (mut bob_ws, caught_up) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    assert!(caught_up.is_empty());
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{group}/members"),
+            Some(&alice),
+            Some(json!({"user_id":"bob"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (joined, _) = bob_ws.until("joined").await;
+    assert_eq!(joined["conversation_id"], group);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(bob_ws.until("message").await.0);
+    }
+    alice_ws.send_message(group, "m4", "live 4").await;
+    seen.push(bob_ws.until("message").await.0);
+    assert_eq!(
+        messages_of(&seen, group),
+        vec![
+            (1, "early 1".into()),
+            (2, "early 2".into()),
+            (3, "early 3".into()),
+            (4, "live 4".into())
+        ]
+    );
+    // Conversations list shows it with the last message and unread count.
+    let (status, list) = http
+        .call("GET", "/v1/conversations", Some(&bob), None)
+        .await;
+    assert_eq!(status, 200);
+    let entry = &list["conversations"][0];
+    assert_eq!(entry["conversation_id"], group);
+    assert_eq!(entry["unread_count"], 4);
+    assert_eq!(entry["last_message"]["body"], "live 4");
+    assert_eq!(entry["name"], "team");
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn direct_conversations_are_idempotent_and_history_pages_both_ways() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let first = http.direct(&alice, "bob").await;
+    let (status, again) = http
+        .call(
+            "POST",
+            "/v1/conversations/direct",
+            Some(&bob),
+            Some(json!({"user_id":"alice"})),
+        )
+        .await;
+    assert_eq!(
+        (status, again["conversation_id"].as_u64()),
+        (200, Some(first))
+    );
+    let (mut ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    for i in 1..=25 {
+        ws.send_message(first, &format!("m{i}"), &format!("n{i}"))
+            .await;
+    }
+    let seqs = |body: &Value| -> Vec<u64> {
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let path = format!("/v1/conversations/{first}/messages");
+    let (_, newest) = http
+        .call("GET", &format!("{path}?limit=10"), Some(&bob), None)
+        .await;
+    assert_eq!(
+        (seqs(&newest), newest["has_more"].as_bool()),
+        ((16..=25).collect(), Some(true))
+    );
+    let (_, older) = http
+        .call(
+            "GET",
+            &format!("{path}?before=16&limit=10"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (seqs(&older), older["has_more"].as_bool()),
+        ((6..=15).collect(), Some(true))
+    );
+    let (_, oldest) = http
+        .call(
+            "GET",
+            &format!("{path}?before=6&limit=10"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (seqs(&oldest), oldest["has_more"].as_bool()),
+        ((1..=5).collect(), Some(false))
+    );
+    let (_, forward) = http
+        .call("GET", &format!("{path}?after=20&limit=3"), Some(&bob), None)
+        .await;
+    assert_eq!(
+        (seqs(&forward), forward["has_more"].as_bool()),
+        (vec![21, 22, 23], Some(true))
+    );
+    let (_, tail) = http
+        .call("GET", &format!("{path}?after=23&limit=3"), Some(&bob), None)
+        .await;
+    assert_eq!(
+        (seqs(&tail), tail["has_more"].as_bool()),
+        (vec![24, 25], Some(false))
+    );
+    server.assert_clean_log();
+}
