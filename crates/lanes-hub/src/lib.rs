@@ -87,6 +87,8 @@ pub struct Hub<P> {
     inner: RwLock<Inner<P>>,
     next_connection_id: AtomicU64,
     queue_len_max: usize,
+    /// Connections dropped because their queue overflowed, since start.
+    slow_consumers: AtomicU64,
 }
 
 impl<P: Clone> Hub<P> {
@@ -100,6 +102,7 @@ impl<P: Clone> Hub<P> {
             }),
             next_connection_id: AtomicU64::new(1),
             queue_len_max,
+            slow_consumers: AtomicU64::new(0),
         }
     }
 
@@ -212,7 +215,7 @@ impl<P: Clone> Hub<P> {
                 .insert(user_id.clone());
         }
         let slow = notify(&user.connections, &Event::Joined(conversation_id));
-        drop_slow(users, user_id, &slow, conversations);
+        drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
     }
 
     /// `user_id` stopped being a member of `conversation_id` (after the store committed it).
@@ -231,7 +234,7 @@ impl<P: Clone> Hub<P> {
             remove_online_member(conversations, conversation_id, user_id);
         }
         let slow = notify(&user.connections, &Event::Left(conversation_id));
-        drop_slow(users, user_id, &slow, conversations);
+        drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
     }
 
     /// `publish`: hands the frame to every connection of every online member, without waiting.
@@ -269,10 +272,21 @@ impl<P: Clone> Hub<P> {
                 users,
             } = &mut *inner;
             for (user_id, connection_id) in slow {
-                drop_slow(users, &user_id, &[connection_id], conversations);
+                drop_slow(
+                    users,
+                    &user_id,
+                    &[connection_id],
+                    conversations,
+                    &self.slow_consumers,
+                );
             }
         }
         delivered
+    }
+
+    /// How many connections were dropped as slow consumers since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
     }
 
     /// Current sizes.
@@ -315,6 +329,7 @@ fn drop_slow<P>(
     user_id: &UserId,
     slow: &[ConnectionId],
     conversations: &mut HashMap<ConversationId, HashSet<UserId>>,
+    counter: &AtomicU64,
 ) {
     if slow.is_empty() {
         return;
@@ -325,6 +340,7 @@ fn drop_slow<P>(
     user.connections.retain(|entry| {
         if slow.contains(&entry.connection_id) {
             entry.slow.store(true, Ordering::Release);
+            counter.fetch_add(1, Ordering::Relaxed);
             false
         } else {
             true
@@ -431,6 +447,7 @@ mod tests {
         }
         assert!(slow.slow.load(Ordering::Acquire));
         assert!(!fast.slow.load(Ordering::Acquire));
+        assert_eq!(hub.slow_consumers(), 1);
         assert_eq!(hub.stats().users, 1);
         assert_eq!(hub.publish(ConversationId(1), Seq(4), 4), 1);
     }

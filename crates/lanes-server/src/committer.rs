@@ -13,6 +13,7 @@ use lanes_protocol::{AckFrame, ErrorCode, ErrorFrame, MessageFrame, ServerFrame,
 use lanes_store::{AppendOutcome, NewMessage, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::now_millis;
 
 /// What a connection or HTTP handler hears back about one send.
@@ -39,6 +40,7 @@ pub(crate) async fn run(
     mut requests: mpsc::Receiver<CommitRequest>,
     store: Arc<dyn Store>,
     hub: Arc<Hub<Utf8Bytes>>,
+    metrics: Arc<Metrics>,
     linger: Duration,
 ) {
     let mut queue = CommitQueue::new(limits::COMMIT_BATCH_LEN_MAX, linger);
@@ -68,11 +70,16 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        commit(batch, &store, &hub).await;
+        commit(batch, &store, &hub, &metrics).await;
     }
 }
 
-async fn commit(batch: Vec<CommitRequest>, store: &Arc<dyn Store>, hub: &Hub<Utf8Bytes>) {
+async fn commit(
+    batch: Vec<CommitRequest>,
+    store: &Arc<dyn Store>,
+    hub: &Hub<Utf8Bytes>,
+    metrics: &Metrics,
+) {
     let (messages, replies): (Vec<NewMessage>, Vec<oneshot::Sender<CommitOutcome>>) = batch
         .into_iter()
         .map(|request| (request.message, request.reply))
@@ -91,6 +98,7 @@ async fn commit(batch: Vec<CommitRequest>, store: &Arc<dyn Store>, hub: &Hub<Utf
     let (messages, outcomes) = match outcome {
         Ok((messages, Ok(outcomes))) => (messages, outcomes),
         Ok((_, Err(err))) => {
+            Metrics::add(&metrics.commit_failures, 1);
             tracing::error!("commit of {} sends failed: {err}", replies.len());
             fail_all(
                 replies,
@@ -100,6 +108,7 @@ async fn commit(batch: Vec<CommitRequest>, store: &Arc<dyn Store>, hub: &Hub<Utf
             return;
         }
         Err(err) => {
+            Metrics::add(&metrics.commit_failures, 1);
             tracing::error!("commit task failed: {err}");
             fail_all(
                 replies,
@@ -110,16 +119,21 @@ async fn commit(batch: Vec<CommitRequest>, store: &Arc<dyn Store>, hub: &Hub<Utf
         }
     };
     assert_eq!(outcomes.len(), replies.len(), "one outcome per send");
+    Metrics::add(&metrics.commits, 1);
     for ((outcome, reply), message) in outcomes.into_iter().zip(replies).zip(messages) {
         let answer = match outcome {
             AppendOutcome::Appended(frame) => {
+                Metrics::add(&metrics.messages_committed, 1);
                 let ack = ack_of(&frame);
                 let (conversation_id, seq) = (frame.conversation_id, frame.seq);
                 let payload = Utf8Bytes::from(encode_server(&ServerFrame::Message(frame)));
                 hub.publish(conversation_id, seq, payload);
                 Ok(ack)
             }
-            AppendOutcome::Duplicate(frame) => Ok(ack_of(&frame)),
+            AppendOutcome::Duplicate(frame) => {
+                Metrics::add(&metrics.duplicate_sends, 1);
+                Ok(ack_of(&frame))
+            }
             AppendOutcome::NotMember => Err(ErrorFrame {
                 code: ErrorCode::NotFound,
                 message: "conversation not found".into(),

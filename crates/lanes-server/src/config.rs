@@ -82,6 +82,10 @@ pub struct WebSocketConfig {
     pub ping_interval_ms: u64,
     /// How long a silent peer is kept, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// How long one write to a peer may stall before the connection is dropped, in milliseconds.
+    pub write_timeout_ms: u64,
+    /// Frames queued for one connection before it is disconnected as a slow consumer.
+    pub queue_len_max: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -90,6 +94,8 @@ impl Default for WebSocketConfig {
             hello_timeout_ms: 10_000,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
+            write_timeout_ms: 30_000,
+            queue_len_max: lanes_protocol::limits::CONNECTION_QUEUE_LEN_MAX,
         }
     }
 }
@@ -134,7 +140,18 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.core_limits().check()?;
         let websocket = &self.websocket;
-        if websocket.hello_timeout_ms == 0 || websocket.ping_interval_ms == 0 {
+        if websocket.queue_len_max == 0
+            || websocket.queue_len_max > lanes_protocol::limits::CONNECTION_QUEUE_LEN_MAX
+        {
+            return Err(format!(
+                "websocket.queue_len_max must be 1 to {}",
+                lanes_protocol::limits::CONNECTION_QUEUE_LEN_MAX
+            ));
+        }
+        if websocket.hello_timeout_ms == 0
+            || websocket.ping_interval_ms == 0
+            || websocket.write_timeout_ms == 0
+        {
             return Err("websocket timeouts must be positive".into());
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {

@@ -23,6 +23,7 @@ use crate::{AppState, blocking, now_millis, ws};
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/register", post(register))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
@@ -90,6 +91,23 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "epoch": state.epoch,
     }))
     .into_response()
+}
+
+/// `GET /metrics`
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(
+        state.durability == "full",
+        state.hub.slow_consumers(),
+        state.hub.stats().users,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `POST /v1/register`

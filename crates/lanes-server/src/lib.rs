@@ -7,6 +7,7 @@ mod committer;
 pub mod config;
 mod error;
 mod http;
+mod metrics;
 mod ws;
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use lanes_hub::Hub;
-use lanes_protocol::{StoreEpoch, UnixMillis, limits};
+use lanes_protocol::{StoreEpoch, UnixMillis};
 use lanes_store::{Store, StoreError};
 use lanes_store_sqlite::{Durability, SqliteStore};
 use tokio::net::TcpListener;
@@ -61,6 +62,7 @@ pub(crate) struct AppState {
     config: Arc<Config>,
     epoch: StoreEpoch,
     durability: &'static str,
+    metrics: Arc<metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -141,12 +143,14 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
     }
     let store: Arc<dyn Store> = Arc::new(store);
     let epoch = store.epoch();
-    let hub = Arc::new(Hub::new(limits::CONNECTION_QUEUE_LEN_MAX));
+    let hub = Arc::new(Hub::new(config.websocket.queue_len_max));
+    let metrics = Arc::new(metrics::Metrics::default());
     let (commits, commit_receiver) = mpsc::channel(COMMIT_CHANNEL_LEN_MAX);
     let committer = tokio::spawn(committer::run(
         commit_receiver,
         Arc::clone(&store),
         Arc::clone(&hub),
+        Arc::clone(&metrics),
         Duration::from_micros(config.commit_linger_micros),
     ));
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), &config.auth)?);
@@ -165,6 +169,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         config: Arc::new(config),
         epoch,
         durability: durability.as_str(),
+        metrics,
         shutdown,
     };
     Ok(Bound {

@@ -4,7 +4,7 @@
 //! first, then pages the store after its cursor, and `admit_message` drops any live frame the
 //! catch-up already wrote (see ARCHITECTURE.md).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -19,6 +19,7 @@ use lanes_store::NewMessage;
 use tokio::sync::oneshot;
 
 use crate::committer::{CommitOutcome, CommitRequest};
+use crate::metrics::Metrics;
 use crate::{AppState, blocking};
 
 /// Events taken from the hub queue per wake-up before flushing, so that under load several
@@ -58,11 +59,13 @@ struct Session {
     pending_catch_up: Vec<ConversationId>,
     /// Set by `handle_authenticated`: subscribe and catch up before reading further.
     pending_sync: bool,
+    write_timeout: Duration,
 }
 
 async fn run(socket: WebSocket, state: AppState) {
     let (sink, stream) = socket.split();
     let config = state.config.connection_config(state.epoch.clone());
+    let state_write_timeout_ms = state.config.websocket.write_timeout_ms;
     let mut session = Session {
         connection: Connection::new(Instant::now(), config),
         state,
@@ -72,8 +75,16 @@ async fn run(socket: WebSocket, state: AppState) {
         acks: FuturesOrdered::new(),
         pending_catch_up: Vec::new(),
         pending_sync: false,
+        write_timeout: Duration::from_millis(state_write_timeout_ms),
     };
+    Metrics::add(&session.state.metrics.connections_opened, 1);
+    Metrics::add(&session.state.metrics.connections_current, 1);
     let _ = session.drive(stream).await;
+    session
+        .state
+        .metrics
+        .connections_current
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let (Some(user_id), Some(subscription)) = (&session.user_id, &session.subscription) {
         session
             .state
@@ -199,16 +210,42 @@ impl Session {
                         code,
                         reason: Utf8Bytes::from_static(reason),
                     };
-                    let _ = self.sink.send(Message::Close(Some(frame))).await;
+                    let _ = self.feed(Message::Close(Some(frame))).await;
+                    let _ = self.flush().await;
                     return Err(End::Closed);
                 }
             }
         }
-        self.sink.flush().await.map_err(|_| End::Socket)
+        self.flush().await
     }
 
     async fn feed(&mut self, message: Message) -> Result<(), End> {
-        self.sink.feed(message).await.map_err(|_| End::Socket)
+        let write_timeout = self.write_timeout;
+        let result = tokio::time::timeout(write_timeout, self.sink.feed(message)).await;
+        self.guard_write(result)
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        let write_timeout = self.write_timeout;
+        let result = tokio::time::timeout(write_timeout, self.sink.flush()).await;
+        self.guard_write(result)
+    }
+
+    /// A peer that stops reading blocks our writes; past the write timeout it is dropped (its
+    /// queue in the hub is bounded meanwhile) and resumes from its cursor when it reconnects.
+    fn guard_write(
+        &self,
+        result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<(), End> {
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Socket),
+            Err(_) => {
+                Metrics::add(&self.state.metrics.write_timeouts, 1);
+                tracing::debug!("dropping a connection whose writes stalled");
+                Err(End::Socket)
+            }
+        }
     }
 
     async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
@@ -281,7 +318,7 @@ impl Session {
                     self.feed_frame(&ServerFrame::Message(message)).await?;
                 }
             }
-            self.sink.flush().await.map_err(|_| End::Socket)?;
+            self.flush().await?;
             if !full {
                 return Ok(());
             }
@@ -300,7 +337,8 @@ impl Session {
             code: 1011,
             reason: Utf8Bytes::from_static("server error"),
         };
-        let _ = self.sink.send(Message::Close(Some(close))).await;
+        let _ = self.feed(Message::Close(Some(close))).await;
+        let _ = self.flush().await;
         Err(End::Closed)
     }
 

@@ -241,6 +241,18 @@ impl RawWs {
         }
     }
 
+    /// Waits for the message with `seq`, returning the frames skipped on the way.
+    pub async fn until_message_seq(&mut self, seq: u64) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let frame = self.frame().await;
+            if frame["type"] == "message" && frame["seq"] == seq {
+                return (frame, skipped);
+            }
+            skipped.push(frame);
+        }
+    }
+
     /// Sends a message and waits for its ack (skipping other frames).
     pub async fn send_message(&mut self, conversation: u64, id: &str, body: &str) -> Value {
         self.send(json!({"type": "send", "client_msg_id": id, "conversation_id": conversation, "body": body})).await;
