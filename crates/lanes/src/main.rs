@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use lanes_server::Config;
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (embedded SQLite store, zero configuration needed).
     Serve(ServeArgs),
+    /// Load a server with a scenario and report throughput, latency and loss.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,6 +145,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

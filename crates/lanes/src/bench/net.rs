@@ -1,0 +1,132 @@
+//! Bench plumbing: tokens, HTTP setup calls, and raw WebSocket connections spread over several
+//! loopback source addresses. The load path speaks the protocol directly (not through the SDK's
+//! task and channels) so that the driver stays cheaper than the server it measures.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use lanes_client::HttpApi;
+use lanes_protocol::codec::{decode_server, encode_client};
+use lanes_protocol::{ClientFrame, ServerFrame, UserId};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
+
+/// The server under load and how to act as its users.
+pub(crate) struct Target {
+    pub(crate) base_url: String,
+    ws_url: String,
+    server_addr: SocketAddr,
+    secret: String,
+    sources: u8,
+    next_source: AtomicUsize,
+}
+
+impl Target {
+    pub(crate) fn new(base_url: &str, secret: &str, sources: u8) -> Target {
+        let host = base_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        Target {
+            base_url: base_url.to_owned(),
+            ws_url: format!("ws://{host}/v1/ws"),
+            server_addr: host
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            secret: secret.to_owned(),
+            sources: sources.max(1),
+            next_source: AtomicUsize::new(0),
+        }
+    }
+
+    /// A JWT for `user`, valid for a day.
+    pub(crate) fn token(&self, user: &str) -> anyhow::Result<String> {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 24 * 3600;
+        let claims = serde_json::json!({ "sub": user, "exp": exp });
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
+        )?)
+    }
+
+    /// The HTTP API as `user`.
+    pub(crate) fn api(&self, user: &str) -> anyhow::Result<HttpApi> {
+        Ok(HttpApi::new(&self.base_url).with_token(&self.token(user)?))
+    }
+
+    /// Opens a WebSocket from the next source address, sends `hello`, and waits for `synced`;
+    /// returns the socket and the messages caught up.
+    pub(crate) async fn connect(
+        &self,
+        user: &str,
+        cursors: Vec<lanes_protocol::Cursor>,
+        epoch: Option<lanes_protocol::StoreEpoch>,
+    ) -> anyhow::Result<(Socket, Vec<lanes_protocol::MessageFrame>)> {
+        let index = self.next_source.fetch_add(1, Ordering::Relaxed) % usize::from(self.sources);
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket
+            .connect(self.server_addr)
+            .await
+            .with_context(|| format!("connect to {}", self.server_addr))?;
+        stream.set_nodelay(true)?;
+        let (mut ws, _) = tokio_tungstenite::client_async(self.ws_url.as_str(), stream)
+            .await
+            .context("websocket handshake")?;
+        let hello = ClientFrame::Hello {
+            token: self.token(user)?,
+            cursors,
+            epoch,
+        };
+        ws.send(Message::text(encode_client(&hello))).await?;
+        let mut caught_up = Vec::new();
+        loop {
+            match next_frame(&mut ws).await? {
+                ServerFrame::Synced => return Ok((ws, caught_up)),
+                ServerFrame::Message(message) => caught_up.push(message),
+                ServerFrame::Error(error) => bail!("hello refused: {error:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The next server frame, skipping pings; an error when the socket ends.
+pub(crate) async fn next_frame(ws: &mut Socket) -> anyhow::Result<ServerFrame> {
+    loop {
+        match ws.next().await {
+            None => bail!("connection closed"),
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(Message::Text(text))) => {
+                return decode_server(text.as_str()).context("undecodable server frame");
+            }
+            Some(Ok(Message::Close(frame))) => bail!("connection closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A user id for bench user `index` of run `run`.
+pub(crate) fn user_name(run: &str, index: usize) -> String {
+    format!("bench-{run}-{index}")
+}
+
+/// A fresh run id, so repeated runs against one server do not collide.
+pub(crate) fn run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Parses a user id the bench made itself.
+pub(crate) fn user_id(name: &str) -> anyhow::Result<UserId> {
+    UserId::parse(name).map_err(|err| anyhow::anyhow!("{err}"))
+}

@@ -1,0 +1,306 @@
+//! `pairs`: U online users in 1:1 pairs; each sends to its partner keeping up to `window` sends
+//! unacked (throughput), optionally paced at `rate` msgs/s per user (latency). Reports acked and
+//! delivered msgs/s, ack and end-to-end latency, and lost/duplicated counts (must be 0/0).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::SinkExt;
+use hdrhistogram::Histogram;
+use lanes_protocol::codec::encode_client;
+use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, ServerFrame};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::SpawnedServer;
+use super::net::{Target, next_frame, run_id, user_id, user_name};
+use super::report::{Report, histogram, latency_ms};
+
+#[derive(Args, Clone)]
+pub(crate) struct PairsArgs {
+    /// Online users (an even number; users 2k and 2k+1 are partners).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Unacked sends each user keeps in flight.
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    /// Messages per second per user; 0 sends as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Size of each message body in bytes.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+}
+
+/// What one user saw.
+struct UserResult {
+    sent: u64,
+    acked: u64,
+    received: u64,
+    duplicated: u64,
+    gaps: u64,
+    ack_latency: Histogram<u64>,
+    e2e_latency: Histogram<u64>,
+}
+
+pub(crate) async fn run(
+    target: &Target,
+    spawned: Option<&SpawnedServer>,
+    args: PairsArgs,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.users >= 2 && args.users.is_multiple_of(2),
+        "--users must be even and ≥ 2"
+    );
+    anyhow::ensure!(args.window >= 1, "--window must be ≥ 1");
+    let run = run_id();
+    let names: Vec<String> = (0..args.users).map(|i| user_name(&run, i)).collect();
+    // Every user must exist before its partner names it: one authenticated call each.
+    for chunk in names.chunks(64) {
+        let calls = chunk.iter().map(|name| async move {
+            target
+                .api(name)?
+                .conversations()
+                .await
+                .context("create user")?;
+            anyhow::Ok(())
+        });
+        futures_util::future::try_join_all(calls).await?;
+    }
+    let mut conversations = Vec::with_capacity(args.users / 2);
+    for pair in names.chunks(2) {
+        let conversation = target
+            .api(&pair[0])?
+            .create_direct(&user_id(&pair[1])?)
+            .await
+            .context("create direct conversation")?;
+        conversations.push(conversation.conversation_id);
+    }
+    let mut sockets = Vec::with_capacity(args.users);
+    let connect_started = Instant::now();
+    for chunk in names.chunks(100) {
+        let connects = chunk
+            .iter()
+            .map(|name| target.connect(name, Vec::new(), None));
+        for (socket, _) in futures_util::future::try_join_all(connects).await? {
+            sockets.push(socket);
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let rss_before = spawned.and_then(SpawnedServer::rss_kib);
+
+    let started = Instant::now();
+    let send_until = started + Duration::from_secs_f64(args.duration_secs);
+    let shared = Arc::new(Shared {
+        acked: (0..args.users).map(|_| AtomicU64::new(0)).collect(),
+        done: (0..args.users).map(|_| AtomicBool::new(false)).collect(),
+    });
+    let mut tasks = Vec::with_capacity(args.users);
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let user = User {
+            index,
+            me: names[index].clone(),
+            conversation_id: conversations[index / 2],
+            args: args.clone(),
+            started,
+            send_until,
+            shared: Arc::clone(&shared),
+        };
+        tasks.push(tokio::spawn(user.run(socket)));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.context("user task")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss_after = spawned.and_then(SpawnedServer::rss_kib);
+
+    let mut ack_latency = histogram();
+    let mut e2e_latency = histogram();
+    let (mut sent, mut acked, mut received, mut duplicated, mut gaps) = (0, 0, 0, 0, 0);
+    for result in &results {
+        sent += result.sent;
+        acked += result.acked;
+        received += result.received;
+        duplicated += result.duplicated;
+        gaps += result.gaps;
+        ack_latency.add(&result.ack_latency)?;
+        e2e_latency.add(&result.e2e_latency)?;
+    }
+    let lost = acked.saturating_sub(received) + gaps;
+    let mut report = Report::new(
+        "pairs",
+        json!({
+            "users": args.users, "window": args.window, "rate_per_user": args.rate,
+            "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
+        }),
+    );
+    report.set(
+        "connect_per_s",
+        json!((args.users as f64 / connect_secs).round()),
+    );
+    report.set("sent", json!(sent));
+    report.set("acked", json!(acked));
+    report.set("delivered", json!(received));
+    report.set(
+        "acked_per_s",
+        json!((acked as f64 / args.duration_secs).round()),
+    );
+    report.set(
+        "delivered_per_s",
+        json!((received as f64 / elapsed).round()),
+    );
+    report.set("ack_latency_ms", latency_ms(&ack_latency));
+    report.set("e2e_latency_ms", latency_ms(&e2e_latency));
+    report.set("lost", json!(lost));
+    report.set("duplicated", json!(duplicated));
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        report.set("server_rss_kib", json!({"before": before, "after": after}));
+    }
+    if lost > 0 || duplicated > 0 || sent != acked {
+        report.fail();
+    }
+    Ok(report)
+}
+
+/// Counters partners read from each other to know when the last message has arrived.
+struct Shared {
+    acked: Vec<AtomicU64>,
+    done: Vec<AtomicBool>,
+}
+
+struct User {
+    index: usize,
+    me: String,
+    conversation_id: ConversationId,
+    args: PairsArgs,
+    started: Instant,
+    send_until: Instant,
+    shared: Arc<Shared>,
+}
+
+/// Body: the send time in µs since `started`, padded to the body size.
+fn body(started: Instant, size: usize) -> String {
+    let mut body = format!("{}:", started.elapsed().as_micros());
+    body.extend(std::iter::repeat_n('x', size.saturating_sub(body.len())));
+    body
+}
+
+fn sent_at_micros(body: &str) -> Option<u64> {
+    body.split_once(':')?.0.parse().ok()
+}
+
+impl User {
+    /// True once the partner finished sending and everything it had acked has arrived here.
+    fn partner_caught_up(&self, received: u64) -> bool {
+        let partner = self.index ^ 1;
+        self.shared.done[partner].load(Ordering::Acquire)
+            && received >= self.shared.acked[partner].load(Ordering::Acquire)
+    }
+
+    async fn run(self, mut socket: super::net::Socket) -> anyhow::Result<UserResult> {
+        let args = &self.args;
+        let mut result = UserResult {
+            sent: 0,
+            acked: 0,
+            received: 0,
+            duplicated: 0,
+            gaps: 0,
+            ack_latency: histogram(),
+            e2e_latency: histogram(),
+        };
+        let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+        // Stagger paced senders so they do not all fire on the same tick.
+        let mut next_send_at =
+            self.started + interval.map_or(Duration::ZERO, |i| i.mul_f64(rand::random()));
+        let mut in_flight: VecDeque<Instant> = VecDeque::new();
+        // Every member's connection gets every message of the conversation (its own too), so
+        // the seqs seen here must be exactly 1, 2, 3…: anything else is a gap or a duplicate.
+        let mut last_seq = 0u64;
+        let drain_deadline = self.send_until + Duration::from_secs(10);
+        let mut announced_done = false;
+        loop {
+            let sending = Instant::now() < self.send_until;
+            let mut wrote = false;
+            while sending && in_flight.len() < args.window && Instant::now() >= next_send_at {
+                let send = ClientFrame::Send {
+                    client_msg_id: ClientMsgId::parse(&result.sent.to_string())
+                        .map_err(|err| anyhow::anyhow!("{err}"))?,
+                    conversation_id: self.conversation_id,
+                    body: body(self.started, args.body_bytes),
+                };
+                socket.feed(Message::text(encode_client(&send))).await?;
+                in_flight.push_back(Instant::now());
+                result.sent += 1;
+                wrote = true;
+                if let Some(interval) = interval {
+                    next_send_at += interval;
+                }
+            }
+            if wrote {
+                socket.flush().await?;
+            }
+            if !sending && in_flight.is_empty() {
+                if !announced_done {
+                    self.shared.acked[self.index].store(result.acked, Ordering::Release);
+                    self.shared.done[self.index].store(true, Ordering::Release);
+                    announced_done = true;
+                }
+                if self.partner_caught_up(result.received) || Instant::now() >= drain_deadline {
+                    break;
+                }
+            }
+            let wake_at = if sending && in_flight.len() < args.window {
+                next_send_at.min(self.send_until)
+            } else if sending {
+                self.send_until
+            } else {
+                // Poll the partner's progress now and then while draining.
+                (Instant::now() + Duration::from_millis(20)).min(drain_deadline)
+            };
+            let frame = tokio::select! {
+                frame = next_frame(&mut socket) => frame?,
+                _ = tokio::time::sleep_until(wake_at) => continue,
+            };
+            match frame {
+                ServerFrame::Ack(_) => {
+                    if let Some(sent_at) = in_flight.pop_front() {
+                        result.acked += 1;
+                        let _ = result
+                            .ack_latency
+                            .record(sent_at.elapsed().as_micros() as u64);
+                    }
+                }
+                ServerFrame::Message(message) => {
+                    let seq = message.seq.0;
+                    if seq <= last_seq {
+                        result.duplicated += 1;
+                        continue;
+                    }
+                    result.gaps += seq - last_seq - 1;
+                    last_seq = seq;
+                    if message.sender_id.as_str() != self.me {
+                        result.received += 1;
+                        if let Some(sent_at) = sent_at_micros(&message.body) {
+                            let now = self.started.elapsed().as_micros() as u64;
+                            let _ = result
+                                .e2e_latency
+                                .record(now.saturating_sub(sent_at).max(1));
+                        }
+                    }
+                }
+                ServerFrame::Error(error) => anyhow::bail!("server error: {error:?}"),
+                _ => {}
+            }
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,44 @@
+//! Smoke runs of every `lanes bench` scenario at a tiny size against a spawned server: the run
+//! must finish, print its JSON report, and find 0 lost and 0 duplicated messages. No timing checks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .arg("bench")
+        .arg("--spawn")
+        .args(["--time-limit-secs", "120"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run lanes bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|err| panic!("no JSON report ({err}):\n{stdout}\n{stderr}"));
+    assert_eq!(report["scenario"], args[0]);
+    report
+}
+
+#[test]
+fn pairs() {
+    let report = bench(&[
+        "pairs",
+        "--users",
+        "6",
+        "--window",
+        "4",
+        "--duration-secs",
+        "1",
+    ]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert!(report["acked"].as_u64().unwrap() > 0);
+    assert_eq!(report["acked"], report["delivered"]);
+}
