@@ -25,6 +25,10 @@ use crate::{AppState, blocking};
 /// Events taken from the hub queue per wake-up before flushing, so that under load several
 /// frames share one write.
 const EVENTS_PER_FLUSH_MAX: usize = 256;
+/// Initial read buffer of a connection.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes buffered before a write is forced (frames are flushed after each batch anyway).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Attempts to list a user's conversations while membership keeps changing under the listing.
 const LISTING_ATTEMPTS_MAX: usize = 16;
 
@@ -34,8 +38,11 @@ pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpg
         // tungstenite's defaults (64 MiB messages, unbounded write buffer) are far above what
         // the protocol allows; a peer may make the server hold at most these.
         .max_message_size(limits::FRAME_BYTES_MAX)
+        // The read buffer is allocated per connection up front (128 KiB by default): most
+        // frames are a few hundred bytes, and a larger frame simply takes several reads.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_frame_size(limits::FRAME_BYTES_MAX)
-        .write_buffer_size(64 * 1024)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(limits::FRAME_BYTES_MAX * 2)
         .on_upgrade(move |socket| run(socket, state))
 }

@@ -42,3 +42,61 @@ fn pairs() {
     assert!(report["acked"].as_u64().unwrap() > 0);
     assert_eq!(report["acked"], report["delivered"]);
 }
+
+#[test]
+fn idle() {
+    let report = bench(&["idle", "--connections", "20", "--hold-secs", "0.1"]);
+    assert_eq!(report["still_open"], 20);
+    assert!(report["server_bytes_per_connection"].as_u64().is_some());
+}
+
+#[test]
+fn fanout() {
+    let report = bench(&[
+        "fanout",
+        "--members",
+        "8",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "0.5",
+    ]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["messages"], 10);
+    assert_eq!(report["deliveries"], 70, "10 messages × 7 receivers");
+}
+
+#[test]
+fn storm() {
+    let report = bench(&[
+        "storm",
+        "--clients",
+        "12",
+        "--group-size",
+        "4",
+        "--rate",
+        "50",
+        "--settle-secs",
+        "0.3",
+    ]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["resynced_clients"], 12);
+    assert!(report["messages_acked"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn sync() {
+    let report = bench(&[
+        "sync",
+        "--conversations",
+        "5",
+        "--missed",
+        "20",
+        "--prefill",
+        "50",
+        "--repeats",
+        "2",
+    ]);
+    assert!(report["resync_ms_median"].as_f64().unwrap() > 0.0);
+}

@@ -2,9 +2,13 @@
 //! server over real sockets (starting one itself with `--spawn`), mints its users' tokens as an
 //! application backend would (HS256 JWTs), and prints a human summary plus one JSON line per run.
 
+mod fanout;
+mod idle;
 mod net;
 mod pairs;
 mod report;
+mod storm;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,29 +50,65 @@ pub(crate) struct BenchArgs {
 enum Scenario {
     /// U online users in 1:1 pairs, each sending to its partner with a window of unacked sends.
     Pairs(pairs::PairsArgs),
+    /// C authenticated connections held idle: connect rate and server memory per connection.
+    Idle(idle::IdleArgs),
+    /// One group of G online members, senders at a fixed rate: deliveries/s and time to reach all.
+    Fanout(fanout::FanoutArgs),
+    /// N connected clients while the spawned server is killed and restarted: time to resync.
+    Storm(storm::StormArgs),
+    /// A user offline while K messages arrive, in a store pre-filled with H: resync time.
+    Sync(sync::SyncArgs),
 }
 
 /// A `lanes serve` started by the bench.
 pub(crate) struct SpawnedServer {
     child: Child,
     pub(crate) base_url: String,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
+    secret: String,
+    durability: String,
 }
 
 impl SpawnedServer {
     fn start(secret: &str, durability: &str) -> anyhow::Result<SpawnedServer> {
         let data_dir = tempfile::tempdir().context("create temp data dir")?;
+        let (child, base_url) =
+            SpawnedServer::spawn(data_dir.path(), "127.0.0.1:0", secret, durability)?;
+        Ok(SpawnedServer {
+            child,
+            base_url,
+            data_dir,
+            secret: secret.to_owned(),
+            durability: durability.to_owned(),
+        })
+    }
+
+    /// Kills the server with SIGKILL (a crash) and starts it again on the same address and data.
+    pub(crate) fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("SIGKILL server")?;
+        self.child.wait().context("reap server")?;
+        let listen = self.base_url.trim_start_matches("http://").to_owned();
+        let (child, _) = SpawnedServer::spawn(
+            self.data_dir.path(),
+            &listen,
+            &self.secret,
+            &self.durability,
+        )?;
+        self.child = child;
+        Ok(())
+    }
+
+    fn spawn(
+        data_dir: &std::path::Path,
+        listen: &str,
+        secret: &str,
+        durability: &str,
+    ) -> anyhow::Result<(Child, String)> {
         let exe = std::env::current_exe().context("find own executable")?;
         let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--durability",
-                durability,
-            ])
+            .args(["serve", "--listen", listen, "--durability", durability])
             .arg("--data-dir")
-            .arg(data_dir.path())
+            .arg(data_dir)
             .env("LANES_JWT_HS256_SECRET", secret)
             .env("LANES_LOG", "warn")
             .stdout(Stdio::piped())
@@ -86,11 +126,7 @@ impl SpawnedServer {
             let _ = child.kill();
             bail!("unexpected server output: {line:?}");
         };
-        Ok(SpawnedServer {
-            child,
-            base_url: addr.to_owned(),
-            _data_dir: data_dir,
-        })
+        Ok((child, addr.to_owned()))
     }
 
     /// The server's resident memory, from /proc.
@@ -125,7 +161,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!("RLIMIT_NOFILE raised to {limit}"),
         Err(err) => tracing::warn!("could not raise RLIMIT_NOFILE: {err}"),
     }
-    let spawned = if args.spawn {
+    let mut spawned = if args.spawn {
         Some(SpawnedServer::start(&args.jwt_secret, &args.durability)?)
     } else {
         None
@@ -138,6 +174,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let work = async {
         match args.scenario {
             Scenario::Pairs(pairs) => pairs::run(&target, spawned.as_ref(), pairs).await,
+            Scenario::Idle(idle) => idle::run(&target, spawned.as_ref(), idle).await,
+            Scenario::Fanout(fanout) => fanout::run(&target, spawned.as_ref(), fanout).await,
+            Scenario::Storm(storm) => storm::run(&target, spawned.as_mut(), storm).await,
+            Scenario::Sync(sync) => sync::run(&target, spawned.as_ref(), sync).await,
         }
     };
     let report = tokio::time::timeout(time_limit, work)

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use lanes_client::HttpApi;
 use lanes_protocol::codec::{decode_server, encode_client};
-use lanes_protocol::{ClientFrame, ServerFrame, UserId};
+use lanes_protocol::{ClientFrame, ServerFrame, StoreEpoch, UserId};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -24,6 +24,8 @@ pub(crate) struct Target {
     secret: String,
     sources: u8,
     next_source: AtomicUsize,
+    /// The store epoch of the latest `welcome`, sent back with cursors on reconnect.
+    epoch: std::sync::Mutex<Option<StoreEpoch>>,
 }
 
 impl Target {
@@ -41,7 +43,18 @@ impl Target {
             secret: secret.to_owned(),
             sources: sources.max(1),
             next_source: AtomicUsize::new(0),
+            epoch: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The HS256 secret tokens are minted with.
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// How many source addresses connections are spread over.
+    pub(crate) fn sources(&self) -> u8 {
+        self.sources
     }
 
     /// A JWT for `user`, valid for a day.
@@ -63,14 +76,19 @@ impl Target {
         Ok(HttpApi::new(&self.base_url).with_token(&self.token(user)?))
     }
 
-    /// Opens a WebSocket from the next source address, sends `hello`, and waits for `synced`;
-    /// returns the socket and the messages caught up.
+    /// Opens a WebSocket from the next source address, sends `hello` with `cursors` (and the
+    /// epoch of the last welcome), and waits for `synced`; returns the socket and the messages
+    /// caught up.
     pub(crate) async fn connect(
         &self,
         user: &str,
         cursors: Vec<lanes_protocol::Cursor>,
-        epoch: Option<lanes_protocol::StoreEpoch>,
     ) -> anyhow::Result<(Socket, Vec<lanes_protocol::MessageFrame>)> {
+        let epoch = self
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let index = self.next_source.fetch_add(1, Ordering::Relaxed) % usize::from(self.sources);
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
         let socket = TcpSocket::new_v4()?;
@@ -93,6 +111,12 @@ impl Target {
         loop {
             match next_frame(&mut ws).await? {
                 ServerFrame::Synced => return Ok((ws, caught_up)),
+                ServerFrame::Welcome { epoch, .. } => {
+                    *self
+                        .epoch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
+                }
                 ServerFrame::Message(message) => caught_up.push(message),
                 ServerFrame::Error(error) => bail!("hello refused: {error:?}"),
                 _ => {}
@@ -114,6 +138,23 @@ pub(crate) async fn next_frame(ws: &mut Socket) -> anyhow::Result<ServerFrame> {
             Some(Ok(_)) => continue,
         }
     }
+}
+
+/// Makes sure every user exists on the server (one authenticated call each, 64 at a time), so
+/// that others can name them and the timed part of a run does not pay for creating them.
+pub(crate) async fn create_users(target: &Target, users: &[String]) -> anyhow::Result<()> {
+    for chunk in users.chunks(64) {
+        let calls = chunk.iter().map(|name| async move {
+            target
+                .api(name)?
+                .conversations()
+                .await
+                .context("create user")?;
+            anyhow::Ok(())
+        });
+        futures_util::future::try_join_all(calls).await?;
+    }
+    Ok(())
 }
 
 /// A user id for bench user `index` of run `run`.

@@ -63,18 +63,7 @@ pub(crate) async fn run(
     anyhow::ensure!(args.window >= 1, "--window must be ≥ 1");
     let run = run_id();
     let names: Vec<String> = (0..args.users).map(|i| user_name(&run, i)).collect();
-    // Every user must exist before its partner names it: one authenticated call each.
-    for chunk in names.chunks(64) {
-        let calls = chunk.iter().map(|name| async move {
-            target
-                .api(name)?
-                .conversations()
-                .await
-                .context("create user")?;
-            anyhow::Ok(())
-        });
-        futures_util::future::try_join_all(calls).await?;
-    }
+    super::net::create_users(target, &names).await?;
     let mut conversations = Vec::with_capacity(args.users / 2);
     for pair in names.chunks(2) {
         let conversation = target
@@ -87,9 +76,7 @@ pub(crate) async fn run(
     let mut sockets = Vec::with_capacity(args.users);
     let connect_started = Instant::now();
     for chunk in names.chunks(100) {
-        let connects = chunk
-            .iter()
-            .map(|name| target.connect(name, Vec::new(), None));
+        let connects = chunk.iter().map(|name| target.connect(name, Vec::new()));
         for (socket, _) in futures_util::future::try_join_all(connects).await? {
             sockets.push(socket);
         }

@@ -1,0 +1,205 @@
+//! `fanout`: one group of G online members; `senders` of them send at a combined `rate` msgs/s.
+//! Reports deliveries/s and, per message, the time until the last member received it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::SinkExt;
+use lanes_protocol::codec::encode_client;
+use lanes_protocol::{ClientFrame, ClientMsgId, ServerFrame};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::SpawnedServer;
+use super::net::{Socket, Target, create_users, next_frame, run_id, user_id, user_name};
+use super::report::{Report, histogram, latency_ms};
+
+#[derive(Args, Clone)]
+pub(crate) struct FanoutArgs {
+    /// Members of the group (all online).
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Combined send rate, msgs/s.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Members that send (round-robin).
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Size of each message body in bytes.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+}
+
+pub(crate) async fn run(
+    target: &Target,
+    spawned: Option<&SpawnedServer>,
+    args: FanoutArgs,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.members >= 2, "--members must be ≥ 2");
+    anyhow::ensure!(
+        args.senders >= 1 && args.senders <= args.members,
+        "bad --senders"
+    );
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    let run = run_id();
+    let names: Vec<String> = (0..args.members).map(|i| user_name(&run, i)).collect();
+    create_users(target, &names).await?;
+    let others = names[1..]
+        .iter()
+        .map(|name| user_id(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let group = target
+        .api(&names[0])?
+        .create_group("fanout", &others)
+        .await
+        .context("create group")?
+        .conversation_id;
+    let mut sockets = Vec::with_capacity(args.members);
+    for chunk in names.chunks(256) {
+        let connects = chunk.iter().map(|name| target.connect(name, Vec::new()));
+        for (socket, _) in futures_util::future::try_join_all(connects).await? {
+            sockets.push(socket);
+        }
+    }
+    let total = (args.rate * args.duration_secs).ceil() as usize;
+    // Per message: the latest arrival (µs after its send) over all members, and how many got it.
+    let slowest = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+    let arrivals = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration_secs) + Duration::from_secs(30);
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        if index < args.senders {
+            senders.push(socket);
+            continue;
+        }
+        let (slowest, arrivals) = (Arc::clone(&slowest), Arc::clone(&arrivals));
+        receivers.push(tokio::spawn(receive(
+            socket, total, started, deadline, slowest, arrivals,
+        )));
+    }
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let mut acked = 0;
+    for n in 0..total {
+        tokio::time::sleep_until(started + interval.mul_f64(n as f64)).await;
+        let sender = &mut senders[n % args.senders];
+        let body = format!("{n}:{}", started.elapsed().as_micros());
+        let send = ClientFrame::Send {
+            client_msg_id: ClientMsgId::parse(&format!("f{n}"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            conversation_id: group,
+            body: format!(
+                "{body}{}",
+                "x".repeat(args.body_bytes.saturating_sub(body.len()))
+            ),
+        };
+        sender.send(Message::text(encode_client(&send))).await?;
+    }
+    // Senders also receive every message: read their acks (they are not counted as receivers).
+    for (index, sender) in senders.iter_mut().enumerate() {
+        let expected = (index..total).step_by(args.senders).count();
+        acked += drain_acks(sender, expected, deadline).await?;
+    }
+    let mut complete = 0;
+    for receiver in receivers {
+        complete += receiver.await.context("receiver")??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut reach = histogram();
+    for latest in slowest.iter() {
+        let _ = reach.record(latest.load(Ordering::Relaxed).max(1));
+    }
+    let receivers_count = args.members - args.senders;
+    let deliveries = arrivals.load(Ordering::Relaxed);
+    let mut report = Report::new(
+        "fanout",
+        json!({
+            "members": args.members, "rate": args.rate, "senders": args.senders,
+            "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
+        }),
+    );
+    report.set("messages", json!(total));
+    report.set("acked", json!(acked));
+    report.set("deliveries", json!(deliveries));
+    report.set(
+        "deliveries_per_s",
+        json!((deliveries as f64 / elapsed).round()),
+    );
+    report.set("reach_all_ms", latency_ms(&reach));
+    let lost = (total * receivers_count) as u64 - deliveries;
+    report.set("lost", json!(lost));
+    report.set("receivers_complete", json!(complete));
+    if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
+        report.set("server_rss_kib", json!(rss));
+    }
+    if lost > 0 || complete != receivers_count || acked != total as u64 {
+        report.fail();
+    }
+    Ok(report)
+}
+
+/// Reads a sender's frames until its `expected` acks arrived (or the deadline).
+async fn drain_acks(
+    socket: &mut Socket,
+    expected: usize,
+    deadline: Instant,
+) -> anyhow::Result<u64> {
+    let mut acks = 0;
+    while acks < expected as u64 {
+        match tokio::time::timeout_at(deadline, next_frame(socket)).await {
+            Ok(Ok(ServerFrame::Ack(_))) => acks += 1,
+            Ok(Ok(ServerFrame::Error(error))) => anyhow::bail!("send refused: {error:?}"),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(err),
+            Err(_) => break,
+        }
+    }
+    Ok(acks)
+}
+
+/// Reads until all `total` messages arrived (1 when complete, 0 when the deadline hit first).
+async fn receive(
+    mut socket: Socket,
+    total: usize,
+    started: Instant,
+    deadline: Instant,
+    slowest: Arc<Vec<AtomicU64>>,
+    arrivals: Arc<AtomicU64>,
+) -> anyhow::Result<usize> {
+    let mut last_seq = 0;
+    while last_seq < total as u64 {
+        let frame = match tokio::time::timeout_at(deadline, next_frame(&mut socket)).await {
+            Ok(frame) => frame?,
+            Err(_) => return Ok(0),
+        };
+        let ServerFrame::Message(message) = frame else {
+            continue;
+        };
+        anyhow::ensure!(
+            message.seq.0 == last_seq + 1,
+            "gap or duplicate at seq {}",
+            message.seq
+        );
+        last_seq = message.seq.0;
+        arrivals.fetch_add(1, Ordering::Relaxed);
+        let parsed = message.body.split_once(':').and_then(|(n, rest)| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((n.parse::<usize>().ok()?, digits.parse::<u64>().ok()?))
+        });
+        if let Some((n, sent_at)) = parsed
+            && let Some(slot) = slowest.get(n)
+        {
+            let latency = (started.elapsed().as_micros() as u64).saturating_sub(sent_at);
+            slot.fetch_max(latency, Ordering::Relaxed);
+        }
+    }
+    Ok(1)
+}
