@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use lanes_core::{Connection, Output};
 use lanes_hub::{Event, Subscription};
 use lanes_protocol::codec::{decode_client, encode_server};
@@ -130,18 +130,36 @@ impl Session {
                 biased;
                 _ = shutdown.changed() => self.connection.handle_shutdown(),
                 Some(outcome) = self.acks.next(), if !self.acks.is_empty() => {
-                    let outcome = outcome.unwrap_or_else(|_| Err(ErrorFrame {
-                        code: ErrorCode::Internal,
-                        message: "commit outcome lost; retry with the same client_msg_id".into(),
-                        request_id: None,
-                    }));
-                    self.connection.handle_committed(outcome);
+                    self.handle_committed(outcome);
+                    // Under load many acks are ready at once: take them all, and whatever the
+                    // hub queued, so that one flush carries them together.
+                    while let Some(Some(outcome)) = self.acks.next().now_or_never() {
+                        self.handle_committed(outcome);
+                    }
+                    let queued = self
+                        .subscription
+                        .as_mut()
+                        .and_then(|subscription| subscription.receiver.try_recv().ok());
+                    if queued.is_some() {
+                        self.handle_events(queued).await?;
+                    }
                 }
                 event = recv_event(&mut self.subscription) => self.handle_events(event).await?,
                 frame = stream.next(), if wants_read => self.handle_socket(frame)?,
                 _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
             }
         }
+    }
+
+    fn handle_committed(&mut self, outcome: Result<CommitOutcome, oneshot::error::RecvError>) {
+        let outcome = outcome.unwrap_or_else(|_| {
+            Err(ErrorFrame {
+                code: ErrorCode::Internal,
+                message: "commit outcome lost; retry with the same client_msg_id".into(),
+                request_id: None,
+            })
+        });
+        self.connection.handle_committed(outcome);
     }
 
     fn handle_socket(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {

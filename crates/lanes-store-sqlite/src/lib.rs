@@ -4,6 +4,7 @@
 
 mod schema;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -618,53 +619,81 @@ impl Store for SqliteStore {
         now: UnixMillis,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         self.write(|transaction| {
+            // One statement per message on the common path: the insert itself checks membership
+            // and skips a duplicate (sender, client_msg_id). Only when it inserts nothing do we
+            // look at why. Heads are read once per conversation and written once per batch.
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, body, server_ts)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3)
+                 ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
+            )?;
             let mut find_duplicate = transaction.prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
             ))?;
-            let mut next_seq = transaction.prepare_cached(
-                "UPDATE conversations SET head_seq = head_seq + 1, last_activity_at = ?2
-                 WHERE conversation_id = ?1 RETURNING head_seq",
-            )?;
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, body, server_ts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+            let mut read_head = transaction
+                .prepare_cached("SELECT head_seq FROM conversations WHERE conversation_id = ?1")?;
+            let mut heads: HashMap<ConversationId, (u64, bool)> = HashMap::new();
             let mut outcomes = Vec::with_capacity(batch.len());
             for message in batch {
+                let conversation_id = message.conversation_id;
+                let head = match heads.get(&conversation_id) {
+                    Some((head, _)) => Some(*head),
+                    None => {
+                        let head = read_head
+                            .query_row([sql_i64(conversation_id.0)], |row| u64_column(row, 0))
+                            .optional()?;
+                        if let Some(head) = head {
+                            heads.insert(conversation_id, (head, false));
+                        }
+                        head
+                    }
+                };
+                let inserted = match head {
+                    Some(head) => insert.execute(params![
+                        sql_i64(conversation_id.0),
+                        sql_i64(head + 1),
+                        message.sender_id.as_str(),
+                        message.client_msg_id.as_str(),
+                        message.body,
+                        now.0
+                    ])? == 1,
+                    None => false,
+                };
+                if inserted {
+                    let seq = head.unwrap_or(0) + 1;
+                    heads.insert(conversation_id, (seq, true));
+                    outcomes.push(AppendOutcome::Appended(MessageFrame {
+                        conversation_id,
+                        seq: Seq(seq),
+                        message_id: MessageId(
+                            u64::try_from(transaction.last_insert_rowid()).unwrap_or(0),
+                        ),
+                        sender_id: message.sender_id.clone(),
+                        client_msg_id: message.client_msg_id.clone(),
+                        body: message.body.clone(),
+                        server_ts: now,
+                    }));
+                    continue;
+                }
                 let duplicate = find_duplicate
                     .query_row(
                         params![message.sender_id.as_str(), message.client_msg_id.as_str()],
                         message_row,
                     )
                     .optional()?;
-                if let Some(original) = duplicate {
-                    outcomes.push(AppendOutcome::Duplicate(original));
-                    continue;
+                outcomes.push(match duplicate {
+                    Some(original) => AppendOutcome::Duplicate(original),
+                    None => AppendOutcome::NotMember,
+                });
+            }
+            let mut write_head = transaction.prepare_cached(
+                "UPDATE conversations SET head_seq = ?2, last_activity_at = ?3 WHERE conversation_id = ?1",
+            )?;
+            for (conversation_id, (head, touched)) in heads {
+                if touched {
+                    write_head.execute(params![sql_i64(conversation_id.0), sql_i64(head), now.0])?;
                 }
-                if !is_member(transaction, message.conversation_id, &message.sender_id)? {
-                    outcomes.push(AppendOutcome::NotMember);
-                    continue;
-                }
-                let conversation_id = sql_i64(message.conversation_id.0);
-                let seq: i64 =
-                    next_seq.query_row(params![conversation_id, now.0], |row| row.get(0))?;
-                insert.execute(params![
-                    conversation_id,
-                    seq,
-                    message.sender_id.as_str(),
-                    message.client_msg_id.as_str(),
-                    message.body,
-                    now.0
-                ])?;
-                outcomes.push(AppendOutcome::Appended(MessageFrame {
-                    conversation_id: message.conversation_id,
-                    seq: Seq(u64::try_from(seq).unwrap_or(0)),
-                    message_id: MessageId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0)),
-                    sender_id: message.sender_id.clone(),
-                    client_msg_id: message.client_msg_id.clone(),
-                    body: message.body.clone(),
-                    server_ts: now,
-                }));
             }
             Ok(outcomes)
         })
