@@ -1,7 +1,13 @@
 //! Exponential backoff with full jitter, for reconnects and for repeating sends and history
-//! fetches. Randomness comes in as an argument, so the arithmetic is tested without an RNG.
+//! fetches. Randomness and time come in as arguments, so the arithmetic is tested without an
+//! RNG or a clock.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a connection must stay up before losing it counts as a fresh start (the reconnect
+/// backoff starts again from `base`). Shorter-lived connections keep growing the backoff, so a
+/// server that welcomes us and then drops us at once is not hammered.
+pub(crate) const CONNECTION_STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// The upper bound of the delay before retry number `attempt` (from 0):
 /// `min(max, base * 2^attempt)`, saturating instead of overflowing.
@@ -59,6 +65,42 @@ impl Backoff {
     }
 }
 
+/// The backoff between connect attempts. A `welcome` alone is not a success: only a connection
+/// that stayed up for [`CONNECTION_STABLE_AFTER`] resets the attempt count when it is lost.
+#[derive(Debug, Clone)]
+pub(crate) struct ReconnectBackoff {
+    backoff: Backoff,
+    /// When the current connection was welcomed; `None` while not connected.
+    up_since: Option<Instant>,
+}
+
+impl ReconnectBackoff {
+    /// Starts at attempt 0, not connected.
+    pub(crate) fn new(base: Duration, max: Duration) -> ReconnectBackoff {
+        ReconnectBackoff {
+            backoff: Backoff::new(base, max),
+            up_since: None,
+        }
+    }
+
+    /// A connection was welcomed at `now`.
+    pub(crate) fn handle_welcome(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// The connection, or a connect attempt, failed at `now`: the delay before the next attempt,
+    /// given a random `fraction` in `[0, 1]`.
+    pub(crate) fn next_delay(&mut self, now: Instant, fraction: f64) -> Duration {
+        let stayed_up = self.up_since.take().is_some_and(|up_since| {
+            now.saturating_duration_since(up_since) >= CONNECTION_STABLE_AFTER
+        });
+        if stayed_up {
+            self.backoff.reset();
+        }
+        self.backoff.next_delay(fraction)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +152,37 @@ mod tests {
         check(BASE, MAX, 3, 1.0, delays[3]);
         backoff.reset();
         check(BASE, MAX, 0, 1.0, backoff.next_delay(1.0));
+    }
+
+    /// Welcomes at `up` and losses at `down` (seconds), in order: the delay ceilings drawn.
+    fn check_reconnects(steps: &[(Option<u64>, u64)], expected: &[Duration]) {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut reconnect = ReconnectBackoff::new(BASE, MAX);
+        let delays: Vec<Duration> = steps
+            .iter()
+            .map(|&(up, down)| {
+                if let Some(up) = up {
+                    reconnect.handle_welcome(at(up));
+                }
+                reconnect.next_delay(at(down), 1.0)
+            })
+            .collect();
+        assert_eq!(delays, expected, "{steps:?}");
+    }
+
+    #[test]
+    fn reconnect_backoff_resets_only_after_a_stable_connection() {
+        // Failed attempts, then welcomes that are dropped at once: the backoff keeps growing.
+        check_reconnects(
+            &[(None, 0), (None, 0), (Some(0), 1), (Some(1), 5)],
+            &[ms(50), ms(100), ms(200), ms(400)],
+        );
+        // A connection that stayed up 5 s starts over from `base`; failed attempts after it
+        // grow again.
+        check_reconnects(
+            &[(None, 0), (None, 0), (Some(0), 5), (None, 5), (Some(5), 20)],
+            &[ms(50), ms(100), ms(50), ms(100), ms(50)],
+        );
     }
 }

@@ -6,8 +6,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use lanes_protocol::limits::MESSAGE_BODY_BYTES_MAX;
 use lanes_protocol::{
-    AckFrame, ClientMsgId, ConversationId, Cursor, ErrorFrame, MessageFrame, StoreEpoch, UserId,
+    AckFrame, ClientMsgId, ConversationId, Cursor, ErrorCode, ErrorFrame, MessageFrame, StoreEpoch,
+    UserId,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -83,11 +85,13 @@ pub enum Event {
     /// Catch-up after a (re)connect is done: everything missed has been delivered.
     Synced,
     /// A message: each `(conversation, seq)` exactly once, in seq order per conversation,
-    /// without gaps (within one epoch).
+    /// without gaps (within one epoch, and one membership: see [`Event::Left`]).
     Message(MessageFrame),
-    /// We became a member of a conversation while connected.
+    /// We became a member of a conversation while connected; its messages follow from seq 1.
     Joined(ConversationId),
-    /// We stopped being a member of a conversation.
+    /// We stopped being a member of a conversation. Its cursor is forgotten (it leaves
+    /// [`Client::cursors`] and the next `hello`), so if we join it again its messages are
+    /// delivered again from seq 1.
     Left(ConversationId),
     /// The connection was lost; the client is reconnecting.
     Disconnected {
@@ -95,7 +99,9 @@ pub enum Event {
         reason: String,
     },
     /// An `error` frame not tied to one of our sends (such as `slow_consumer`), or the
-    /// refusal of a reconnect (such as `unauthorized` for an expired token).
+    /// refusal of a reconnect (such as `rate_limited`). A reconnect refused as `unauthorized`
+    /// (an expired or revoked token) is final: pending sends fail with that error, this event
+    /// is the last one, and [`Events::next`] then returns `None`.
     ServerError(ErrorFrame),
 }
 
@@ -145,7 +151,8 @@ impl Client {
     /// Connects, sends `hello` and waits for `welcome`. Fails with `ClientError::Api` (code
     /// `unauthorized`) when the token is refused, and with `ClientError::Transport` when the
     /// connection fails or no welcome comes within 10 s. After that, the background task
-    /// reconnects by itself, with backoff, until [`Client::close`].
+    /// reconnects by itself, with backoff, until [`Client::close`] or until a reconnect is
+    /// refused as `unauthorized` (see [`Event::ServerError`]).
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         let settings = Settings {
             ws_url: ws_url(&config.base_url),
@@ -194,14 +201,23 @@ impl Client {
     /// Sends `body` and resolves with its ack. Until then the send is retried with the same
     /// `client_msg_id` across reconnects and after `storage_unavailable`, `internal`,
     /// `shutting_down` and `rate_limited` errors; any other `error` answering it fails it with
-    /// `ClientError::Api`. Dropping the future does not cancel the send. Every pending send is
-    /// kept in memory until resolved, so the app bounds that memory by the sends it starts.
+    /// `ClientError::Api`.
+    ///
+    /// A body longer than `MESSAGE_BODY_BYTES_MAX` bytes (the protocol's maximum, which no
+    /// server accepts) fails at once with `ClientError::Api` (status 0, `message_too_large`)
+    /// and is never sent. A server configured with a lower limit answers `message_too_large`
+    /// itself, which fails the send the same way.
+    ///
+    /// Dropping the future does not cancel the send: it is still written, with the same id,
+    /// until acked. Every pending send is kept in memory until resolved, so the app bounds that
+    /// memory by the sends it starts, including those it stopped waiting for.
     pub async fn send_with_id(
         &self,
         conversation_id: ConversationId,
         client_msg_id: ClientMsgId,
         body: &str,
     ) -> Result<AckFrame, ClientError> {
+        check_body_len(body)?;
         let (responder, outcome) = oneshot::channel();
         self.commands
             .send(Command::Send {
@@ -243,6 +259,23 @@ impl Client {
     }
 }
 
+/// Refuses, before it is queued, a body no server accepts. Such a send must never be written: a
+/// frame that large makes the server close the connection (1009) without naming the send, and
+/// the send would then be written again first on every reconnect, forever.
+fn check_body_len(body: &str) -> Result<(), ClientError> {
+    if body.len() > MESSAGE_BODY_BYTES_MAX {
+        return Err(ClientError::Api {
+            status: 0,
+            code: ErrorCode::MessageTooLarge,
+            message: format!(
+                "body is {} bytes, limit {MESSAGE_BODY_BYTES_MAX}",
+                body.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// 16 random bytes as 32 hex digits.
 fn new_client_msg_id() -> ClientMsgId {
     let bytes: [u8; 16] = rand::random();
@@ -267,6 +300,32 @@ mod tests {
         assert_eq!(first.as_str().len(), 32);
         assert!(first.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(first, second);
+    }
+
+    fn check(body_len: usize, refused: bool) {
+        let body = "é".repeat(body_len / 2) + &"x".repeat(body_len % 2);
+        assert_eq!(body.len(), body_len);
+        match check_body_len(&body) {
+            Ok(()) => assert!(!refused, "{body_len} bytes were accepted"),
+            Err(ClientError::Api {
+                status: 0,
+                code: ErrorCode::MessageTooLarge,
+                message,
+            }) => {
+                assert!(refused, "{body_len} bytes were refused");
+                assert!(message.contains(&body_len.to_string()), "{message}");
+            }
+            Err(err) => panic!("unexpected error {err:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused() {
+        check(0, false);
+        check(MESSAGE_BODY_BYTES_MAX, false);
+        // Bytes, not characters, count.
+        check(MESSAGE_BODY_BYTES_MAX + 1, true);
+        check(4 * MESSAGE_BODY_BYTES_MAX, true);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! from history. Sans-IO: the driver feeds frames and history pages in and carries out the
 //! outputs.
 //!
-//! Memory: one `Lane` per conversation seen (a few words each) plus at most
-//! `buffered_len_max` out-of-order frames across all conversations. Frames beyond that bound are
+//! Memory: one `Lane` per conversation seen and not left since (a few words each; `left` drops
+//! it) plus at most `buffered_len_max` out-of-order frames across all conversations. Frames beyond that bound are
 //! dropped and fetched again from history, which holds every delivered message (the server
 //! delivers nothing before it is durable).
 
@@ -23,17 +23,19 @@ pub(crate) enum DeliveryOutput {
     Fetch(Fetch),
 }
 
-/// A history request. `generation` lets a page that was requested before an epoch change be
-/// recognised and ignored.
+/// A history request. `lane_id` lets a page requested by a lane that is gone since (after an
+/// epoch change, or `left` and perhaps `joined` again) be recognised and ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fetch {
-    pub(crate) generation: u64,
+    pub(crate) lane_id: u64,
     pub(crate) conversation_id: ConversationId,
     pub(crate) after: Seq,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Lane {
+    /// Unique among the lanes this `Delivery` ever created.
+    id: u64,
     /// The highest seq handed to the app; everything up to it was handed over, in order.
     delivered: Seq,
     /// The highest seq seen from any source. `delivered < seen_max` means a gap to fill.
@@ -44,6 +46,18 @@ struct Lane {
     fetching: bool,
 }
 
+impl Lane {
+    fn new(id: u64) -> Lane {
+        Lane {
+            id,
+            delivered: Seq::ZERO,
+            seen_max: Seq::ZERO,
+            buffer: BTreeMap::new(),
+            fetching: false,
+        }
+    }
+}
+
 /// Per-conversation cursors, the out-of-order buffer and the store epoch they belong to.
 #[derive(Debug)]
 pub(crate) struct Delivery {
@@ -51,7 +65,8 @@ pub(crate) struct Delivery {
     lanes: HashMap<ConversationId, Lane>,
     buffered_len: usize,
     buffered_len_max: usize,
-    generation: u64,
+    /// The id of the last lane created.
+    lane_id_last: u64,
     output: VecDeque<DeliveryOutput>,
 }
 
@@ -62,20 +77,24 @@ impl Delivery {
         epoch: Option<StoreEpoch>,
         buffered_len_max: usize,
     ) -> Delivery {
-        let mut lanes: HashMap<ConversationId, Lane> = HashMap::new();
+        let mut delivery = Delivery {
+            epoch,
+            lanes: HashMap::new(),
+            buffered_len: 0,
+            buffered_len_max,
+            lane_id_last: 0,
+            output: VecDeque::new(),
+        };
         for cursor in cursors {
-            let lane = lanes.entry(cursor.conversation_id).or_default();
+            let lane = lane(
+                &mut delivery.lanes,
+                &mut delivery.lane_id_last,
+                cursor.conversation_id,
+            );
             lane.delivered = lane.delivered.max(cursor.seq);
             lane.seen_max = lane.delivered;
         }
-        Delivery {
-            epoch,
-            lanes,
-            buffered_len: 0,
-            buffered_len_max,
-            generation: 0,
-            output: VecDeque::new(),
-        }
+        delivery
     }
 
     /// The cursors to send in `hello`: the highest seq delivered per conversation.
@@ -105,7 +124,6 @@ impl Delivery {
         if reset {
             self.lanes.clear();
             self.buffered_len = 0;
-            self.generation += 1;
             self.output
                 .retain(|output| !matches!(output, DeliveryOutput::Fetch(_)));
         }
@@ -116,7 +134,7 @@ impl Delivery {
     /// A `message` frame arrived (catch-up or live).
     pub(crate) fn handle_message(&mut self, message: MessageFrame) {
         let conversation_id = message.conversation_id;
-        let lane = self.lanes.entry(conversation_id).or_default();
+        let lane = lane(&mut self.lanes, &mut self.lane_id_last, conversation_id);
         accept(
             lane,
             message,
@@ -128,21 +146,27 @@ impl Delivery {
     }
 
     /// A `left` frame arrived: no more frames of this conversation will come, and history would
-    /// answer `not_found`, so stop waiting for its gap. The cursor is kept.
+    /// answer `not_found`. Its lane (cursor, buffer, outstanding fetch) is dropped, so that
+    /// `hello` does not carry the cursors of every conversation ever left. If we join it again,
+    /// the server catches it up from seq 0 and a new lane delivers it from there.
     pub(crate) fn handle_left(&mut self, conversation_id: ConversationId) {
-        if let Some(lane) = self.lanes.get_mut(&conversation_id) {
-            abandon_gap(lane, &mut self.buffered_len);
+        if let Some(lane) = self.lanes.remove(&conversation_id) {
+            self.buffered_len -= lane.buffer.len();
         }
+        self.output.retain(|output| {
+            !matches!(output, DeliveryOutput::Fetch(fetch) if fetch.conversation_id == conversation_id)
+        });
     }
 
     /// The answer to a [`DeliveryOutput::Fetch`]: a page of history, or `None` when the fetch
     /// failed definitely. Giving up on a gap loses nothing: the app's cursor stays below it, and
     /// the next live frame or the next reconnect's catch-up brings the missing seqs again.
     pub(crate) fn handle_history(&mut self, fetch: &Fetch, history: Option<History>) {
-        if fetch.generation != self.generation {
-            return;
-        }
-        let Some(lane) = self.lanes.get_mut(&fetch.conversation_id) else {
+        let Some(lane) = self
+            .lanes
+            .get_mut(&fetch.conversation_id)
+            .filter(|lane| lane.id == fetch.lane_id)
+        else {
             return;
         };
         lane.fetching = false;
@@ -188,7 +212,7 @@ impl Delivery {
         if lane.delivered < lane.seen_max && !lane.fetching {
             lane.fetching = true;
             self.output.push_back(DeliveryOutput::Fetch(Fetch {
-                generation: self.generation,
+                lane_id: lane.id,
                 conversation_id,
                 after: lane.delivered,
             }));
@@ -201,6 +225,18 @@ impl Delivery {
 /// replayed seqs at or below a cursor are dropped as duplicates.
 pub(crate) fn epoch_changed(stored: Option<&StoreEpoch>, welcome: &StoreEpoch) -> bool {
     stored.is_some_and(|stored| stored != welcome)
+}
+
+/// The lane of a conversation, created (with the next id) when it is new.
+fn lane<'a>(
+    lanes: &'a mut HashMap<ConversationId, Lane>,
+    lane_id_last: &mut u64,
+    conversation_id: ConversationId,
+) -> &'a mut Lane {
+    lanes.entry(conversation_id).or_insert_with(|| {
+        *lane_id_last += 1;
+        Lane::new(*lane_id_last)
+    })
 }
 
 /// Delivers `message` if it is the next seq, buffers it if it is beyond a gap, drops it if it is
@@ -532,7 +568,48 @@ mod tests {
                 (In::Left(1), vec![]),
                 (In::HistoryFailed(1), vec![]),
             ],
-            &[(1, 1)],
+            &[],
+        );
+    }
+
+    #[test]
+    fn left_forgets_the_conversation() {
+        // The cursor of a conversation we left is not carried in the next `hello`; one we join
+        // again is delivered from the server's catch-up, from seq 1.
+        check(
+            &[(3, 9)],
+            None,
+            100,
+            vec![
+                (In::Msg(1, 1), vec![Out::Deliver(1, 1)]),
+                (In::Msg(1, 2), vec![Out::Deliver(1, 2)]),
+                (In::Msg(2, 1), vec![Out::Deliver(2, 1)]),
+                (In::Left(1), vec![]),
+                (In::Left(3), vec![]),
+                (In::Left(4), vec![]),
+                (In::Msg(1, 1), vec![Out::Deliver(1, 1)]),
+                (In::Msg(1, 2), vec![Out::Deliver(1, 2)]),
+                (In::Left(1), vec![]),
+            ],
+            &[(2, 1)],
+        );
+        // Buffered frames go with the lane, and a page fetched for the old lane is ignored by
+        // the lane of the next membership, which fetches for itself.
+        check(
+            &[],
+            None,
+            100,
+            vec![
+                (In::Msg(1, 1), vec![Out::Deliver(1, 1)]),
+                (In::Msg(1, 3), vec![Out::Fetch(1, 1)]),
+                (In::Msg(1, 4), vec![]),
+                (In::Left(1), vec![]),
+                (In::Msg(1, 1), vec![Out::Deliver(1, 1)]),
+                (In::History(1, seqs(2..=4), false), vec![]),
+                (In::Msg(1, 3), vec![Out::Fetch(1, 1)]),
+                (In::History(1, seqs(2..=3), false), delivers(1, 2..=3)),
+            ],
+            &[(1, 3)],
         );
     }
 

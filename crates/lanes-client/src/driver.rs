@@ -1,6 +1,7 @@
-//! The background task behind a `Client`: one WebSocket at a time, reconnecting with backoff.
-//! Thin glue: `Delivery`, `PendingSends` and `Backoff` decide; this module reads, writes, sleeps
-//! and spawns history fetches.
+//! The background task behind a `Client`: one WebSocket at a time, reconnecting with backoff,
+//! until the app closes it or a reconnect is refused as `unauthorized`. Thin glue: `Delivery`,
+//! `PendingSends` and `ReconnectBackoff` decide; this module reads, writes, sleeps and spawns
+//! history fetches.
 //!
 //! Bounds: commands and events are bounded channels. Events wait in `outbox` until the app takes
 //! them; while it holds `OUTBOX_READ_PAUSE_LEN` or more, the socket is not read, so the outbox is
@@ -17,7 +18,7 @@ use lanes_protocol::codec::{decode_server, encode_client};
 use lanes_protocol::http::History;
 use lanes_protocol::limits::{HELLO_CURSORS_MAX, INFLIGHT_SENDS_MAX, PAGE_LEN_MAX};
 use lanes_protocol::{
-    AckFrame, ClientFrame, ClientMsgId, ConversationId, Cursor, ErrorFrame, ServerFrame,
+    AckFrame, ClientFrame, ClientMsgId, ConversationId, Cursor, ErrorCode, ErrorFrame, ServerFrame,
     StoreEpoch, UserId,
 };
 use tokio::net::TcpStream;
@@ -28,12 +29,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, ReconnectBackoff};
 use crate::client::Event;
 use crate::delivery::{Delivery, DeliveryOutput, Fetch};
 use crate::error::{ClientError, error_chain};
 use crate::http_api::HttpApi;
-use crate::pending::{ErrorMatch, PendingSends, PendingSettings};
+use crate::pending::{ErrorMatch, PendingSends, PendingSettings, Responder};
 
 /// Longest wait from starting a connect to its `welcome`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +58,7 @@ pub(crate) const EVENTS_LEN_MAX: usize = 1024;
 /// The WebSocket type.
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Where a send's outcome goes.
-pub(crate) type Responder = oneshot::Sender<Result<AckFrame, ClientError>>;
+pub(crate) type AckResponder = oneshot::Sender<Result<AckFrame, ClientError>>;
 type Handshake = Pin<Box<dyn Future<Output = Result<Welcomed, ClientError>> + Send>>;
 type Fetched = (Fetch, Result<History, ClientError>);
 
@@ -67,7 +68,7 @@ pub(crate) enum Command {
         client_msg_id: ClientMsgId,
         conversation_id: ConversationId,
         body: String,
-        responder: Responder,
+        responder: AckResponder,
     },
     Close {
         done: oneshot::Sender<()>,
@@ -104,19 +105,41 @@ pub(crate) fn ws_url(base_url: &str) -> String {
     format!("{base_url}/v1/ws")
 }
 
-/// The `hello` frame as text. More cursors than a hello may carry are left out: those
-/// conversations are replayed from the start and the replayed seqs dropped as duplicates.
-pub(crate) fn hello_text(
-    token: &str,
-    mut cursors: Vec<Cursor>,
-    epoch: Option<StoreEpoch>,
-) -> String {
-    cursors.truncate(HELLO_CURSORS_MAX);
+impl Responder for AckResponder {
+    fn is_abandoned(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// The `hello` frame as text, with at most `HELLO_CURSORS_MAX` cursors (see [`hello_cursors`]).
+pub(crate) fn hello_text(token: &str, cursors: Vec<Cursor>, epoch: Option<StoreEpoch>) -> String {
     encode_client(&ClientFrame::Hello {
         token: token.to_owned(),
-        cursors,
+        cursors: hello_cursors(cursors, HELLO_CURSORS_MAX),
         epoch,
     })
+}
+
+/// The cursors a `hello` carries, by conversation id: all of them, or when there are more than
+/// `cursors_max`, the `cursors_max` with the highest seqs. The server catches a conversation
+/// without a cursor up from seq 0, and `Delivery` (which keeps every cursor) drops the replayed
+/// seqs as duplicates: correct, only costly, and leaving out the lowest seqs costs the fewest
+/// replayed messages. Ties are broken by conversation id, so the choice is deterministic.
+pub(crate) fn hello_cursors(mut cursors: Vec<Cursor>, cursors_max: usize) -> Vec<Cursor> {
+    if cursors.len() > cursors_max {
+        cursors
+            .sort_unstable_by_key(|cursor| (std::cmp::Reverse(cursor.seq), cursor.conversation_id));
+        cursors.truncate(cursors_max);
+    }
+    cursors.sort_unstable_by_key(|cursor| cursor.conversation_id);
+    cursors
+}
+
+/// Whether a refused reconnect ends the client. `unauthorized` means the token expired or was
+/// revoked: retrying with it can never succeed, and pending sends would wait forever.
+/// Other refusals (`rate_limited`, `shutting_down`, …) are retried with backoff.
+fn refusal_is_final(code: ErrorCode) -> bool {
+    code == ErrorCode::Unauthorized
 }
 
 /// Connects, says `hello` and waits for `welcome`, all within `HANDSHAKE_TIMEOUT`. An `error`
@@ -240,10 +263,12 @@ pub(crate) struct Driver {
     events_open: bool,
     outbox: VecDeque<Event>,
     delivery: Delivery,
-    pending: PendingSends<Responder>,
-    backoff: Backoff,
+    pending: PendingSends<AckResponder>,
+    backoff: ReconnectBackoff,
     fetches: JoinSet<Fetched>,
     link: Link,
+    /// Set when a reconnect was refused for good: the task answers what is left and ends.
+    refusal: Option<ErrorFrame>,
 }
 
 impl Driver {
@@ -262,7 +287,7 @@ impl Driver {
             backoff_max: settings.backoff_max,
             in_flight_max: INFLIGHT_SENDS_MAX,
         });
-        let backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
+        let backoff = ReconnectBackoff::new(settings.backoff_base, settings.backoff_max);
         let mut driver = Driver {
             settings,
             http,
@@ -275,14 +300,20 @@ impl Driver {
             backoff,
             fetches: JoinSet::new(),
             link: Link::Waiting(Box::pin(sleep(Duration::ZERO))),
+            refusal: None,
         };
         driver.on_welcome(welcomed);
         driver
     }
 
-    /// Runs until the app closes the client or drops every `Client` handle.
+    /// Runs until the app closes the client or drops every `Client` handle, or a reconnect is
+    /// refused for good.
     pub(crate) async fn run(mut self) {
         loop {
+            if let Some(refusal) = self.refusal.take() {
+                self.stop(refusal).await;
+                return;
+            }
             match timeout(WRITE_TIMEOUT, self.write_pending()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => self.lose(reason),
@@ -402,7 +433,7 @@ impl Driver {
         } else {
             debug!(%reason, "connect attempt failed");
         }
-        let delay = self.backoff.next_delay(rand::random::<f64>());
+        let delay = self.backoff.next_delay(now_std(), rand::random::<f64>());
         self.link = Link::Waiting(Box::pin(sleep(delay)));
     }
 
@@ -413,7 +444,7 @@ impl Driver {
             self.fetches.abort_all();
         }
         self.pending.handle_connected();
-        self.backoff.reset();
+        self.backoff.handle_welcome(now_std());
         self.push_event(Event::Connected { user_id, epoch });
         let now = Instant::now();
         self.link = Link::Up(Box::new(Up {
@@ -445,15 +476,20 @@ impl Driver {
     }
 
     /// A connect attempt failed; an `error` frame from the server is also an event for the app.
+    /// A final refusal stops the task (in [`Driver::run`]) instead of backing off.
     fn on_refused(&mut self, err: ClientError) {
         if let ClientError::Api { code, message, .. } = &err {
-            // Most likely an expired or revoked token: the app must hear of it.
             warn!(%err, "connect refused");
-            self.push_event(Event::ServerError(ErrorFrame {
+            let refusal = ErrorFrame {
                 code: *code,
                 message: message.clone(),
                 request_id: None,
-            }));
+            };
+            if refusal_is_final(*code) {
+                self.refusal = Some(refusal);
+                return;
+            }
+            self.push_event(Event::ServerError(refusal));
         }
         self.lose(err.to_string());
     }
@@ -560,6 +596,43 @@ impl Driver {
         self.drain_delivery();
     }
 
+    /// A reconnect was refused for good: every pending send, and every send still in the
+    /// command channel, fails with the refusal; the app gets its events, the refusal last, and
+    /// then `None`. Later sends fail with `ClientError::Closed`.
+    async fn stop(mut self, refusal: ErrorFrame) {
+        let failed = |refusal: &ErrorFrame| {
+            Err(ClientError::Api {
+                status: 0,
+                code: refusal.code,
+                message: refusal.message.clone(),
+            })
+        };
+        for responder in self.pending.drain() {
+            let _ = responder.send(failed(&refusal));
+        }
+        self.fetches.abort_all();
+        // Closing first makes the channel finite: what was queued is still received.
+        self.commands.close();
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Send { responder, .. } => {
+                    let _ = responder.send(failed(&refusal));
+                }
+                Command::Close { done } => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.push_event(Event::ServerError(refusal));
+        // Dropping `self.events` afterwards is what ends `Events`. This waits for the app to
+        // take the events, or to drop `Events`.
+        while let Some(event) = self.outbox.pop_front() {
+            if self.events.send(event).await.is_err() {
+                break;
+            }
+        }
+    }
+
     async fn shutdown(&mut self) {
         for responder in self.pending.drain() {
             let _ = responder.send(Err(ClientError::Closed));
@@ -592,6 +665,7 @@ async fn fetch_history(http: HttpApi, fetch: Fetch, mut backoff: Backoff) -> Fet
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanes_protocol::Seq;
 
     fn check(base_url: &str, expected: &str) {
         assert_eq!(ws_url(base_url), expected, "{base_url}");
@@ -622,5 +696,47 @@ mod tests {
             hello_text("lt_x", vec![], None),
             r#"{"type":"hello","token":"lt_x","cursors":[],"epoch":null}"#
         );
+    }
+
+    fn cursors(pairs: &[(u64, u64)]) -> Vec<Cursor> {
+        pairs
+            .iter()
+            .map(|&(conversation, seq)| Cursor {
+                conversation_id: ConversationId(conversation),
+                seq: Seq(seq),
+            })
+            .collect()
+    }
+
+    fn check_hello_cursors(all: &[(u64, u64)], cursors_max: usize, expected: &[(u64, u64)]) {
+        assert_eq!(
+            hello_cursors(cursors(all), cursors_max),
+            cursors(expected),
+            "{all:?} at most {cursors_max}"
+        );
+    }
+
+    #[test]
+    fn hello_carries_the_cursors_with_the_highest_seqs() {
+        check_hello_cursors(&[], 2, &[]);
+        check_hello_cursors(&[(2, 1), (1, 5)], 2, &[(1, 5), (2, 1)]);
+        check_hello_cursors(&[(1, 3), (2, 90), (3, 1), (4, 40)], 2, &[(2, 90), (4, 40)]);
+        check_hello_cursors(&[(3, 7), (1, 7), (2, 7)], 2, &[(1, 7), (2, 7)]);
+        check_hello_cursors(&[(1, 3)], 0, &[]);
+
+        // The real hello is capped at the protocol's limit, whatever it is.
+        let many: Vec<Cursor> = (1..=HELLO_CURSORS_MAX as u64 + 1)
+            .map(|conversation| Cursor {
+                conversation_id: ConversationId(conversation),
+                seq: Seq(conversation),
+            })
+            .collect();
+        let text = hello_text("lt_x", many, None);
+        let Ok(ClientFrame::Hello { cursors, .. }) = lanes_protocol::codec::decode_client(&text)
+        else {
+            panic!("not a hello: {text:.80}");
+        };
+        assert_eq!(cursors.len(), HELLO_CURSORS_MAX);
+        assert_eq!(cursors[0].conversation_id, ConversationId(2));
     }
 }

@@ -2,11 +2,17 @@
 //! reconnect or a retryable error, and which `ack` or `error` frame resolves which send.
 //! Sans-IO: time and randomness are arguments; `R` is whatever the driver answers the app with.
 //!
-//! Memory: one entry per send the app started that is not resolved yet. That is bounded by the
-//! app itself: every `Client::send` call waits for its own resolution, so the entries never
-//! outnumber the app's concurrent `send` calls. At most `in_flight_max` of them are written and
-//! unacked at once, matching the server's per-connection limit, so the server never stops
-//! reading our frames while we wait for acks.
+//! Memory: one entry (with its body, at most `MESSAGE_BODY_BYTES_MAX`) per send the app started
+//! that is not resolved yet, and nothing once it is: an ack or a definite error removes the
+//! entry with every index into it. Only the app bounds the number of entries. Dropping a `send`
+//! future does not cancel the send (its outcome may already be unknown, so it is written again
+//! until acked), so an app that gives up waiting, for example with a timeout, still holds one
+//! entry per such send until the server answers it. What does not accumulate are the
+//! responders of abandoned calls: sending the same `client_msg_id` again first drops the
+//! responders nobody waits on, so retrying one send in a loop keeps one entry and at most the
+//! live callers' responders. At most `in_flight_max` entries are written and unacked at once,
+//! matching the server's per-connection limit, so the server never stops reading our frames
+//! while we wait for acks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -15,6 +21,12 @@ use lanes_protocol::{AckFrame, ClientFrame, ClientMsgId, ConversationId, ErrorFr
 
 use crate::backoff::full_jitter;
 use crate::error::code_is_retryable;
+
+/// The app's side of one send call.
+pub(crate) trait Responder {
+    /// True when nobody waits for the outcome any more (the app dropped its `send` future).
+    fn is_abandoned(&self) -> bool;
+}
 
 /// Timing and limits of [`PendingSends`].
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +89,7 @@ pub(crate) struct PendingSends<R> {
     connected: bool,
 }
 
-impl<R> PendingSends<R> {
+impl<R: Responder> PendingSends<R> {
     /// No sends, disconnected.
     pub(crate) fn new(settings: PendingSettings) -> PendingSends<R> {
         PendingSends {
@@ -100,7 +112,7 @@ impl<R> PendingSends<R> {
 
     /// The app asked to send. A `client_msg_id` that is already pending keeps its first
     /// conversation and body (the server would answer a retry with the original ack anyway) and
-    /// gains a responder.
+    /// gains a responder, replacing those whose callers stopped waiting.
     pub(crate) fn insert(
         &mut self,
         client_msg_id: ClientMsgId,
@@ -113,6 +125,9 @@ impl<R> PendingSends<R> {
             .get(&client_msg_id)
             .and_then(|order| self.entries.get_mut(order))
         {
+            entry
+                .responders
+                .retain(|responder| !responder.is_abandoned());
             entry.responders.push(responder);
             return;
         }
@@ -279,11 +294,33 @@ fn later(now: Instant, delay: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
     use lanes_protocol::{ErrorCode, MessageId, Seq, UnixMillis};
+
+    /// A responder named by a number, whose caller may stop waiting.
+    #[derive(Debug)]
+    struct TestResponder {
+        id: u32,
+        abandoned: Rc<Cell<bool>>,
+    }
+
+    impl Responder for TestResponder {
+        fn is_abandoned(&self) -> bool {
+            self.abandoned.get()
+        }
+    }
+
+    fn ids(responders: Vec<TestResponder>) -> Vec<u32> {
+        responders.iter().map(|responder| responder.id).collect()
+    }
 
     /// Inputs; ids are `client_msg_id`s, responders are numbers, times are milliseconds.
     enum In {
         Send(&'static str, u32),
+        /// The caller behind this responder dropped its `send` future.
+        Abandon(u32),
         Connected,
         Disconnected,
         Write(u64),
@@ -333,17 +370,26 @@ mod tests {
     fn check(steps: Vec<(In, Out)>, remaining: usize) {
         let start = Instant::now();
         let at = |millis: u64| start + Duration::from_millis(millis);
-        let mut pending: PendingSends<u32> = PendingSends::new(SETTINGS);
+        let mut pending: PendingSends<TestResponder> = PendingSends::new(SETTINGS);
+        let mut abandoned: HashMap<u32, Rc<Cell<bool>>> = HashMap::new();
         for (index, (input, expected)) in steps.into_iter().enumerate() {
             let out = match input {
                 In::Send(id, responder) => {
                     let client_msg_id = ClientMsgId::parse(id).unwrap();
+                    let flag = Rc::clone(abandoned.entry(responder).or_default());
                     pending.insert(
                         client_msg_id,
                         ConversationId(1),
                         format!("body {id}"),
-                        responder,
+                        TestResponder {
+                            id: responder,
+                            abandoned: flag,
+                        },
                     );
+                    Out::None
+                }
+                In::Abandon(responder) => {
+                    abandoned[&responder].set(true);
                     Out::None
                 }
                 In::Connected => {
@@ -370,7 +416,7 @@ mod tests {
                     }
                     Out::Wrote(wrote)
                 }
-                In::Ack(id) => Out::Resolved(pending.handle_ack(&ack(id))),
+                In::Ack(id) => Out::Resolved(ids(pending.handle_ack(&ack(id)))),
                 In::Error(request_id, code, millis) => {
                     let error = ErrorFrame {
                         code,
@@ -380,7 +426,7 @@ mod tests {
                     match pending.handle_error(&error, at(millis), 1.0) {
                         ErrorMatch::Unrelated => Out::Unrelated,
                         ErrorMatch::Retrying => Out::Retrying,
-                        ErrorMatch::Failed(responders) => Out::Failed(responders),
+                        ErrorMatch::Failed(responders) => Out::Failed(ids(responders)),
                     }
                 }
                 In::Timeout(millis) => Out::Reconnect(pending.handle_timeout(at(millis))),
@@ -389,11 +435,32 @@ mod tests {
                         .poll_timeout()
                         .map(|deadline| deadline.duration_since(start).as_millis() as u64),
                 ),
-                In::Drain => Out::Resolved(pending.drain()),
+                In::Drain => Out::Resolved(ids(pending.drain())),
             };
             assert_eq!(out, expected, "step {index}");
+            assert_indexes_agree(&pending, index);
         }
         assert_eq!(pending.len(), remaining, "pending sends left");
+    }
+
+    /// Every entry is indexed once by id and once by state, and nothing else is indexed: a
+    /// resolved send leaves nothing behind.
+    fn assert_indexes_agree(pending: &PendingSends<TestResponder>, index: usize) {
+        assert_eq!(pending.orders.len(), pending.entries.len(), "step {index}");
+        let states = pending.queued.len() + pending.in_flight.len() + pending.waiting.len();
+        assert_eq!(states, pending.entries.len(), "step {index}");
+        for (order, entry) in &pending.entries {
+            assert_eq!(pending.orders.get(&entry.client_msg_id), Some(order));
+            let indexed = match entry.state {
+                State::Queued => pending.queued.contains(order),
+                State::InFlight(at) => pending.in_flight.contains(&(at, *order)),
+                State::Waiting(at) => pending.waiting.contains(&(at, *order)),
+            };
+            assert!(
+                indexed,
+                "step {index}: {entry:?} is not indexed by its state"
+            );
+        }
     }
 
     #[test]
@@ -552,6 +619,42 @@ mod tests {
                 (In::Deadline, Out::Deadline(Some(700))),
                 (In::Ack("a"), Out::Resolved(vec![1])),
                 (In::Deadline, Out::Deadline(None)),
+            ],
+            0,
+        );
+    }
+
+    #[test]
+    fn abandoned_responders_do_not_accumulate() {
+        // An app retrying one id with a timeout around each call: the callers that gave up are
+        // dropped when the next call comes, and the send is still written and resolved once.
+        check(
+            vec![
+                (In::Send("a", 1), Out::None),
+                (In::Abandon(1), Out::None),
+                (In::Send("a", 2), Out::None),
+                (In::Abandon(2), Out::None),
+                (In::Send("a", 3), Out::None),
+                (In::Send("a", 4), Out::None),
+                (In::Connected, Out::None),
+                (In::Write(0), wrote(&["a"])),
+                (In::Ack("a"), Out::Resolved(vec![3, 4])),
+            ],
+            0,
+        );
+        // A send whose only caller gave up stays pending and is still written until acked;
+        // then nothing of it is left.
+        check(
+            vec![
+                (In::Send("a", 1), Out::None),
+                (In::Abandon(1), Out::None),
+                (In::Connected, Out::None),
+                (In::Write(0), wrote(&["a"])),
+                (In::Disconnected, Out::None),
+                (In::Connected, Out::None),
+                (In::Write(1), wrote(&["a"])),
+                (In::Ack("a"), Out::Resolved(vec![1])),
+                (In::Ack("a"), Out::Resolved(vec![])),
             ],
             0,
         );

@@ -29,8 +29,9 @@ impl ResumePoint {
     }
 
     /// The app received `event`. Messages arrive gap-free per conversation, so the last seq
-    /// received is the contiguous cursor. A welcome from another epoch starts over, exactly when
-    /// the driver's dedupe state did, because both see the same sequence of events.
+    /// received is the contiguous cursor. A welcome from another epoch starts over, and `Left`
+    /// forgets the conversation, exactly when the driver's dedupe state did, because both see
+    /// the same sequence of events.
     pub(crate) fn observe(&mut self, event: &Event) {
         match event {
             Event::Connected { epoch, .. } => {
@@ -40,9 +41,11 @@ impl ResumePoint {
                 self.epoch = Some(epoch.clone());
             }
             Event::Message(message) => self.advance(message.conversation_id, message.seq),
+            Event::Left(conversation_id) => {
+                self.cursors.remove(conversation_id);
+            }
             Event::Synced
             | Event::Joined(_)
-            | Event::Left(_)
             | Event::Disconnected { .. }
             | Event::ServerError(_) => {}
         }
@@ -146,9 +149,22 @@ mod tests {
             vec![
                 connected("e1"),
                 message(1, 8),
+                message(2, 1),
                 Event::Left(ConversationId(1)),
             ],
-            &[(1, 8)],
+            &[(2, 1)],
+            Some("e1"),
+        );
+        // Joined again: counted from the server's catch-up, which starts at seq 1.
+        check(
+            &[(1, 7)],
+            Some("e1"),
+            vec![
+                Event::Left(ConversationId(1)),
+                Event::Joined(ConversationId(1)),
+                message(1, 1),
+            ],
+            &[(1, 1)],
             Some("e1"),
         );
         // A new epoch drops the old cursors; messages before it in the stream still count.

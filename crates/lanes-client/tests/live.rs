@@ -1,5 +1,6 @@
 //! The live `Client` against a scripted fake server (axum, in-process): connect, acks, resends
-//! across reconnects, resume cursors, epoch change, gap filling over HTTP, errors and close.
+//! across reconnects, resume cursors, epoch change, gap filling over HTTP, errors, oversized
+//! sends, a token refused on reconnect, and close.
 //! Each test drives the server's side of every connection by hand and awaits frames with a timeout.
 
 // A test fails by panicking, in helpers as much as in test functions.
@@ -23,6 +24,7 @@ use lanes_client::{
 };
 use lanes_protocol::codec::{decode_client, encode_server};
 use lanes_protocol::http::ErrorBody;
+use lanes_protocol::limits::MESSAGE_BODY_BYTES_MAX;
 use lanes_protocol::{ClientFrame, MessageId, ServerFrame, UnixMillis};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -531,4 +533,76 @@ async fn close_fails_pending_sends_and_ends_events() {
         client.send(ConversationId(1), "late").await,
         Err(ClientError::Closed)
     ));
+}
+
+#[tokio::test]
+async fn oversized_send_fails_at_once_and_is_never_written() {
+    let mut server = FakeServer::start().await;
+    let (client, _events, mut conn) = connect(&mut server, |_| {}).await;
+    let body = "x".repeat(MESSAGE_BODY_BYTES_MAX + 1);
+    match within("the refusal", client.send(ConversationId(1), &body)).await {
+        Err(ClientError::Api {
+            status: 0,
+            code: ErrorCode::MessageTooLarge,
+            ..
+        }) => {}
+        other => panic!("expected message_too_large, got {other:?}"),
+    }
+    // Nothing was queued: the next send is the first frame the server sees.
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "small").await })
+    };
+    let (client_msg_id, _, body) = conn.recv_send().await;
+    assert_eq!(body, "small");
+    conn.ack(&client_msg_id, 1).await;
+    assert!(within("the ack", sending).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn unauthorized_reconnect_fails_pending_sends_and_ends_events() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "pending").await })
+    };
+    conn.recv_send().await;
+    conn.closed().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+
+    // Another refusal is reported and retried.
+    let mut conn = server.accept().await;
+    assert!(matches!(conn.recv().await, ClientFrame::Hello { .. }));
+    conn.error(ErrorCode::RateLimited, None).await;
+    match next_event(&mut events).await {
+        Event::ServerError(error) => assert_eq!(error.code, ErrorCode::RateLimited),
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+
+    // `unauthorized` is final: the send fails with it, the refusal is the last event.
+    let mut conn = server.accept().await;
+    assert!(matches!(conn.recv().await, ClientFrame::Hello { .. }));
+    conn.error(ErrorCode::Unauthorized, None).await;
+    match within("the send", sending).await.unwrap() {
+        Err(ClientError::Api {
+            status: 0,
+            code: ErrorCode::Unauthorized,
+            ..
+        }) => {}
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::ServerError(error) => assert_eq!(error.code, ErrorCode::Unauthorized),
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    assert!(within("the end of events", events.next()).await.is_none());
+    assert!(matches!(
+        client.send(ConversationId(1), "late").await,
+        Err(ClientError::Closed)
+    ));
+    client.close().await;
 }

@@ -44,6 +44,17 @@ impl ConnectionConfig {
     }
 }
 
+/// What to do with a live message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Write it.
+    Write,
+    /// The client already holds it: drop it.
+    Duplicate,
+    /// Messages before it are missing on this connection: catch up from the store.
+    Gap,
+}
+
 /// What the transport must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -85,6 +96,8 @@ pub struct Connection {
     /// every message written. Costs ~24 bytes per conversation of the user.
     delivered: HashMap<ConversationId, Seq>,
     inflight_sends: usize,
+    /// Shutting down: read nothing more, close once every pending ack is written.
+    draining: bool,
     last_received_at: Instant,
     next_ping_at: Instant,
     outputs: VecDeque<Output>,
@@ -100,6 +113,7 @@ impl Connection {
             state: State::AwaitingHello { deadline },
             delivered: HashMap::new(),
             inflight_sends: 0,
+            draining: false,
             last_received_at: now,
             next_ping_at,
             outputs: VecDeque::new(),
@@ -121,7 +135,7 @@ impl Connection {
 
     /// True while the transport may read more client frames (backpressure on unacked sends).
     pub fn wants_read(&self) -> bool {
-        !self.is_closed() && self.inflight_sends < self.config.inflight_sends_max
+        !self.is_closed() && !self.draining && self.inflight_sends < self.config.inflight_sends_max
     }
 
     /// Anything at all arrived from the peer (frame, ping, pong) at `now`.
@@ -251,9 +265,25 @@ impl Connection {
             .unwrap_or(Seq::ZERO)
     }
 
-    /// Decides whether a message may be written, and records it if so. A message at or below
-    /// what the client already holds is a duplicate (catch-up and live overlap) and is dropped.
-    pub fn admit_message(&mut self, conversation_id: ConversationId, seq: Seq) -> bool {
+    /// Decides whether a live message may be written, and records it if so. At or below what
+    /// the client holds it is a duplicate (catch-up and live overlap). Past the next seq it
+    /// would leave a gap: the transport must catch the conversation up from the store instead
+    /// (the live frame is then read back from there).
+    pub fn admit_live(&mut self, conversation_id: ConversationId, seq: Seq) -> Admission {
+        let delivered = self.delivered.entry(conversation_id).or_insert(Seq::ZERO);
+        if seq <= *delivered {
+            Admission::Duplicate
+        } else if seq == delivered.next() {
+            *delivered = seq;
+            Admission::Write
+        } else {
+            Admission::Gap
+        }
+    }
+
+    /// Records a message read from the store during catch-up; false if the client holds it.
+    /// The store pages are contiguous from the cursor, so no gap check is needed here.
+    pub fn admit_caught_up(&mut self, conversation_id: ConversationId, seq: Seq) -> bool {
         let delivered = self.delivered.entry(conversation_id).or_insert(Seq::ZERO);
         if seq <= *delivered {
             return false;
@@ -278,9 +308,9 @@ impl Connection {
             .push_back(Output::Write(ServerFrame::Joined { conversation_id }));
     }
 
-    /// The user stopped being a member of `conversation_id`.
+    /// The user stopped being a member of `conversation_id`. What was delivered is kept, so a
+    /// later re-join on this connection never resends it.
     pub fn handle_left(&mut self, conversation_id: ConversationId) {
-        self.delivered.remove(&conversation_id);
         self.outputs
             .push_back(Output::Write(ServerFrame::Left { conversation_id }));
     }
@@ -294,6 +324,9 @@ impl Connection {
             Err(error) => ServerFrame::Error(error),
         };
         self.outputs.push_back(Output::Write(frame));
+        if self.draining && self.inflight_sends == 0 {
+            self.close_for_shutdown();
+        }
     }
 
     /// The hub dropped this connection because its queue overflowed.
@@ -309,8 +342,19 @@ impl Connection {
         self.close(close_code::SLOW_CONSUMER, "slow consumer");
     }
 
-    /// The server is shutting down.
+    /// The server is shutting down: stop reading, write the acks of sends already handed to
+    /// the committer, then tell the client to reconnect and close.
     pub fn handle_shutdown(&mut self) {
+        if self.draining || self.is_closed() {
+            return;
+        }
+        self.draining = true;
+        if self.inflight_sends == 0 {
+            self.close_for_shutdown();
+        }
+    }
+
+    fn close_for_shutdown(&mut self) {
         self.write_error(
             ErrorCode::ShuttingDown,
             "server is shutting down; reconnect shortly".into(),
@@ -514,11 +558,19 @@ mod tests {
         let now = Instant::now();
         let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
         let conversation = ConversationId(3);
-        let admitted: Vec<bool> = [1, 2, 2, 1, 3, 5]
+        let admitted: Vec<Admission> = [1, 2, 2, 1, 3, 5]
             .iter()
-            .map(|seq| connection.admit_message(conversation, Seq(*seq)))
-            .collect();
-        assert_eq!(admitted, [true, true, false, false, true, true]);
+            .map(|seq| connection.admit_live(conversation, Seq(*seq)))
+            .collect::<Vec<_>>();
+        use Admission::*;
+        assert_eq!(admitted, [Write, Write, Duplicate, Duplicate, Write, Gap]);
+        assert_eq!(connection.delivered(conversation), Seq(3));
+        // Catch-up from the store fills the gap; the live frame that exposed it is then old.
+        assert!(connection.admit_caught_up(conversation, Seq(4)));
+        assert!(connection.admit_caught_up(conversation, Seq(5)));
+        assert_eq!(connection.admit_live(conversation, Seq(5)), Duplicate);
+        // Leaving and re-joining keeps what was delivered.
+        connection.handle_left(conversation);
         assert_eq!(connection.delivered(conversation), Seq(5));
     }
 
@@ -544,6 +596,33 @@ mod tests {
         assert_eq!(
             outputs.last().and_then(error_code),
             Some(ErrorCode::NotFound)
+        );
+    }
+
+    #[test]
+    fn shutdown_writes_pending_acks_before_closing() {
+        let now = Instant::now();
+        let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+        connection.handle_frame(now, hello("t", vec![], None));
+        connection.handle_authenticated(UserId::parse("alice").unwrap());
+        connection.handle_frame(now, send("a", "1"));
+        drain(&mut connection);
+        connection.handle_shutdown();
+        assert!(!connection.wants_read());
+        assert!(drain(&mut connection).is_empty(), "waits for the ack");
+        connection.handle_committed(Err(ErrorFrame {
+            code: ErrorCode::StorageUnavailable,
+            message: "x".into(),
+            request_id: Some("a".into()),
+        }));
+        let outputs: Vec<String> = drain(&mut connection).iter().map(describe).collect();
+        assert_eq!(
+            outputs,
+            [
+                "error:storage_unavailable",
+                "error:shutting_down",
+                "close:1001"
+            ]
         );
     }
 

@@ -6,5 +6,5 @@ pub mod connection;
 pub mod validate;
 
 pub use commit_queue::CommitQueue;
-pub use connection::{Connection, ConnectionConfig, Output};
+pub use connection::{Admission, Connection, ConnectionConfig, Output};
 pub use validate::{Limits, Rejection, ValidSend};

@@ -218,8 +218,9 @@ impl<P: Clone> Hub<P> {
         drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
     }
 
-    /// `user_id` stopped being a member of `conversation_id` (after the store committed it).
-    /// Nothing published after this call reaches the user.
+    /// `user_id` is no longer a member of `conversation_id`: called *before* the store commits
+    /// the removal, so that nothing the committer publishes meanwhile reaches the user. Nothing
+    /// published after this call reaches the user.
     pub fn member_removed(&self, conversation_id: ConversationId, user_id: &UserId) {
         let mut inner = self.write();
         let Inner {
@@ -229,10 +230,13 @@ impl<P: Clone> Hub<P> {
         let Some(user) = users.get_mut(user_id) else {
             return;
         };
+        // Bumped even when the conversation is not (yet) in the set: a listing taken before this
+        // call may still hold it, and must be redone.
         user.version += 1;
-        if user.conversations.remove(&conversation_id) {
-            remove_online_member(conversations, conversation_id, user_id);
+        if !user.conversations.remove(&conversation_id) {
+            return;
         }
+        remove_online_member(conversations, conversation_id, user_id);
         let slow = notify(&user.connections, &Event::Left(conversation_id));
         drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
     }

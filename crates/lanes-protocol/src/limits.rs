@@ -22,8 +22,12 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Most members a group may have, by default.
 pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
-/// Most cursors a `hello` frame may carry.
-pub const HELLO_CURSORS_MAX: usize = 100_000;
+/// Most cursors a `hello` frame may carry (a client with more conversations lets the rest be
+/// caught up from the start and drops what it already holds).
+pub const HELLO_CURSORS_MAX: usize = 5_000;
+/// Bytes one cursor may take in a `hello` frame, both numbers at their longest.
+const HELLO_CURSOR_BYTES_MAX: usize =
+    r#"{"conversation_id":18446744073709551615,"seq":18446744073709551615},"#.len();
 /// Largest page of messages returned by history or catch-up.
 pub const PAGE_LEN_MAX: usize = 500;
 /// Default page of messages returned by history when the client does not say.
@@ -46,5 +50,9 @@ const _: () = {
         "a frame must fit the largest body fully escaped"
     );
     assert!(PAGE_LEN_DEFAULT <= PAGE_LEN_MAX);
+    assert!(
+        HELLO_CURSORS_MAX * HELLO_CURSOR_BYTES_MAX + 16 * 1024 < FRAME_BYTES_MAX,
+        "a hello with every allowed cursor must fit in a frame"
+    );
     assert!(INFLIGHT_SENDS_MAX <= COMMIT_BATCH_LEN_MAX);
 };

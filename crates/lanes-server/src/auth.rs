@@ -44,6 +44,9 @@ struct Claims {
 /// Checks tokens and passwords.
 pub(crate) struct Authenticator {
     store: Arc<dyn Store>,
+    /// Argon2 runs at most this many at once (one per core): each takes ~19 MiB and tens of
+    /// milliseconds, and unauthenticated logins must not exhaust memory or the blocking pool.
+    hashing: tokio::sync::Semaphore,
     password_enabled: bool,
     session_ttl_millis: i64,
     jwt: Vec<JwtVerifier>,
@@ -111,8 +114,10 @@ impl Authenticator {
                 "no authentication mode enabled: enable password or configure a JWT key".into(),
             ));
         }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Authenticator {
             store,
+            hashing: tokio::sync::Semaphore::new(cores),
             password_enabled: config.password,
             session_ttl_millis: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
@@ -180,6 +185,11 @@ impl Authenticator {
             ));
         }
         let password = password.to_owned();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "server is shutting down"))?;
         let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "hashing failed"))??;
@@ -209,6 +219,11 @@ impl Authenticator {
             return Err(wrong());
         };
         let password = password.to_owned();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "server is shutting down"))?;
         let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "verification failed"))?;

@@ -35,18 +35,41 @@ fn ack_of(frame: &MessageFrame) -> AckFrame {
     }
 }
 
-/// Runs until every sender of `requests` is gone and the queue is drained.
-pub(crate) async fn run(
-    mut requests: mpsc::Receiver<CommitRequest>,
+/// Starts the committer on a thread of its own (it must never wait behind other blocking work,
+/// and it does blocking work itself). The thread ends when every sender of `requests` is gone
+/// and the queue is drained; `stopped` resolves when it ends, for whatever reason.
+pub(crate) fn spawn(
+    requests: mpsc::Receiver<CommitRequest>,
     store: Arc<dyn Store>,
     hub: Arc<Hub<Utf8Bytes>>,
     metrics: Arc<Metrics>,
     linger: Duration,
+) -> std::io::Result<(std::thread::JoinHandle<()>, oneshot::Receiver<()>)> {
+    let (stopped_sender, stopped) = oneshot::channel::<()>();
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("lanes-committer".into())
+        .spawn(move || {
+            // Dropped when the thread ends, even by a panic: the server then shuts down.
+            let _stopped = stopped_sender;
+            run(requests, store.as_ref(), &hub, &metrics, linger, &runtime);
+        })?;
+    Ok((thread, stopped))
+}
+
+/// `committer::run`: the single writer loop.
+fn run(
+    mut requests: mpsc::Receiver<CommitRequest>,
+    store: &dyn Store,
+    hub: &Hub<Utf8Bytes>,
+    metrics: &Metrics,
+    linger: Duration,
+    runtime: &tokio::runtime::Handle,
 ) {
     let mut queue = CommitQueue::new(limits::COMMIT_BATCH_LEN_MAX, linger);
     loop {
         if queue.is_empty() {
-            match requests.recv().await {
+            match requests.blocking_recv() {
                 Some(request) => queue.push(Instant::now(), request),
                 None => return,
             }
@@ -58,62 +81,38 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        let batch = match queue.poll_batch(Instant::now()) {
-            Some(batch) => batch,
+        match queue.poll_batch(Instant::now()) {
+            Some(batch) => commit(batch, store, hub, metrics),
             None => {
                 let deadline = queue.poll_timeout().unwrap_or_else(Instant::now);
-                if let Ok(Some(request)) =
-                    tokio::time::timeout_at(deadline.into(), requests.recv()).await
-                {
+                let next =
+                    runtime.block_on(tokio::time::timeout_at(deadline.into(), requests.recv()));
+                if let Ok(Some(request)) = next {
                     queue.push(Instant::now(), request);
                 }
-                continue;
             }
-        };
-        commit(batch, &store, &hub, &metrics).await;
+        }
     }
 }
 
-async fn commit(
-    batch: Vec<CommitRequest>,
-    store: &Arc<dyn Store>,
-    hub: &Hub<Utf8Bytes>,
-    metrics: &Metrics,
-) {
+fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, metrics: &Metrics) {
     let (messages, replies): (Vec<NewMessage>, Vec<oneshot::Sender<CommitOutcome>>) = batch
         .into_iter()
         .map(|request| (request.message, request.reply))
         .unzip();
-    let request_ids: Vec<String> = messages
-        .iter()
-        .map(|message| message.client_msg_id.to_string())
-        .collect();
-    let store = Arc::clone(store);
-    let now = now_millis();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let outcomes = store.append_batch(&messages, now);
-        (messages, outcomes)
-    })
-    .await;
-    let (messages, outcomes) = match outcome {
-        Ok((messages, Ok(outcomes))) => (messages, outcomes),
-        Ok((_, Err(err))) => {
+    let outcomes = match store.append_batch(&messages, now_millis()) {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
             Metrics::add(&metrics.commit_failures, 1);
             tracing::error!("commit of {} sends failed: {err}", replies.len());
+            let request_ids = messages
+                .iter()
+                .map(|message| message.client_msg_id.to_string())
+                .collect();
             fail_all(
                 replies,
                 request_ids,
                 "storage is unavailable; retry with the same client_msg_id",
-            );
-            return;
-        }
-        Err(err) => {
-            Metrics::add(&metrics.commit_failures, 1);
-            tracing::error!("commit task failed: {err}");
-            fail_all(
-                replies,
-                request_ids,
-                "commit failed; retry with the same client_msg_id",
             );
             return;
         }

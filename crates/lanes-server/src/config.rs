@@ -139,6 +139,9 @@ impl Config {
     /// Why this configuration cannot be used, if it cannot.
     pub fn check(&self) -> Result<(), String> {
         self.core_limits().check()?;
+        if self.commit_linger_micros > 100_000 {
+            return Err("commit_linger_micros must be at most 100000 (0.1 s)".into());
+        }
         let websocket = &self.websocket;
         if websocket.queue_len_max == 0
             || websocket.queue_len_max > lanes_protocol::limits::CONNECTION_QUEUE_LEN_MAX

@@ -396,14 +396,19 @@ async fn remove(
     conversation_id: ConversationId,
     user_id: UserId,
 ) -> Result<StatusCode, ApiError> {
+    // The hub forgets the member first: the committer may publish between the store's commit
+    // and any later call, and a removed member must not receive that.
+    state.hub.member_removed(conversation_id, &user_id);
     let removed = user_id.clone();
-    let change = blocking(&state.store, move |store| {
+    let result = blocking(&state.store, move |store| {
         store.remove_member(conversation_id, &removed)
     })
-    .await?;
-    if change == MembershipChange::Changed {
-        state.hub.member_removed(conversation_id, &user_id);
+    .await;
+    if result.is_err() {
+        // Still a member: deliver again (a `joined` catch-up covers what was skipped).
+        state.hub.member_added(conversation_id, &user_id);
     }
+    result?;
     Ok(StatusCode::NO_CONTENT)
 }
 

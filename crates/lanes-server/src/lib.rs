@@ -74,7 +74,8 @@ pub struct Bound {
     listener: TcpListener,
     state: AppState,
     shutdown_sender: watch::Sender<bool>,
-    committer: tokio::task::JoinHandle<()>,
+    committer: std::thread::JoinHandle<()>,
+    committer_stopped: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Bound {
@@ -98,11 +99,20 @@ impl Bound {
             state,
             shutdown_sender,
             committer,
+            committer_stopped,
         } = self;
         let app = http::router(state.clone());
         let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections, finishing commits");
+            tokio::select! {
+                _ = shutdown => {
+                    tracing::info!("shutting down: closing connections, finishing commits");
+                }
+                _ = committer_stopped => {
+                    // Without its single writer the server cannot ack anything: stop rather than
+                    // look healthy.
+                    tracing::error!("the committer stopped unexpectedly; shutting down");
+                }
+            }
             let _ = shutdown_sender.send(true);
         };
         let result = axum::serve(
@@ -114,8 +124,9 @@ impl Bound {
         // Every connection is gone, so every commit sender but the state's is dropped; dropping
         // the state's lets the committer drain its queue and stop.
         drop(state);
-        if committer.await.is_err() {
-            tracing::error!("committer task failed");
+        match tokio::task::spawn_blocking(move || committer.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("committer thread failed"),
         }
         result.map_err(|source| ServeError::Io { addr, source })
     }
@@ -146,13 +157,14 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
     let hub = Arc::new(Hub::new(config.websocket.queue_len_max));
     let metrics = Arc::new(metrics::Metrics::default());
     let (commits, commit_receiver) = mpsc::channel(COMMIT_CHANNEL_LEN_MAX);
-    let committer = tokio::spawn(committer::run(
+    let (committer, committer_stopped) = committer::spawn(
         commit_receiver,
         Arc::clone(&store),
         Arc::clone(&hub),
         Arc::clone(&metrics),
         Duration::from_micros(config.commit_linger_micros),
-    ));
+    )
+    .map_err(|err| ServeError::Config(format!("start committer thread: {err}")))?;
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), &config.auth)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -177,6 +189,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         state,
         shutdown_sender,
         committer,
+        committer_stopped,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The WebSocket transport: glue between a socket, the `Connection` state machine, the hub, the
 //! committer and the store. Chat rules live in `lanes_core::Connection`; this file only moves
 //! frames. Catch-up closes the race with live delivery: the connection subscribes to the hub
-//! first, then pages the store after its cursor, and `admit_message` drops any live frame the
+//! first, then pages the store after its cursor, and `admit_live` drops any live frame the
 //! catch-up already wrote (see ARCHITECTURE.md).
 
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use lanes_core::{Connection, Output};
+use lanes_core::{Admission, Connection, Output};
 use lanes_hub::{Event, Subscription};
 use lanes_protocol::codec::{decode_client, encode_server};
 use lanes_protocol::{ConversationId, ErrorCode, ErrorFrame, ServerFrame, UserId, limits};
@@ -26,7 +26,7 @@ use crate::{AppState, blocking};
 /// frames share one write.
 const EVENTS_PER_FLUSH_MAX: usize = 256;
 /// Initial read buffer of a connection.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes buffered before a write is forced (frames are flushed after each batch anyway).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Attempts to list a user's conversations while membership keeps changing under the listing.
@@ -47,6 +47,10 @@ pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpg
         .on_upgrade(move |socket| run(socket, state))
 }
 
+/// A send's outcome as the connection awaits it; a lost reply becomes an `internal` error that
+/// names the send, so the client retries it.
+type PendingAck = std::pin::Pin<Box<dyn std::future::Future<Output = CommitOutcome> + Send>>;
+
 /// Why a session ended early.
 enum End {
     /// The socket failed or the peer went away.
@@ -61,7 +65,7 @@ struct Session {
     connection: Connection,
     user_id: Option<UserId>,
     subscription: Option<Subscription<Utf8Bytes>>,
-    acks: FuturesOrdered<oneshot::Receiver<CommitOutcome>>,
+    acks: FuturesOrdered<PendingAck>,
     /// Conversations joined while connected, to catch up once their `joined` frame is written.
     pending_catch_up: Vec<ConversationId>,
     /// Set by `handle_authenticated`: subscribe and catch up before reading further.
@@ -103,19 +107,22 @@ async fn run(socket: WebSocket, state: AppState) {
 impl Session {
     async fn drive(&mut self, mut stream: SplitStream<WebSocket>) -> Result<(), End> {
         let mut shutdown = self.state.shutdown.clone();
-        if *shutdown.borrow_and_update() {
+        let mut shutdown_seen = *shutdown.borrow_and_update();
+        if shutdown_seen {
             self.connection.handle_shutdown();
         }
         loop {
             self.flush_outputs().await?;
             if self.pending_sync {
                 self.pending_sync = false;
-                self.initial_sync().await?;
+                // Boxed: these run once per connection or join, and inlined they would make every
+                // idle connection's task as large as their biggest state.
+                Box::pin(self.initial_sync()).await?;
                 self.connection.handle_synced();
                 continue;
             }
             if let Some(conversation_id) = self.pending_catch_up.pop() {
-                self.catch_up(conversation_id).await?;
+                Box::pin(self.catch_up(conversation_id)).await?;
                 continue;
             }
             if let Some(subscription) = &self.subscription
@@ -128,7 +135,12 @@ impl Session {
             let wants_read = self.connection.wants_read();
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => self.connection.handle_shutdown(),
+                // Once seen, never polled again: a dropped sender makes `changed` ready forever,
+                // which would starve the acks a draining connection waits for.
+                _ = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    self.connection.handle_shutdown();
+                }
                 Some(outcome) = self.acks.next(), if !self.acks.is_empty() => {
                     self.handle_committed(outcome);
                     // Under load many acks are ready at once: take them all, and whatever the
@@ -151,14 +163,7 @@ impl Session {
         }
     }
 
-    fn handle_committed(&mut self, outcome: Result<CommitOutcome, oneshot::error::RecvError>) {
-        let outcome = outcome.unwrap_or_else(|_| {
-            Err(ErrorFrame {
-                code: ErrorCode::Internal,
-                message: "commit outcome lost; retry with the same client_msg_id".into(),
-                request_id: None,
-            })
-        });
+    fn handle_committed(&mut self, outcome: CommitOutcome) {
         self.connection.handle_committed(outcome);
     }
 
@@ -200,7 +205,7 @@ impl Session {
             match output {
                 Output::Write(frame) => self.feed_frame(&frame).await?,
                 Output::Authenticate { token } => {
-                    match self.state.auth.authenticate(&token).await {
+                    match Box::pin(self.state.auth.authenticate(&token)).await {
                         Ok(user_id) => {
                             self.user_id = Some(user_id.clone());
                             self.connection.handle_authenticated(user_id);
@@ -210,6 +215,7 @@ impl Session {
                     }
                 }
                 Output::Commit(send) => {
+                    let request_id = send.client_msg_id.to_string();
                     let Some(sender_id) = self.user_id.clone() else {
                         unreachable!("Connection emits Commit only once authenticated");
                     };
@@ -227,7 +233,16 @@ impl Session {
                     if self.state.commits.send(request).await.is_err() {
                         self.connection.handle_shutdown();
                     }
-                    self.acks.push_back(outcome);
+                    self.acks.push_back(Box::pin(async move {
+                        outcome.await.unwrap_or_else(|_| {
+                            Err(ErrorFrame {
+                                code: ErrorCode::Internal,
+                                message: "commit outcome lost; retry with the same client_msg_id"
+                                    .into(),
+                                request_id: Some(request_id),
+                            })
+                        })
+                    }));
                 }
                 Output::Ping => self.feed(Message::Ping(Default::default())).await?,
                 Output::Close { code, reason } => {
@@ -303,13 +318,21 @@ impl Session {
                 Err(current) => version = current,
             }
         }
-        let Some(heads) = heads else {
+        if heads.is_none() {
             return self
                 .fail(
                     ErrorCode::Internal,
                     "membership kept changing; reconnect".into(),
                 )
                 .await;
+        }
+        // The heads must be read again now that the hub delivers this user's conversations: a
+        // message committed between the first listing and `set_conversations` was published to
+        // nobody here, and only a read taken after subscribing is sure to include it.
+        let listed = user_id.clone();
+        let heads = match blocking(&self.state.store, move |store| store.heads_of(&listed)).await {
+            Ok(heads) => heads,
+            Err(err) => return self.fail(err.code, err.message).await,
         };
         for (conversation_id, head) in heads {
             if self.connection.delivered(conversation_id) < head {
@@ -339,7 +362,10 @@ impl Session {
             };
             let full = page.len() == limits::PAGE_LEN_MAX;
             for message in page {
-                if self.connection.admit_message(conversation_id, message.seq) {
+                if self
+                    .connection
+                    .admit_caught_up(conversation_id, message.seq)
+                {
                     self.feed_frame(&ServerFrame::Message(message)).await?;
                 }
             }
@@ -381,8 +407,16 @@ impl Session {
                     seq,
                     payload,
                 } => {
-                    if self.connection.admit_message(conversation_id, seq) {
-                        self.feed(Message::Text(payload)).await?;
+                    match self.connection.admit_live(conversation_id, seq) {
+                        Admission::Write => self.feed(Message::Text(payload)).await?,
+                        Admission::Duplicate => {}
+                        Admission::Gap => {
+                            // Should not happen (catch-up closes every race), but if it does the
+                            // store has the missing messages: read them rather than skip them.
+                            if !self.pending_catch_up.contains(&conversation_id) {
+                                self.pending_catch_up.push(conversation_id);
+                            }
+                        }
                     }
                 }
                 Event::Joined(conversation_id) => {

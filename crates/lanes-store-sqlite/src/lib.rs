@@ -411,8 +411,13 @@ impl Store for SqliteStore {
         now: UnixMillis,
     ) -> Result<(), StoreError> {
         self.write(|transaction| {
-            // Expired sessions are garbage; dropping them here keeps the table small.
-            transaction.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now.0])?;
+            // Expired sessions are garbage; dropping a few with each new one keeps the table
+            // small without ever making one login pay for a large cleanup.
+            transaction.execute(
+                "DELETE FROM sessions WHERE token_hash IN
+                     (SELECT token_hash FROM sessions WHERE expires_at <= ?1 LIMIT 16)",
+                [now.0],
+            )?;
             transaction.execute(
                 "INSERT INTO sessions (token_hash, user_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![&token_hash[..], user_id.as_str(), expires_at.0, now.0],

@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::unavailable;
 
 /// Migrations in order; index + 1 is the `user_version` after applying it.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE users (
         user_id TEXT PRIMARY KEY,
@@ -51,7 +52,11 @@ const MIGRATIONS: &[&str] = &["
         UNIQUE (conversation_id, seq),
         UNIQUE (sender_id, client_msg_id)
     );
-"];
+",
+    "
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+",
+];
 
 /// Brings the database to the newest schema and returns its epoch.
 pub(crate) fn migrate(connection: &mut Connection) -> Result<StoreEpoch, StoreError> {
