@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, ReconnectBackoff};
@@ -154,7 +155,15 @@ pub(crate) async fn handshake(url: String, hello: String) -> Result<Welcomed, Cl
 }
 
 async fn handshake_untimed(url: &str, hello: String) -> Result<Welcomed, ClientError> {
-    let (mut ws, _) = connect_async(url)
+    // Small buffers: tungstenite's default read buffer is 128 KiB per connection, allocated up
+    // front, which an application holding many clients would pay for nothing. The frame limit
+    // matches the server's.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(lanes_protocol::limits::FRAME_BYTES_MAX))
+        .max_frame_size(Some(lanes_protocol::limits::FRAME_BYTES_MAX));
+    let (mut ws, _) = connect_async_with_config(url, Some(config), true)
         .await
         .map_err(|err| ClientError::Transport(error_chain(&err)))?;
     ws.send(Message::text(hello))

@@ -1,7 +1,8 @@
 //! Credentials: argon2id password hashes, opaque session tokens (stored as SHA-256), and
 //! application JWTs (HS256, RS256 or EdDSA, algorithms pinned by configuration, `exp` required).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -22,6 +23,8 @@ use crate::{blocking, now_millis};
 const SESSION_TOKEN_PREFIX: &str = "lt_";
 /// Allowed clock skew for JWT `exp`/`nbf`, in seconds.
 const JWT_LEEWAY_SECS: u64 = 30;
+/// JWT users known to exist, remembered so a reconnect needs no store read (~100 bytes each).
+const KNOWN_USERS_MAX: usize = 100_000;
 /// Longest token accepted at all; anything longer is refused before any parsing or hashing.
 const TOKEN_BYTES_MAX: usize = 8 * 1024;
 
@@ -47,6 +50,8 @@ pub(crate) struct Authenticator {
     /// Argon2 runs at most this many at once (one per core): each takes ~19 MiB and tens of
     /// milliseconds, and unauthenticated logins must not exhaust memory or the blocking pool.
     hashing: tokio::sync::Semaphore,
+    /// JWT users already created in the store (users are never deleted).
+    known_users: Mutex<HashSet<UserId>>,
     password_enabled: bool,
     session_ttl_millis: i64,
     jwt: Vec<JwtVerifier>,
@@ -118,6 +123,7 @@ impl Authenticator {
         Ok(Authenticator {
             store,
             hashing: tokio::sync::Semaphore::new(cores),
+            known_users: Mutex::new(HashSet::new()),
             password_enabled: config.password,
             session_ttl_millis: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
@@ -137,9 +143,26 @@ impl Authenticator {
             return user.ok_or_else(|| unauthorized("token is invalid, expired or revoked"));
         }
         let user_id = self.verify_jwt(token)?;
+        if self
+            .known_users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&user_id)
+        {
+            return Ok(user_id);
+        }
         let ensured = user_id.clone();
         let now = now_millis();
         blocking(&self.store, move |store| store.ensure_user(&ensured, now)).await?;
+        let mut known = self
+            .known_users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= KNOWN_USERS_MAX {
+            // Crude but bounded: forgetting costs one read per user on their next connect.
+            known.clear();
+        }
+        known.insert(user_id.clone());
         Ok(user_id)
     }
 

@@ -166,12 +166,10 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
     )
     .map_err(|err| ServeError::Config(format!("start committer thread: {err}")))?;
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), &config.auth)?);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Io {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| ServeError::Io {
+        addr: config.listen,
+        source,
+    })?;
     let (shutdown_sender, shutdown) = watch::channel(false);
     let state = AppState {
         store,
@@ -191,6 +189,23 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         committer,
         committer_stopped,
     })
+}
+
+/// Pending connections the kernel queues before `accept`. tokio's default of 1,024 overflowed
+/// in connect bursts (clients then wait for a 1 s SYN retransmit); the kernel caps this at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Binds and serves until `shutdown` resolves.

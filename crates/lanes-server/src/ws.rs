@@ -4,6 +4,7 @@
 //! first, then pages the store after its cursor, and `admit_live` drops any live frame the
 //! catch-up already wrote (see ARCHITECTURE.md).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -299,39 +300,39 @@ impl Session {
             return Ok(());
         };
         let subscription = self.state.hub.register(&user_id);
-        let mut version = subscription.version;
+        let version = subscription.version;
         self.subscription = Some(subscription);
-        let mut heads = None;
-        for _ in 0..LISTING_ATTEMPTS_MAX {
-            let listed = user_id.clone();
-            let listing =
-                match blocking(&self.state.store, move |store| store.heads_of(&listed)).await {
-                    Ok(listing) => listing,
-                    Err(err) => return self.fail(err.code, err.message).await,
-                };
-            let ids: Vec<ConversationId> = listing.iter().map(|(id, _)| *id).collect();
-            match self.state.hub.set_conversations(&user_id, version, &ids) {
-                Ok(()) => {
-                    heads = Some(listing);
-                    break;
-                }
-                Err(current) => version = current,
-            }
-        }
-        if heads.is_none() {
-            return self
-                .fail(
-                    ErrorCode::Internal,
-                    "membership kept changing; reconnect".into(),
-                )
-                .await;
-        }
-        // The heads must be read again now that the hub delivers this user's conversations: a
-        // message committed between the first listing and `set_conversations` was published to
-        // nobody here, and only a read taken after subscribing is sure to include it.
+        // One trip to the blocking pool for the whole listing: connect storms are bound by these
+        // hand-offs more than by the queries.
+        let hub = Arc::clone(&self.state.hub);
         let listed = user_id.clone();
-        let heads = match blocking(&self.state.store, move |store| store.heads_of(&listed)).await {
-            Ok(heads) => heads,
+        let heads = blocking(&self.state.store, move |store| {
+            let mut version = version;
+            for _ in 0..LISTING_ATTEMPTS_MAX {
+                let listing = store.heads_of(&listed)?;
+                let ids: Vec<ConversationId> = listing.iter().map(|(id, _)| *id).collect();
+                match hub.set_conversations(&listed, version, &ids) {
+                    // The heads must be read again now that the hub delivers this user's
+                    // conversations: a message committed between the listing and
+                    // `set_conversations` was published to nobody here, and only a read taken
+                    // after subscribing is sure to include it.
+                    Ok(()) => return Ok(Some(store.heads_of(&listed)?)),
+                    Err(current) => version = current,
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let heads = match heads {
+            Ok(Some(heads)) => heads,
+            Ok(None) => {
+                return self
+                    .fail(
+                        ErrorCode::Internal,
+                        "membership kept changing; reconnect".into(),
+                    )
+                    .await;
+            }
             Err(err) => return self.fail(err.code, err.message).await,
         };
         for (conversation_id, head) in heads {

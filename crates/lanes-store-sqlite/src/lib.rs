@@ -37,8 +37,10 @@ impl Durability {
     }
 }
 
-/// Readers kept open for reuse; more may be opened under load and are closed after use.
-const READERS_KEPT_MAX: usize = 8;
+/// Readers kept open for reuse; more may be opened under a burst and are closed after use.
+/// Opening one costs a file open and a schema read, so a connect storm that had to open a reader
+/// per query was slower than the queries themselves.
+const READERS_KEPT_MAX: usize = 64;
 
 /// A Lanes store in one SQLite file.
 pub struct SqliteStore {
@@ -66,6 +68,9 @@ impl SqliteStore {
             .map_err(|err| StoreError::Unavailable(format!("create {}: {err}", dir.display())))?;
         let path = dir.join("lanes.db");
         let mut writer = open_connection(&path)?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
         let synchronous = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -171,10 +176,8 @@ impl SqliteStore {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    // WAL mode is a property of the database file, set once by the writer at open.
     let connection = Connection::open(path).map_err(unavailable)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(unavailable)?;
     connection
         .busy_timeout(std::time::Duration::from_secs(5))
         .map_err(unavailable)?;

@@ -50,12 +50,18 @@ pub(crate) async fn run(
     let names: Vec<&String> = (0..args.connections)
         .map(|i| &users[i / args.devices])
         .collect();
+    let mut connect_latency = super::report::histogram();
     for chunk in names.chunks(args.parallel.max(1)) {
-        let connects = chunk.iter().map(|name| target.connect(name, Vec::new()));
-        for (socket, _) in futures_util::future::try_join_all(connects)
+        let connects = chunk.iter().map(|name| async move {
+            let started = Instant::now();
+            let connected = target.connect(name, Vec::new()).await?;
+            anyhow::Ok((connected, started.elapsed()))
+        });
+        for ((socket, _), took) in futures_util::future::try_join_all(connects)
             .await
             .context("connect")?
         {
+            let _ = connect_latency.record(took.as_micros() as u64);
             // Reading keeps the socket answering pings; nothing else arrives.
             holders.push(tokio::spawn(async move {
                 let mut socket = socket;
@@ -84,6 +90,10 @@ pub(crate) async fn run(
         json!((args.connections as f64 / connect_secs).round()),
     );
     report.set("still_open", json!(still_open));
+    report.set(
+        "connect_latency_ms",
+        super::report::latency_ms(&connect_latency),
+    );
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         report.set("server_rss_kib", json!({"before": before, "after": after}));
         report.set(

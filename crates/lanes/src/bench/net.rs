@@ -13,6 +13,7 @@ use lanes_protocol::{ClientFrame, ServerFrame, StoreEpoch, UserId};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
 
@@ -92,15 +93,25 @@ impl Target {
         let index = self.next_source.fetch_add(1, Ordering::Relaxed) % usize::from(self.sources);
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
         let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(source, 0))?;
+        if self.sources > 1 {
+            // bind(port 0) searches the port space itself and grows slow with many sockets;
+            // connect's own port choice is cheaper, so only bind when spreading over sources.
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
         let stream = socket
             .connect(self.server_addr)
             .await
             .with_context(|| format!("connect to {}", self.server_addr))?;
         stream.set_nodelay(true)?;
-        let (mut ws, _) = tokio_tungstenite::client_async(self.ws_url.as_str(), stream)
-            .await
-            .context("websocket handshake")?;
+        // tungstenite's default 128 KiB read buffer per socket would make the driver, not the
+        // server, the memory and page-fault hog with thousands of connections.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(16 * 1024);
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(self.ws_url.as_str(), stream, Some(config))
+                .await
+                .context("websocket handshake")?;
         let hello = ClientFrame::Hello {
             token: self.token(user)?,
             cursors,
