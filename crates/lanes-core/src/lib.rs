@@ -3,6 +3,7 @@
 
 pub mod commit_queue;
 pub mod connection;
+pub mod membership;
 pub mod validate;
 
 pub use commit_queue::CommitQueue;

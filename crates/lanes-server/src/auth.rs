@@ -208,11 +208,7 @@ impl Authenticator {
             ));
         }
         let password = password.to_owned();
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "server is shutting down"))?;
+        let _permit = self.hashing_permit().await?;
         let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "hashing failed"))??;
@@ -242,11 +238,7 @@ impl Authenticator {
             return Err(wrong());
         };
         let password = password.to_owned();
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "server is shutting down"))?;
+        let _permit = self.hashing_permit().await?;
         let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "verification failed"))?;
@@ -289,6 +281,13 @@ impl Authenticator {
             token,
             expires_at,
         })
+    }
+
+    async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "server is shutting down"))
     }
 
     fn require_password_mode(&self) -> Result<(), ApiError> {

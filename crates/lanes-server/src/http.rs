@@ -17,6 +17,8 @@ use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId, limits};
 use lanes_store::MembershipChange;
 use serde::Deserialize;
 
+use lanes_core::membership::may_manage;
+
 use crate::error::ApiError;
 use crate::{AppState, blocking, now_millis, ws};
 
@@ -310,13 +312,7 @@ async fn add_member(
     let Json(request) = body?;
     let (role, members) = group_role(&state, conversation_id, &caller.user_id).await?;
     let new_role = request.role.unwrap_or(Role::Member);
-    let allowed = match (role, new_role) {
-        (_, Role::Owner) => false,
-        (Role::Owner, _) => true,
-        (Role::Admin, Role::Member) => true,
-        _ => false,
-    };
-    if !allowed {
+    if !may_manage(role, new_role) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "only the owner adds admins, and only the owner and admins add members",
@@ -365,13 +361,7 @@ async fn remove_member(
     else {
         return Err(ApiError::new(ErrorCode::NotFound, "not a member"));
     };
-    let allowed = match (role, target_role) {
-        (_, Role::Owner) => false,
-        (Role::Owner, _) => true,
-        (Role::Admin, Role::Member) => true,
-        _ => false,
-    };
-    if !allowed {
+    if !may_manage(role, target_role) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "only the owner removes admins, only the owner and admins remove members, nobody removes the owner",

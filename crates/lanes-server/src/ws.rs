@@ -143,11 +143,11 @@ impl Session {
                     self.connection.handle_shutdown();
                 }
                 Some(outcome) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.handle_committed(outcome);
+                    self.connection.handle_committed(outcome);
                     // Under load many acks are ready at once: take them all, and whatever the
                     // hub queued, so that one flush carries them together.
                     while let Some(Some(outcome)) = self.acks.next().now_or_never() {
-                        self.handle_committed(outcome);
+                        self.connection.handle_committed(outcome);
                     }
                     let queued = self
                         .subscription
@@ -162,10 +162,6 @@ impl Session {
                 _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
             }
         }
-    }
-
-    fn handle_committed(&mut self, outcome: CommitOutcome) {
-        self.connection.handle_committed(outcome);
     }
 
     fn handle_socket(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
