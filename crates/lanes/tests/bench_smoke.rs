@@ -51,6 +51,24 @@ fn idle() {
 }
 
 #[test]
+fn idle_over_several_processes() {
+    let report = bench(&[
+        "idle",
+        "--connections",
+        "30",
+        "--processes",
+        "3",
+        "--hold-secs",
+        "0.1",
+    ]);
+    assert_eq!(report["params"]["processes"], 3);
+    assert_eq!(
+        report["still_open"], 30,
+        "every helper process held its share"
+    );
+}
+
+#[test]
 fn fanout() {
     let report = bench(&[
         "fanout",

@@ -52,6 +52,9 @@ enum Scenario {
     Pairs(pairs::PairsArgs),
     /// C authenticated connections held idle: connect rate and server memory per connection.
     Idle(idle::IdleArgs),
+    /// Internal: a helper process of `idle` holding part of the connections.
+    #[command(hide = true)]
+    IdleWorker(idle::IdleWorkerArgs),
     /// One group of G online members, senders at a fixed rate: deliveries/s and time to reach all.
     Fanout(fanout::FanoutArgs),
     /// N connected clients while the spawned server is killed and restarted: time to resync.
@@ -171,10 +174,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map_or_else(|| args.addr.clone(), |server| server.base_url.clone());
     let target = Target::new(&base_url, &args.jwt_secret, args.sources);
     let time_limit = Duration::from_secs(args.time_limit_secs);
+    if let Scenario::IdleWorker(worker) = args.scenario {
+        return tokio::time::timeout(time_limit, idle::worker(&target, worker))
+            .await
+            .context("the worker hit --time-limit-secs")?;
+    }
     let work = async {
         match args.scenario {
             Scenario::Pairs(pairs) => pairs::run(&target, spawned.as_ref(), pairs).await,
             Scenario::Idle(idle) => idle::run(&target, spawned.as_ref(), idle).await,
+            Scenario::IdleWorker(_) => unreachable!("workers return before any report"),
             Scenario::Fanout(fanout) => fanout::run(&target, spawned.as_ref(), fanout).await,
             Scenario::Storm(storm) => storm::run(&target, spawned.as_mut(), storm).await,
             Scenario::Sync(sync) => sync::run(&target, spawned.as_ref(), sync).await,
