@@ -85,7 +85,9 @@ pub enum Event {
     /// Catch-up after a (re)connect is done: everything missed has been delivered.
     Synced,
     /// A message: each `(conversation, seq)` exactly once, in seq order per conversation,
-    /// without gaps (within one epoch, and one membership: see [`Event::Left`]).
+    /// without gaps (within one epoch, and one membership: see [`Event::Left`]). Our own sends
+    /// are among them, with our `sender_id`: the server does not send a message back to the
+    /// connection that sent it, so its ack is turned into this event.
     Message(MessageFrame),
     /// We became a member of a conversation while connected; its messages follow from seq 1.
     Joined(ConversationId),
@@ -207,6 +209,10 @@ impl Client {
     /// server accepts) fails at once with `ClientError::Api` (status 0, `message_too_large`)
     /// and is never sent. A server configured with a lower limit answers `message_too_large`
     /// itself, which fails the send the same way.
+    ///
+    /// Once acked, the message is also delivered as an [`Event::Message`], in its place among
+    /// the conversation's messages (once, even when a retry's ack names a seq already
+    /// delivered).
     ///
     /// Dropping the future does not cancel the send: it is still written, with the same id,
     /// until acked. Every pending send is kept in memory until resolved, so the app bounds that

@@ -1,7 +1,8 @@
 //! Dedupe, order and gap tracking of incoming messages: decides which message frames reach the
 //! app (each `(conversation, seq)` once, in seq order, gap-free) and when a gap must be filled
-//! from history. Sans-IO: the driver feeds frames and history pages in and carries out the
-//! outputs.
+//! from history. Our own sends come in here as messages too, made from their acks (the server
+//! does not send them back to the connection that sent them). Sans-IO: the driver feeds frames
+//! and history pages in and carries out the outputs.
 //!
 //! Memory: one `Lane` per conversation seen and not left since (a few words each; `left` drops
 //! it) plus at most `buffered_len_max` out-of-order frames across all conversations. Frames beyond that bound are
@@ -142,6 +143,17 @@ impl Delivery {
             self.buffered_len_max,
             &mut self.output,
         );
+        self.request_fetch_if_gap(conversation_id);
+    }
+
+    /// An `ack` arrived that matches no pending send, so there is no body to make its message
+    /// from. Its seq is stored all the same, and the sending connection gets no `message` frame
+    /// for it: history fills it like any gap, rather than the next frame or reconnect.
+    pub(crate) fn handle_stored_seq(&mut self, conversation_id: ConversationId, seq: Seq) {
+        let lane = lane(&mut self.lanes, &mut self.lane_id_last, conversation_id);
+        if seq > lane.delivered {
+            lane.seen_max = lane.seen_max.max(seq);
+        }
         self.request_fetch_if_gap(conversation_id);
     }
 
@@ -297,6 +309,8 @@ mod tests {
     /// One input to the state machine; conversations and seqs are plain numbers.
     enum In {
         Msg(u64, u64),
+        /// An ack for no pending send: conversation, seq.
+        StoredSeq(u64, u64),
         Welcome(&'static str),
         Left(u64),
         /// A history page for the conversation's latest fetch: seqs, has_more.
@@ -357,6 +371,9 @@ mod tests {
         for (index, (input, expected)) in steps.into_iter().enumerate() {
             match input {
                 In::Msg(conversation, seq) => delivery.handle_message(message(conversation, seq)),
+                In::StoredSeq(conversation, seq) => {
+                    delivery.handle_stored_seq(ConversationId(conversation), Seq(seq));
+                }
                 In::Welcome(epoch) => {
                     delivery.handle_welcome(StoreEpoch(epoch.into()));
                 }
@@ -489,6 +506,28 @@ mod tests {
                 (In::History(1, seqs(1..=1), false), delivers(1, 1..=2)),
             ],
             &[(1, 2), (2, 3)],
+        );
+    }
+
+    #[test]
+    fn stored_seqs_without_a_message_are_fetched() {
+        check(
+            &[(2, 4)],
+            None,
+            100,
+            vec![
+                (In::Msg(1, 1), vec![Out::Deliver(1, 1)]),
+                // At or below the cursor: nothing to do.
+                (In::StoredSeq(1, 1), vec![]),
+                (In::StoredSeq(2, 3), vec![]),
+                // Above it: a gap like any other, filled from history.
+                (In::StoredSeq(1, 2), vec![Out::Fetch(1, 1)]),
+                (In::Msg(1, 3), vec![]),
+                (In::History(1, seqs(2..=3), false), delivers(1, 2..=3)),
+                (In::StoredSeq(3, 1), vec![Out::Fetch(3, 0)]),
+                (In::History(3, seqs(1..=1), false), delivers(3, 1..=1)),
+            ],
+            &[(1, 3), (2, 4), (3, 1)],
         );
     }
 

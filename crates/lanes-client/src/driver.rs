@@ -35,7 +35,7 @@ use crate::client::Event;
 use crate::delivery::{Delivery, DeliveryOutput, Fetch};
 use crate::error::{ClientError, error_chain};
 use crate::http_api::HttpApi;
-use crate::pending::{ErrorMatch, PendingSends, PendingSettings, Responder};
+use crate::pending::{Acked, ErrorMatch, PendingSends, PendingSettings, Responder};
 
 /// Longest wait from starting a connect to its `welcome`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -273,6 +273,8 @@ pub(crate) struct Driver {
     outbox: VecDeque<Event>,
     delivery: Delivery,
     pending: PendingSends<AckResponder>,
+    /// Who we are, as the last `welcome` said: the sender of the messages made from our acks.
+    user_id: UserId,
     backoff: ReconnectBackoff,
     fetches: JoinSet<Fetched>,
     link: Link,
@@ -306,6 +308,7 @@ impl Driver {
             outbox: VecDeque::new(),
             delivery,
             pending,
+            user_id: welcomed.user_id.clone(),
             backoff,
             fetches: JoinSet::new(),
             link: Link::Waiting(Box::pin(sleep(Duration::ZERO))),
@@ -454,6 +457,7 @@ impl Driver {
         }
         self.pending.handle_connected();
         self.backoff.handle_welcome(now_std());
+        self.user_id = user_id.clone();
         self.push_event(Event::Connected { user_id, epoch });
         let now = Instant::now();
         self.link = Link::Up(Box::new(Up {
@@ -534,10 +538,25 @@ impl Driver {
                 self.delivery.handle_message(message);
                 self.drain_delivery();
             }
+            // The ack is also the delivery of our own message to this connection.
             ServerFrame::Ack(ack) => {
-                for responder in self.pending.handle_ack(&ack) {
-                    let _ = responder.send(Ok(ack.clone()));
+                match self.pending.handle_ack(&ack, &self.user_id) {
+                    Some(Acked {
+                        responders,
+                        message,
+                    }) => {
+                        for responder in responders {
+                            let _ = responder.send(Ok(ack.clone()));
+                        }
+                        self.delivery.handle_message(message);
+                    }
+                    None => {
+                        debug!(seq = ack.seq.0, "an ack for no pending send");
+                        self.delivery
+                            .handle_stored_seq(ack.conversation_id, ack.seq);
+                    }
                 }
+                self.drain_delivery();
             }
             ServerFrame::Joined { conversation_id } => {
                 self.push_event(Event::Joined(conversation_id));

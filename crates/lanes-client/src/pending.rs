@@ -1,13 +1,15 @@
 //! Bookkeeping of sends awaiting their ack: which to write now, which to write again after a
-//! reconnect or a retryable error, and which `ack` or `error` frame resolves which send.
+//! reconnect or a retryable error, and which `ack` or `error` frame resolves which send. An ack
+//! also turns its send into the `message` frame the sending connection no longer receives.
 //! Sans-IO: time and randomness are arguments; `R` is whatever the driver answers the app with.
 //!
 //! Memory: one entry (with its body, at most `MESSAGE_BODY_BYTES_MAX`) per send the app started
 //! that is not resolved yet, and nothing once it is: an ack or a definite error removes the
-//! entry with every index into it. Only the app bounds the number of entries. Dropping a `send`
-//! future does not cancel the send (its outcome may already be unknown, so it is written again
-//! until acked), so an app that gives up waiting, for example with a timeout, still holds one
-//! entry per such send until the server answers it. What does not accumulate are the
+//! entry with every index into it (an ack moves the body into its message, not a copy). Only
+//! the app bounds the number of entries. Dropping a `send` future does not cancel the send (its
+//! outcome may already be unknown, so it is written again until acked), so an app that gives up
+//! waiting, for example with a timeout, still holds one entry per such send until the server
+//! answers it. What does not accumulate are the
 //! responders of abandoned calls: sending the same `client_msg_id` again first drops the
 //! responders nobody waits on, so retrying one send in a loop keeps one entry and at most the
 //! live callers' responders. At most `in_flight_max` entries are written and unacked at once,
@@ -17,7 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use lanes_protocol::{AckFrame, ClientFrame, ClientMsgId, ConversationId, ErrorFrame};
+use lanes_protocol::{
+    AckFrame, ClientFrame, ClientMsgId, ConversationId, ErrorFrame, MessageFrame, UserId,
+};
 
 use crate::backoff::full_jitter;
 use crate::error::code_is_retryable;
@@ -62,6 +66,16 @@ struct Entry<R> {
     state: State,
     /// Retryable errors so far, for the backoff.
     retries: u32,
+}
+
+/// What an `ack` frame resolved.
+#[derive(Debug)]
+pub(crate) struct Acked<R> {
+    /// Answer these with the ack.
+    pub(crate) responders: Vec<R>,
+    /// The acked send as a `message` frame, to deliver like one received live: the server does
+    /// not send our own message back to the connection that sent it, the ack is its delivery.
+    pub(crate) message: MessageFrame,
 }
 
 /// How an `error` frame relates to the pending sends.
@@ -181,12 +195,30 @@ impl<R: Responder> PendingSends<R> {
         })
     }
 
-    /// An `ack` arrived: the responders of its send, if it is pending.
-    pub(crate) fn handle_ack(&mut self, ack: &AckFrame) -> Vec<R> {
-        match self.orders.get(&ack.client_msg_id).copied() {
-            Some(order) => self.remove(order),
-            None => Vec::new(),
-        }
+    /// An `ack` arrived: the responders of its send and the send as a message from `sender_id`
+    /// (our user, as the last `welcome` said), if it is pending; `None` if not.
+    ///
+    /// The ack gives conversation, seq, ids and time; the pending send gives only the body. A
+    /// retried `client_msg_id` the server had stored earlier gets the original ack, whose seq
+    /// is usually at or below the cursor already: dedupe then drops the message. The body is
+    /// this send's, which differs from the stored one only if the app reused a `client_msg_id`
+    /// with another body.
+    pub(crate) fn handle_ack(&mut self, ack: &AckFrame, sender_id: &UserId) -> Option<Acked<R>> {
+        let order = self.orders.get(&ack.client_msg_id).copied()?;
+        let entry = self.remove(order)?;
+        let message = MessageFrame {
+            conversation_id: ack.conversation_id,
+            seq: ack.seq,
+            message_id: ack.message_id,
+            sender_id: sender_id.clone(),
+            client_msg_id: entry.client_msg_id,
+            body: entry.body,
+            server_ts: ack.server_ts,
+        };
+        Some(Acked {
+            responders: entry.responders,
+            message,
+        })
     }
 
     /// An `error` frame arrived. `fraction` is a random draw in `[0, 1]` for the backoff.
@@ -205,7 +237,10 @@ impl<R: Responder> PendingSends<R> {
             return ErrorMatch::Unrelated;
         };
         if !code_is_retryable(error.code) {
-            return ErrorMatch::Failed(self.remove(order));
+            let responders = self
+                .remove(order)
+                .map_or_else(Vec::new, |entry| entry.responders);
+            return ErrorMatch::Failed(responders);
         }
         let Some(entry) = self.entries.get_mut(&order) else {
             return ErrorMatch::Unrelated;
@@ -270,17 +305,16 @@ impl<R: Responder> PendingSends<R> {
         sent_at.checked_add(self.settings.ack_timeout)
     }
 
-    fn remove(&mut self, order: u64) -> Vec<R> {
-        let Some(entry) = self.entries.remove(&order) else {
-            return Vec::new();
-        };
+    /// Removes a send with every index into it.
+    fn remove(&mut self, order: u64) -> Option<Entry<R>> {
+        let entry = self.entries.remove(&order)?;
         self.orders.remove(&entry.client_msg_id);
         match entry.state {
             State::Queued => self.queued.remove(&order),
             State::InFlight(at) => self.in_flight.remove(&(at, order)),
             State::Waiting(at) => self.waiting.remove(&(at, order)),
         };
-        entry.responders
+        Some(entry)
     }
 }
 
@@ -319,6 +353,8 @@ mod tests {
     /// Inputs; ids are `client_msg_id`s, responders are numbers, times are milliseconds.
     enum In {
         Send(&'static str, u32),
+        /// Like `Send`, with another body than `body {id}`.
+        SendOther(&'static str, u32),
         /// The caller behind this responder dropped its `send` future.
         Abandon(u32),
         Connected,
@@ -339,6 +375,8 @@ mod tests {
         Failed(Vec<u32>),
         Retrying,
         Unrelated,
+        /// An ack for no pending send.
+        Unmatched,
         Reconnect(bool),
         Deadline(Option<u64>),
     }
@@ -355,14 +393,19 @@ mod tests {
         Out::Wrote(ids.iter().map(|id| (*id).to_owned()).collect())
     }
 
+    /// The ack of `id`, in conversation 7 (not the send's 1: the ack decides).
     fn ack(id: &str) -> AckFrame {
         AckFrame {
             client_msg_id: ClientMsgId::parse(id).unwrap(),
-            conversation_id: ConversationId(1),
-            message_id: MessageId(1),
-            seq: Seq(1),
-            server_ts: UnixMillis(0),
+            conversation_id: ConversationId(7),
+            message_id: MessageId(42),
+            seq: Seq(3),
+            server_ts: UnixMillis(1234),
         }
+    }
+
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
     }
 
     /// Runs the steps, comparing each step's outcome; the backoff draw is always 1.0 (the
@@ -374,13 +417,17 @@ mod tests {
         let mut abandoned: HashMap<u32, Rc<Cell<bool>>> = HashMap::new();
         for (index, (input, expected)) in steps.into_iter().enumerate() {
             let out = match input {
-                In::Send(id, responder) => {
+                In::Send(id, responder) | In::SendOther(id, responder) => {
                     let client_msg_id = ClientMsgId::parse(id).unwrap();
                     let flag = Rc::clone(abandoned.entry(responder).or_default());
+                    let body = match input {
+                        In::SendOther(..) => "other body".to_owned(),
+                        _ => format!("body {id}"),
+                    };
                     pending.insert(
                         client_msg_id,
                         ConversationId(1),
-                        format!("body {id}"),
+                        body,
                         TestResponder {
                             id: responder,
                             abandoned: flag,
@@ -416,7 +463,26 @@ mod tests {
                     }
                     Out::Wrote(wrote)
                 }
-                In::Ack(id) => Out::Resolved(ids(pending.handle_ack(&ack(id)))),
+                In::Ack(id) => match pending.handle_ack(&ack(id), &alice()) {
+                    Some(Acked {
+                        responders,
+                        message,
+                    }) => {
+                        // Every pending send's body is `body {id}` (the first one sent).
+                        let expected = MessageFrame {
+                            conversation_id: ConversationId(7),
+                            seq: Seq(3),
+                            message_id: MessageId(42),
+                            sender_id: alice(),
+                            client_msg_id: ClientMsgId::parse(id).unwrap(),
+                            body: format!("body {id}"),
+                            server_ts: UnixMillis(1234),
+                        };
+                        assert_eq!(message, expected, "step {index}");
+                        Out::Resolved(ids(responders))
+                    }
+                    None => Out::Unmatched,
+                },
                 In::Error(request_id, code, millis) => {
                     let error = ErrorFrame {
                         code,
@@ -475,15 +541,16 @@ mod tests {
                 (In::Write(0), wrote(&["a", "b"])),
                 (In::Ack("b"), Out::Resolved(vec![2])),
                 (In::Ack("a"), Out::Resolved(vec![1])),
-                (In::Ack("a"), Out::Resolved(vec![])),
+                (In::Ack("a"), Out::Unmatched),
             ],
             0,
         );
-        // The same id twice: written once, both callers get the ack.
+        // The same id twice: written once with the first body, both callers get the ack, and
+        // the message carries the body that was written.
         check(
             vec![
                 (In::Send("a", 1), Out::None),
-                (In::Send("a", 2), Out::None),
+                (In::SendOther("a", 2), Out::None),
                 (In::Connected, Out::None),
                 (In::Write(0), wrote(&["a"])),
                 (In::Ack("a"), Out::Resolved(vec![1, 2])),
@@ -654,7 +721,7 @@ mod tests {
                 (In::Connected, Out::None),
                 (In::Write(1), wrote(&["a"])),
                 (In::Ack("a"), Out::Resolved(vec![1])),
-                (In::Ack("a"), Out::Resolved(vec![])),
+                (In::Ack("a"), Out::Unmatched),
             ],
             0,
         );

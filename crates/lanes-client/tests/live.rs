@@ -1,12 +1,14 @@
-//! The live `Client` against a scripted fake server (axum, in-process): connect, acks, resends
-//! across reconnects, resume cursors, epoch change, gap filling over HTTP, errors, oversized
-//! sends, a token refused on reconnect, and close.
+//! The live `Client` against a scripted fake server (axum, in-process): connect, acks and our own
+//! messages delivered from them, resends across reconnects, resume cursors, epoch change, gap
+//! filling over HTTP, errors, oversized sends, a token refused on reconnect, and close.
 //! Each test drives the server's side of every connection by hand and awaits frames with a timeout.
+//! Like the real server, the fake one sends a connection no `message` frame for its own sends:
+//! their `ack` is their delivery to it.
 
 // A test fails by panicking, in helpers as much as in test functions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,8 @@ use tokio::sync::mpsc;
 const TOKEN: &str = "lt_test";
 const WAIT: Duration = Duration::from_secs(5);
 
-type Messages = Arc<Mutex<HashMap<u64, Vec<MessageFrame>>>>;
+/// Stored messages by conversation, then seq.
+type Messages = Arc<Mutex<HashMap<u64, BTreeMap<u64, MessageFrame>>>>;
 
 #[derive(Clone)]
 struct AppState {
@@ -44,6 +47,10 @@ struct AppState {
 struct FakeConn {
     from_client: mpsc::Receiver<ClientFrame>,
     to_client: mpsc::Sender<ServerFrame>,
+    /// The store, shared with the history route.
+    messages: Messages,
+    /// Conversation and body of each send received on this connection.
+    sends: HashMap<ClientMsgId, (ConversationId, String)>,
 }
 
 struct FakeServer {
@@ -107,10 +114,11 @@ impl FakeServer {
         (conn, cursors, hello_epoch)
     }
 
+    /// Stores bob's messages `seqs` in `conversation`.
     fn store(&self, conversation: u64, seqs: std::ops::RangeInclusive<u64>) {
         let mut messages = self.messages.lock().unwrap();
         let stored = messages.entry(conversation).or_default();
-        stored.extend(seqs.map(|seq| message(conversation, seq)));
+        stored.extend(seqs.map(|seq| (seq, message(conversation, seq))));
     }
 
     fn config(&self) -> ClientConfig {
@@ -139,17 +147,44 @@ impl FakeConn {
                 client_msg_id,
                 conversation_id,
                 body,
-            } => (client_msg_id, conversation_id, body),
+            } => {
+                self.sends
+                    .insert(client_msg_id.clone(), (conversation_id, body.clone()));
+                (client_msg_id, conversation_id, body)
+            }
             frame => panic!("expected a send, got {frame:?}"),
         }
+    }
+
+    /// Stores a send received on this connection as alice's message `seq` of its conversation,
+    /// unless that seq is stored already (a retry: the original is kept), and returns the stored
+    /// message.
+    fn commit(&self, client_msg_id: &ClientMsgId, seq: u64) -> MessageFrame {
+        let (conversation_id, body) = &self.sends[client_msg_id];
+        let mut messages = self.messages.lock().unwrap();
+        let stored = messages.entry(conversation_id.0).or_default();
+        let message = stored.entry(seq).or_insert_with(|| MessageFrame {
+            conversation_id: *conversation_id,
+            seq: Seq(seq),
+            message_id: MessageId(conversation_id.0 * 1000 + seq),
+            sender_id: UserId::parse("alice").unwrap(),
+            client_msg_id: client_msg_id.clone(),
+            body: body.clone(),
+            server_ts: UnixMillis(2),
+        });
+        assert_eq!(&message.client_msg_id, client_msg_id, "seq {seq} is taken");
+        message.clone()
     }
 
     async fn send(&self, frame: ServerFrame) {
         self.to_client.send(frame).await.unwrap();
     }
 
+    /// Commits a send received on this connection as `seq` and acks it. No `message` frame
+    /// goes to this connection: the ack is its delivery.
     async fn ack(&self, client_msg_id: &ClientMsgId, seq: u64) {
-        self.send(ServerFrame::Ack(ack(client_msg_id, seq))).await;
+        let message = self.commit(client_msg_id, seq);
+        self.send(ServerFrame::Ack(ack(&message))).await;
     }
 
     async fn error(&self, code: ErrorCode, request_id: Option<&ClientMsgId>) {
@@ -172,16 +207,19 @@ impl FakeConn {
 }
 
 async fn ws_route(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| serve_socket(socket, state.connections))
+    upgrade.on_upgrade(move |socket| serve_socket(socket, state))
 }
 
-async fn serve_socket(mut socket: WebSocket, connections: mpsc::Sender<FakeConn>) {
+async fn serve_socket(mut socket: WebSocket, state: AppState) {
     let (from_client_tx, from_client) = mpsc::channel(64);
     let (to_client, mut to_client_rx) = mpsc::channel(64);
-    if connections
+    if state
+        .connections
         .send(FakeConn {
             from_client,
             to_client,
+            messages: state.messages,
+            sends: HashMap::new(),
         })
         .await
         .is_err()
@@ -235,8 +273,7 @@ async fn history_route(
     let newer: Vec<MessageFrame> = messages
         .get(&id)
         .into_iter()
-        .flatten()
-        .filter(|message| message.seq.0 > after)
+        .flat_map(|stored| stored.range(after + 1..).map(|(_, message)| message))
         .cloned()
         .collect();
     let page: Vec<MessageFrame> = newer.iter().take(limit).cloned().collect();
@@ -247,6 +284,7 @@ async fn history_route(
     axum::Json(history).into_response()
 }
 
+/// Bob's message `seq` in `conversation`.
 fn message(conversation: u64, seq: u64) -> MessageFrame {
     MessageFrame {
         conversation_id: ConversationId(conversation),
@@ -259,18 +297,27 @@ fn message(conversation: u64, seq: u64) -> MessageFrame {
     }
 }
 
-fn ack(client_msg_id: &ClientMsgId, seq: u64) -> AckFrame {
+/// The ack of a stored message.
+fn ack(message: &MessageFrame) -> AckFrame {
     AckFrame {
-        client_msg_id: client_msg_id.clone(),
-        conversation_id: ConversationId(1),
-        message_id: MessageId(seq),
-        seq: Seq(seq),
-        server_ts: UnixMillis(2),
+        client_msg_id: message.client_msg_id.clone(),
+        conversation_id: message.conversation_id,
+        message_id: message.message_id,
+        seq: message.seq,
+        server_ts: message.server_ts,
     }
 }
 
 async fn next_event(events: &mut Events) -> Event {
     within("an event", events.next()).await.unwrap()
+}
+
+/// The next event, which must be a message.
+async fn next_message(events: &mut Events) -> MessageFrame {
+    match next_event(events).await {
+        Event::Message(message) => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
 }
 
 /// Takes events until `count` messages arrived, returning their (conversation, seq).
@@ -310,9 +357,11 @@ async fn connect(
 }
 
 #[tokio::test]
-async fn send_resolves_with_its_ack() {
+async fn send_resolves_with_its_ack_and_is_delivered_as_a_message() {
     let mut server = FakeServer::start().await;
-    let (client, _events, mut conn) = connect(&mut server, |_| {}).await;
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+    conn.send(ServerFrame::Message(message(1, 1))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 1)]);
     let sending = {
         let client = client.clone();
         tokio::spawn(async move { client.send(ConversationId(1), "hi").await })
@@ -320,9 +369,94 @@ async fn send_resolves_with_its_ack() {
     let (client_msg_id, conversation_id, body) = conn.recv_send().await;
     assert_eq!((conversation_id, body.as_str()), (ConversationId(1), "hi"));
     assert_eq!(client_msg_id.as_str().len(), 32);
-    conn.ack(&client_msg_id, 7).await;
+    conn.ack(&client_msg_id, 2).await;
     let acked = within("the ack", sending).await.unwrap().unwrap();
-    assert_eq!(acked, ack(&client_msg_id, 7));
+    let own = conn.commit(&client_msg_id, 2);
+    assert_eq!(acked, ack(&own));
+
+    // Our own message, from the ack alone, with our user id and the body we sent; then bob's
+    // next one.
+    let delivered = next_message(&mut events).await;
+    assert_eq!(delivered, own);
+    assert_eq!(
+        (delivered.sender_id.as_str(), delivered.body.as_str()),
+        ("alice", "hi")
+    );
+    conn.send(ServerFrame::Message(message(1, 3))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 3)]);
+    assert_eq!(pairs(&client.cursors()), [(1, 3)]);
+}
+
+#[tokio::test]
+async fn retried_send_acked_at_or_below_the_cursor_is_delivered_once() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "once").await })
+    };
+    // Stored, but the connection drops before the ack.
+    let (client_msg_id, _, _) = conn.recv_send().await;
+    let own = conn.commit(&client_msg_id, 1);
+    conn.closed().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+
+    // Catch-up brings the stored message; the retry then gets the original ack (seq 1, now
+    // the cursor), which must not deliver it again before bob's seq 2.
+    let (mut conn, cursors, _) = server.welcome("e1").await;
+    assert!(cursors.is_empty());
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Connected { .. }
+    ));
+    conn.send(ServerFrame::Message(own.clone())).await;
+    conn.send(ServerFrame::Synced).await;
+    let (retried, _, _) = conn.recv_send().await;
+    assert_eq!(retried, client_msg_id);
+    conn.ack(&retried, 1).await;
+    assert_eq!(
+        within("the ack", sending).await.unwrap().unwrap(),
+        ack(&own)
+    );
+    conn.send(ServerFrame::Message(message(1, 2))).await;
+    assert_eq!(next_message(&mut events).await, own);
+    assert_eq!(next_event(&mut events).await, Event::Synced);
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 2)]);
+    assert_eq!(pairs(&client.cursors()), [(1, 2)]);
+}
+
+#[tokio::test]
+async fn ack_beyond_the_cursor_fills_the_gap_from_history() {
+    let mut server = FakeServer::start().await;
+    // Bob's seqs 1..=3 are stored, but this connection was sent none of them.
+    server.store(1, 1..=3);
+    let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "fourth").await })
+    };
+    let (client_msg_id, _, _) = conn.recv_send().await;
+    conn.ack(&client_msg_id, 4).await;
+    assert_eq!(
+        within("the ack", sending).await.unwrap().unwrap().seq,
+        Seq(4)
+    );
+    assert_eq!(
+        next_messages(&mut events, 3).await,
+        [(1, 1), (1, 2), (1, 3)]
+    );
+    let own = next_message(&mut events).await;
+    assert_eq!(own, conn.commit(&client_msg_id, 4));
+    assert_eq!(
+        (own.seq, own.sender_id.as_str(), own.body.as_str()),
+        (Seq(4), "alice", "fourth")
+    );
+    conn.send(ServerFrame::Message(message(1, 5))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 5)]);
+    assert_eq!(pairs(&client.cursors()), [(1, 5)]);
 }
 
 #[tokio::test]
@@ -386,11 +520,14 @@ async fn reconnects_resumes_and_resends_with_the_same_id() {
     conn.send(ServerFrame::Message(message(3, 2))).await;
     conn.send(ServerFrame::Message(message(3, 3))).await;
     assert_eq!(next_messages(&mut events, 1).await, [(3, 3)]);
-    conn.ack(&second_id, 9).await;
+    conn.ack(&second_id, 1).await;
     assert_eq!(
         within("the ack", sending).await.unwrap().unwrap().seq,
-        Seq(9)
+        Seq(1)
     );
+    let own = next_message(&mut events).await;
+    assert_eq!((own.conversation_id, own.seq), (ConversationId(1), Seq(1)));
+    assert_eq!(pairs(&client.cursors()), [(1, 1), (3, 3)]);
 }
 
 #[tokio::test]
@@ -478,11 +615,12 @@ async fn errors_fail_or_retry_sends() {
         .await;
     let (second, _, _) = conn.recv_send().await;
     assert_eq!(second, client_msg_id);
-    conn.ack(&second, 4).await;
+    conn.ack(&second, 1).await;
     assert_eq!(
         within("the ack", sending).await.unwrap().unwrap().seq,
-        Seq(4)
+        Seq(1)
     );
+    assert_eq!(next_message(&mut events).await.body, "y");
 
     conn.error(ErrorCode::SlowConsumer, None).await;
     match next_event(&mut events).await {

@@ -320,7 +320,18 @@ impl Connection {
         assert!(self.inflight_sends > 0, "a commit outcome without a commit");
         self.inflight_sends -= 1;
         let frame = match outcome {
-            Ok(ack) => ServerFrame::Ack(ack),
+            Ok(ack) => {
+                // The ack is this connection's copy of its own message: it counts as delivered
+                // when it is the next seq (an older seq is a retried send's original).
+                let delivered = self
+                    .delivered
+                    .entry(ack.conversation_id)
+                    .or_insert(Seq::ZERO);
+                if ack.seq == delivered.next() {
+                    *delivered = ack.seq;
+                }
+                ServerFrame::Ack(ack)
+            }
             Err(error) => ServerFrame::Error(error),
         };
         self.outputs.push_back(Output::Write(frame));

@@ -241,9 +241,16 @@ impl<P: Clone> Hub<P> {
         drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
     }
 
-    /// `publish`: hands the frame to every connection of every online member, without waiting.
-    /// Returns how many connections received it.
-    pub fn publish(&self, conversation_id: ConversationId, seq: Seq, payload: P) -> usize {
+    /// `publish`: hands the frame to every connection of every online member, without waiting,
+    /// except `origin` (the connection that sent the message: its ack is its copy). Returns how
+    /// many connections received it.
+    pub fn publish(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+        payload: P,
+        origin: Option<ConnectionId>,
+    ) -> usize {
         let event = Event::Message {
             conversation_id,
             seq,
@@ -261,6 +268,9 @@ impl<P: Clone> Hub<P> {
                     continue;
                 };
                 for entry in &user.connections {
+                    if Some(entry.connection_id) == origin {
+                        continue;
+                    }
                     if entry.sender.try_send(event.clone()).is_ok() {
                         delivered += 1;
                     } else {
@@ -393,12 +403,24 @@ mod tests {
         let mut carol_phone = hub.register(&carol);
         hub.set_conversations(&carol, carol_phone.version, &[ConversationId(2)])
             .unwrap();
-        assert_eq!(hub.publish(ConversationId(1), Seq(1), 10), 3);
+        assert_eq!(hub.publish(ConversationId(1), Seq(1), 10, None), 3);
         assert_eq!(drain(&mut alice_phone), [message(1, 1, 10)]);
         assert_eq!(drain(&mut alice_laptop), [message(1, 1, 10)]);
         assert_eq!(drain(&mut bob_phone), [message(1, 1, 10)]);
         assert_eq!(drain(&mut carol_phone), []);
-        assert_eq!(hub.publish(ConversationId(3), Seq(1), 11), 0);
+        assert_eq!(hub.publish(ConversationId(3), Seq(1), 11, None), 0);
+        // The sending connection gets its ack instead of a copy.
+        assert_eq!(
+            hub.publish(
+                ConversationId(1),
+                Seq(2),
+                12,
+                Some(alice_phone.connection_id)
+            ),
+            2
+        );
+        assert_eq!(drain(&mut alice_phone), []);
+        assert_eq!(drain(&mut alice_laptop), [message(1, 2, 12)]);
     }
 
     #[test]
@@ -408,9 +430,9 @@ mod tests {
         let mut phone = hub.register(&alice);
         hub.set_conversations(&alice, phone.version, &[]).unwrap();
         hub.member_added(ConversationId(5), &alice);
-        hub.publish(ConversationId(5), Seq(1), 1);
+        hub.publish(ConversationId(5), Seq(1), 1, None);
         hub.member_removed(ConversationId(5), &alice);
-        hub.publish(ConversationId(5), Seq(2), 2);
+        hub.publish(ConversationId(5), Seq(2), 2, None);
         assert_eq!(
             drain(&mut phone),
             [
@@ -432,7 +454,7 @@ mod tests {
             .set_conversations(&alice, phone.version, &[ConversationId(5)])
             .unwrap_err();
         hub.set_conversations(&alice, current, &[]).unwrap();
-        assert_eq!(hub.publish(ConversationId(5), Seq(1), 1), 0);
+        assert_eq!(hub.publish(ConversationId(5), Seq(1), 1, None), 0);
     }
 
     #[test]
@@ -446,14 +468,14 @@ mod tests {
         hub.set_conversations(&bob, fast.version, &[ConversationId(1)])
             .unwrap();
         for seq in 1..=3 {
-            hub.publish(ConversationId(1), Seq(seq), seq as u32);
+            hub.publish(ConversationId(1), Seq(seq), seq as u32, None);
             drain(&mut fast);
         }
         assert!(slow.slow.load(Ordering::Acquire));
         assert!(!fast.slow.load(Ordering::Acquire));
         assert_eq!(hub.slow_consumers(), 1);
         assert_eq!(hub.stats().users, 1);
-        assert_eq!(hub.publish(ConversationId(1), Seq(4), 4), 1);
+        assert_eq!(hub.publish(ConversationId(1), Seq(4), 4, None), 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use lanes_core::CommitQueue;
-use lanes_hub::Hub;
+use lanes_hub::{ConnectionId, Hub};
 use lanes_protocol::codec::encode_server;
 use lanes_protocol::{AckFrame, ErrorCode, ErrorFrame, MessageFrame, ServerFrame, limits};
 use lanes_store::{AppendOutcome, NewMessage, Store};
@@ -22,6 +22,8 @@ pub(crate) type CommitOutcome = Result<AckFrame, ErrorFrame>;
 /// One send waiting to be committed.
 pub(crate) struct CommitRequest {
     pub(crate) message: NewMessage,
+    /// The connection that sent it: it gets the ack instead of a copy of the message.
+    pub(crate) origin: Option<ConnectionId>,
     pub(crate) reply: oneshot::Sender<CommitOutcome>,
 }
 
@@ -96,9 +98,13 @@ fn run(
 }
 
 fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, metrics: &Metrics) {
+    let mut origins = Vec::with_capacity(batch.len());
     let (messages, replies): (Vec<NewMessage>, Vec<oneshot::Sender<CommitOutcome>>) = batch
         .into_iter()
-        .map(|request| (request.message, request.reply))
+        .map(|request| {
+            origins.push(request.origin);
+            (request.message, request.reply)
+        })
         .unzip();
     let outcomes = match store.append_batch(&messages, now_millis()) {
         Ok(outcomes) => outcomes,
@@ -119,14 +125,18 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
     };
     assert_eq!(outcomes.len(), replies.len(), "one outcome per send");
     Metrics::add(&metrics.commits, 1);
-    for ((outcome, reply), message) in outcomes.into_iter().zip(replies).zip(messages) {
+    for (((outcome, reply), message), origin) in
+        outcomes.into_iter().zip(replies).zip(messages).zip(origins)
+    {
         let answer = match outcome {
             AppendOutcome::Appended(frame) => {
                 Metrics::add(&metrics.messages_committed, 1);
                 let ack = ack_of(&frame);
                 let (conversation_id, seq) = (frame.conversation_id, frame.seq);
                 let payload = Utf8Bytes::from(encode_server(&ServerFrame::Message(frame)));
-                hub.publish(conversation_id, seq, payload);
+                // Published before the ack is sent: the origin connection finds every earlier
+                // message of the conversation in its queue before it sees this ack.
+                hub.publish(conversation_id, seq, payload, origin);
                 Ok(ack)
             }
             AppendOutcome::Duplicate(frame) => {

@@ -4,6 +4,7 @@
 //! first, then pages the store after its cursor, and `admit_live` drops any live frame the
 //! catch-up already wrote (see ARCHITECTURE.md).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,9 @@ struct Session {
     user_id: Option<UserId>,
     subscription: Option<Subscription<Utf8Bytes>>,
     acks: FuturesOrdered<PendingAck>,
+    /// Outcomes taken from `acks` but not yet written: held while earlier frames of their
+    /// conversation may still be queued in the hub (see `release_acks_before`).
+    ready_acks: VecDeque<CommitOutcome>,
     /// Conversations joined while connected, to catch up once their `joined` frame is written.
     pending_catch_up: Vec<ConversationId>,
     /// Set by `handle_authenticated`: subscribe and catch up before reading further.
@@ -85,6 +89,7 @@ async fn run(socket: WebSocket, state: AppState) {
         user_id: None,
         subscription: None,
         acks: FuturesOrdered::new(),
+        ready_acks: VecDeque::new(),
         pending_catch_up: Vec::new(),
         pending_sync: false,
         write_timeout: Duration::from_millis(state_write_timeout_ms),
@@ -126,6 +131,10 @@ impl Session {
                 Box::pin(self.catch_up(conversation_id)).await?;
                 continue;
             }
+            if !self.ready_acks.is_empty() {
+                // Held back during a catch-up or while frames were queued ahead of them.
+                self.release_acks().await?;
+            }
             if let Some(subscription) = &self.subscription
                 && subscription.slow.load(std::sync::atomic::Ordering::Acquire)
             {
@@ -143,21 +152,15 @@ impl Session {
                     self.connection.handle_shutdown();
                 }
                 Some(outcome) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.connection.handle_committed(outcome);
-                    // Under load many acks are ready at once: take them all, and whatever the
-                    // hub queued, so that one flush carries them together.
-                    while let Some(Some(outcome)) = self.acks.next().now_or_never() {
-                        self.connection.handle_committed(outcome);
-                    }
-                    let queued = self
-                        .subscription
-                        .as_mut()
-                        .and_then(|subscription| subscription.receiver.try_recv().ok());
-                    if queued.is_some() {
-                        self.handle_events(queued).await?;
-                    }
+                    self.ready_acks.push_back(outcome);
+                    // Whatever the hub queued before these acks were sent goes out with them.
+                    self.drain_queue().await?;
+                    self.release_acks().await?;
                 }
-                event = recv_event(&mut self.subscription) => self.handle_events(event).await?,
+                event = recv_event(&mut self.subscription) => {
+                    self.handle_events(event).await?;
+                    self.release_acks().await?;
+                }
                 frame = stream.next(), if wants_read => self.handle_socket(frame)?,
                 _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
             }
@@ -198,6 +201,12 @@ impl Session {
 
     /// Carries out everything the state machine decided, then flushes the socket once.
     async fn flush_outputs(&mut self) -> Result<(), End> {
+        self.write_outputs().await?;
+        self.flush().await
+    }
+
+    /// Carries out everything the state machine decided so far, without flushing.
+    async fn write_outputs(&mut self) -> Result<(), End> {
         while let Some(output) = self.connection.poll_output() {
             match output {
                 Output::Write(frame) => self.feed_frame(&frame).await?,
@@ -225,6 +234,10 @@ impl Session {
                             body: send.body,
                         },
                         reply,
+                        origin: self
+                            .subscription
+                            .as_ref()
+                            .map(|subscription| subscription.connection_id),
                     };
                     // Waits when the committer is saturated: backpressure, not an error.
                     if self.state.commits.send(request).await.is_err() {
@@ -253,7 +266,7 @@ impl Session {
                 }
             }
         }
-        self.flush().await
+        Ok(())
     }
 
     async fn feed(&mut self, message: Message) -> Result<(), End> {
@@ -390,44 +403,125 @@ impl Session {
         Err(End::Closed)
     }
 
-    /// Writes the event and whatever else is already queued, up to a bound, before one flush.
+    /// Writes the events that are in the hub queue now (not those arriving meanwhile, so a busy
+    /// hub cannot starve the acks waiting behind them). A `joined` or a gap stops the drain, so
+    /// its catch-up comes next.
+    async fn drain_queue(&mut self) -> Result<(), End> {
+        let queued = self
+            .subscription
+            .as_ref()
+            .map_or(0, |subscription| subscription.receiver.len());
+        for _ in 0..queued {
+            if !self.pending_catch_up.is_empty() {
+                break;
+            }
+            let Some(event) = self
+                .subscription
+                .as_mut()
+                .and_then(|subscription| subscription.receiver.try_recv().ok())
+            else {
+                break;
+            };
+            self.handle_event(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves every ack that is ready into `ready_acks`, in send order.
+    fn collect_ready_acks(&mut self) {
+        while let Some(Some(outcome)) = self.acks.next().now_or_never() {
+            self.ready_acks.push_back(outcome);
+        }
+    }
+
+    /// Before the message `seq` of `conversation_id` is written, writes the ready acks (in order)
+    /// that must precede it: the acks of this connection's own sends take the place of their
+    /// messages in the seq order. Stops at an ack of another conversation, whose earlier
+    /// messages may still be queued behind this one (it goes once the queue is empty).
+    async fn release_acks_before(
+        &mut self,
+        conversation_id: ConversationId,
+        seq: lanes_protocol::Seq,
+    ) -> Result<(), End> {
+        while let Some(front) = self.ready_acks.front() {
+            if let Ok(ack) = front
+                && (ack.conversation_id != conversation_id || ack.seq > seq)
+            {
+                break;
+            }
+            if let Some(outcome) = self.ready_acks.pop_front() {
+                self.connection.handle_committed(outcome);
+                self.write_outputs().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the ready acks once nothing is queued ahead of them. An ack is sent only after the
+    /// committer published every earlier message, so with the queue empty none can still be
+    /// missing ahead of it.
+    async fn release_acks(&mut self) -> Result<(), End> {
+        self.collect_ready_acks();
+        let queue_empty = self
+            .subscription
+            .as_ref()
+            .is_none_or(|subscription| subscription.receiver.is_empty());
+        if !queue_empty || !self.pending_catch_up.is_empty() {
+            return Ok(());
+        }
+        while let Some(outcome) = self.ready_acks.pop_front() {
+            self.connection.handle_committed(outcome);
+        }
+        Ok(())
+    }
+
     async fn handle_events(&mut self, first: Option<Event<Utf8Bytes>>) -> Result<(), End> {
         let mut next = first;
         for _ in 0..EVENTS_PER_FLUSH_MAX {
+            // None: the hub dropped our queue, which only happens to slow consumers (checked on
+            // the next turn of the loop).
             let Some(event) = next.take() else {
-                // The hub dropped our queue: only happens for slow consumers (checked next turn).
                 break;
             };
-            match event {
-                Event::Message {
-                    conversation_id,
-                    seq,
-                    payload,
-                } => {
-                    match self.connection.admit_live(conversation_id, seq) {
-                        Admission::Write => self.feed(Message::Text(payload)).await?,
-                        Admission::Duplicate => {}
-                        Admission::Gap => {
-                            // Should not happen (catch-up closes every race), but if it does the
-                            // store has the missing messages: read them rather than skip them.
-                            if !self.pending_catch_up.contains(&conversation_id) {
-                                self.pending_catch_up.push(conversation_id);
-                            }
-                        }
-                    }
-                }
-                Event::Joined(conversation_id) => {
-                    self.connection.handle_joined(conversation_id);
-                    self.pending_catch_up.push(conversation_id);
-                    // The joined frame must be written before its catch-up: stop here.
-                    break;
-                }
-                Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
+            self.handle_event(event).await?;
+            if !self.pending_catch_up.is_empty() {
+                // The joined frame must be written before its catch-up: stop here.
+                break;
             }
             next = self
                 .subscription
                 .as_mut()
                 .and_then(|subscription| subscription.receiver.try_recv().ok());
+        }
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: Event<Utf8Bytes>) -> Result<(), End> {
+        match event {
+            Event::Message {
+                conversation_id,
+                seq,
+                payload,
+            } => {
+                self.collect_ready_acks();
+                self.release_acks_before(conversation_id, seq).await?;
+                match self.connection.admit_live(conversation_id, seq) {
+                    Admission::Write => self.feed(Message::Text(payload)).await?,
+                    Admission::Duplicate => {}
+                    Admission::Gap => {
+                        // The store has what is missing on this connection: read it rather than
+                        // skip it (the frame itself is then read back from there).
+                        if !self.pending_catch_up.contains(&conversation_id) {
+                            self.pending_catch_up.push(conversation_id);
+                        }
+                    }
+                }
+            }
+            Event::Joined(conversation_id) => {
+                self.connection.handle_joined(conversation_id);
+                self.pending_catch_up.push(conversation_id);
+            }
+            Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
         }
         Ok(())
     }

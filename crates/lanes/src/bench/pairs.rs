@@ -209,8 +209,8 @@ impl User {
         let mut next_send_at =
             self.started + interval.map_or(Duration::ZERO, |i| i.mul_f64(rand::random()));
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
-        // Every member's connection gets every message of the conversation (its own too), so
-        // the seqs seen here must be exactly 1, 2, 3…: anything else is a gap or a duplicate.
+        // Each connection sees every seq of its conversation exactly once, its own messages as
+        // acks and the partner's as messages, in order: anything else is a gap or a duplicate.
         let mut last_seq = 0u64;
         let drain_deadline = self.send_until + Duration::from_secs(10);
         let mut announced_done = false;
@@ -258,7 +258,16 @@ impl User {
                 _ = tokio::time::sleep_until(wake_at) => continue,
             };
             match frame {
-                ServerFrame::Ack(_) => {
+                ServerFrame::Ack(ack) => {
+                    // The ack is this connection's copy of its own message: its seq takes its
+                    // place in the conversation's order.
+                    let seq = ack.seq.0;
+                    if seq <= last_seq {
+                        result.duplicated += 1;
+                    } else {
+                        result.gaps += seq - last_seq - 1;
+                        last_seq = seq;
+                    }
                     if let Some(sent_at) = in_flight.pop_front() {
                         result.acked += 1;
                         let _ = result
