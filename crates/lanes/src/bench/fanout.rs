@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use lanes_protocol::codec::encode_client;
 use lanes_protocol::{ClientFrame, ClientMsgId, ServerFrame};
 use serde_json::json;
@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
-use super::net::{Socket, Target, create_users, next_frame, run_id, user_id, user_name};
+use super::net::{
+    Quick, Socket, Target, create_users, next_frame, next_text, quick, run_id, user_id, user_name,
+};
 use super::report::{Report, histogram, latency_ms};
 
 #[derive(Args, Clone)]
@@ -167,7 +169,7 @@ async fn drain_acks(
 
 /// Reads until all `total` messages arrived (1 when complete, 0 when the deadline hit first).
 /// Thousands of receivers share the cores with the server, so they read only what they check
-/// (seq and the body's send time) instead of decoding whole frames.
+/// (seq and the body's `n:send-time`) instead of decoding whole frames.
 async fn receive(
     mut socket: Socket,
     total: usize,
@@ -178,63 +180,28 @@ async fn receive(
 ) -> anyhow::Result<usize> {
     let mut last_seq = 0;
     while last_seq < total as u64 {
-        let item = match tokio::time::timeout_at(deadline, socket.next()).await {
-            Ok(Some(item)) => item?,
-            Ok(None) => anyhow::bail!("connection closed"),
+        let text = match tokio::time::timeout_at(deadline, next_text(&mut socket)).await {
+            Ok(text) => text?,
             Err(_) => return Ok(0),
         };
-        let Message::Text(text) = item else {
-            continue;
-        };
-        let Some((seq, n, sent_at)) = message_fields(text.as_str()) else {
+        let Quick::Message { seq, body, .. } = quick(text.as_str()) else {
             continue;
         };
         anyhow::ensure!(seq == last_seq + 1, "gap or duplicate at seq {seq}");
         last_seq = seq;
         arrivals.fetch_add(1, Ordering::Relaxed);
-        if let Some(slot) = slowest.get(n) {
+        let parsed = body.split_once(':').and_then(|(n, rest)| {
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            Some((n.parse::<usize>().ok()?, rest[..end].parse::<u64>().ok()?))
+        });
+        if let Some((n, sent_at)) = parsed
+            && let Some(slot) = slowest.get(n)
+        {
             let latency = (started.elapsed().as_micros() as u64).saturating_sub(sent_at);
             slot.fetch_max(latency, Ordering::Relaxed);
         }
     }
     Ok(1)
-}
-
-/// `(seq, n, sent_at)` of a `message` frame whose body is `"<n>:<sent_at>…"`; `None` for any
-/// other frame. Relies only on the frame's field names, not on their order.
-fn message_fields(text: &str) -> Option<(u64, usize, u64)> {
-    if !text.starts_with(r#"{"type":"message""#) {
-        return None;
-    }
-    let number_after = |key: &str| -> Option<u64> {
-        let start = text.find(key)? + key.len();
-        let digits: &str = &text[start..];
-        let end = digits
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(digits.len());
-        digits[..end].parse().ok()
-    };
-    let seq = number_after(r#""seq":"#)?;
-    let n = usize::try_from(number_after(r#""body":""#)?).ok()?;
-    let body = &text[text.find(r#""body":""#)?..];
-    let sent_at = body.split_once(':').and_then(|(_, rest)| {
-        let rest = rest.split_once(':')?.1;
-        let end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        rest[..end].parse().ok()
-    })?;
-    Some((seq, n, sent_at))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_fields_it_checks() {
-        let frame = r#"{"type":"message","conversation_id":1,"seq":42,"message_id":7,"sender_id":"a","client_msg_id":"f3","body":"3:123456xxx","server_ts":1}"#;
-        assert_eq!(message_fields(frame), Some((42, 3, 123_456)));
-        assert_eq!(message_fields(r#"{"type":"ack","seq":1}"#), None);
-    }
 }

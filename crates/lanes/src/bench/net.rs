@@ -168,6 +168,71 @@ pub(crate) async fn create_users(target: &Target, users: &[String]) -> anyhow::R
     Ok(())
 }
 
+/// The fields the load scenarios check, read from a server frame without decoding it: with
+/// thousands of sockets in the driver, full decoding costs the cores the server also runs on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Quick<'a> {
+    /// `ack` with its seq.
+    Ack { seq: u64 },
+    /// `message` with its seq, sender and body (bench bodies hold no quotes or escapes).
+    Message {
+        seq: u64,
+        sender: &'a str,
+        body: &'a str,
+    },
+    /// `error`: decode it fully to report it.
+    Error,
+    /// Anything else (welcome, synced, pong…).
+    Other,
+}
+
+/// Reads a frame's kind and checked fields (see `Quick`).
+pub(crate) fn quick(text: &str) -> Quick<'_> {
+    let after = |key: &str| text.find(key).map(|start| &text[start + key.len()..]);
+    let number = |key: &str| -> Option<u64> {
+        let rest = after(key)?;
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    let string = |key: &str| -> Option<&str> {
+        let rest = after(key)?;
+        Some(&rest[..rest.find('"')?])
+    };
+    if text.starts_with(r#"{"type":"ack""#) {
+        number(r#""seq":"#).map_or(Quick::Other, |seq| Quick::Ack { seq })
+    } else if text.starts_with(r#"{"type":"message""#) {
+        match (
+            number(r#""seq":"#),
+            string(r#""sender_id":""#),
+            string(r#""body":""#),
+        ) {
+            (Some(seq), Some(sender), Some(body)) => Quick::Message { seq, sender, body },
+            _ => Quick::Other,
+        }
+    } else if text.starts_with(r#"{"type":"error""#) {
+        Quick::Error
+    } else {
+        Quick::Other
+    }
+}
+
+/// The next text frame, skipping pings; an error when the socket ends.
+pub(crate) async fn next_text(
+    ws: &mut Socket,
+) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
+    loop {
+        match ws.next().await {
+            None => bail!("connection closed"),
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(Message::Text(text))) => return Ok(text),
+            Some(Ok(Message::Close(frame))) => bail!("connection closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
 /// A user id for bench user `index` of run `run`.
 pub(crate) fn user_name(run: &str, index: usize) -> String {
     format!("bench-{run}-{index}")
@@ -181,4 +246,29 @@ pub(crate) fn run_id() -> String {
 /// Parses a user id the bench made itself.
 pub(crate) fn user_id(name: &str) -> anyhow::Result<UserId> {
     UserId::parse(name).map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_reads_checked_fields() {
+        let message = r#"{"type":"message","conversation_id":1,"seq":42,"message_id":7,"sender_id":"bob","client_msg_id":"f3","body":"123:xx","server_ts":1}"#;
+        assert_eq!(
+            quick(message),
+            Quick::Message {
+                seq: 42,
+                sender: "bob",
+                body: "123:xx"
+            }
+        );
+        let ack = r#"{"type":"ack","client_msg_id":"1","conversation_id":1,"message_id":9,"seq":5,"server_ts":1}"#;
+        assert_eq!(quick(ack), Quick::Ack { seq: 5 });
+        assert_eq!(
+            quick(r#"{"type":"error","code":"internal","message":"x"}"#),
+            Quick::Error
+        );
+        assert_eq!(quick(r#"{"type":"synced"}"#), Quick::Other);
+    }
 }

@@ -12,13 +12,13 @@ use clap::Args;
 use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use lanes_protocol::codec::encode_client;
-use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, ServerFrame};
+use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
-use super::net::{Target, next_frame, run_id, user_id, user_name};
+use super::net::{Quick, Target, next_text, quick, run_id, user_id, user_name};
 use super::report::{Report, histogram, latency_ms};
 
 #[derive(Args, Clone)]
@@ -253,15 +253,14 @@ impl User {
                 // Poll the partner's progress now and then while draining.
                 (Instant::now() + Duration::from_millis(20)).min(drain_deadline)
             };
-            let frame = tokio::select! {
-                frame = next_frame(&mut socket) => frame?,
+            let text = tokio::select! {
+                text = next_text(&mut socket) => text?,
                 _ = tokio::time::sleep_until(wake_at) => continue,
             };
-            match frame {
-                ServerFrame::Ack(ack) => {
+            match quick(text.as_str()) {
+                Quick::Ack { seq } => {
                     // The ack is this connection's copy of its own message: its seq takes its
                     // place in the conversation's order.
-                    let seq = ack.seq.0;
                     if seq <= last_seq {
                         result.duplicated += 1;
                     } else {
@@ -275,17 +274,16 @@ impl User {
                             .record(sent_at.elapsed().as_micros() as u64);
                     }
                 }
-                ServerFrame::Message(message) => {
-                    let seq = message.seq.0;
+                Quick::Message { seq, sender, body } => {
                     if seq <= last_seq {
                         result.duplicated += 1;
                         continue;
                     }
                     result.gaps += seq - last_seq - 1;
                     last_seq = seq;
-                    if message.sender_id.as_str() != self.me {
+                    if sender != self.me {
                         result.received += 1;
-                        if let Some(sent_at) = sent_at_micros(&message.body) {
+                        if let Some(sent_at) = sent_at_micros(body) {
                             let now = self.started.elapsed().as_micros() as u64;
                             let _ = result
                                 .e2e_latency
@@ -293,8 +291,11 @@ impl User {
                         }
                     }
                 }
-                ServerFrame::Error(error) => anyhow::bail!("server error: {error:?}"),
-                _ => {}
+                Quick::Error => {
+                    let error = lanes_protocol::codec::decode_server(text.as_str());
+                    anyhow::bail!("server error: {error:?}");
+                }
+                Quick::Other => {}
             }
         }
         Ok(result)
