@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use lanes_protocol::{ConversationId, Seq, UserId};
-use tokio::sync::mpsc;
+
+mod queue;
+
+pub use queue::QueueReceiver;
+use queue::{QueueSender, queue};
 
 /// What a connection receives from the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +42,7 @@ pub struct Subscription<P> {
     /// Identifies the connection for `unregister`.
     pub connection_id: ConnectionId,
     /// Frames for this connection, at most `queue_len_max` waiting.
-    pub receiver: mpsc::Receiver<Event<P>>,
+    pub receiver: QueueReceiver<Event<P>>,
     /// Set when the queue overflowed; the connection must close and the client resume.
     pub slow: Arc<AtomicBool>,
     /// Membership version at registration, for `set_conversations`.
@@ -48,7 +52,7 @@ pub struct Subscription<P> {
 #[derive(Debug)]
 struct ConnectionEntry<P> {
     connection_id: ConnectionId,
-    sender: mpsc::Sender<Event<P>>,
+    sender: QueueSender<Event<P>>,
     slow: Arc<AtomicBool>,
 }
 
@@ -120,7 +124,7 @@ impl<P: Clone> Hub<P> {
     /// are known: for a user's first connection, call `set_conversations` next.
     pub fn register(&self, user_id: &UserId) -> Subscription<P> {
         let connection_id = ConnectionId(self.next_connection_id.fetch_add(1, Ordering::Relaxed));
-        let (sender, receiver) = mpsc::channel(self.queue_len_max);
+        let (sender, receiver) = queue(self.queue_len_max);
         let slow = Arc::new(AtomicBool::new(false));
         let mut inner = self.write();
         let user = inner
@@ -271,7 +275,7 @@ impl<P: Clone> Hub<P> {
                     if Some(entry.connection_id) == origin {
                         continue;
                     }
-                    if entry.sender.try_send(event.clone()).is_ok() {
+                    if entry.sender.try_send(event.clone()) {
                         delivered += 1;
                     } else {
                         slow.push((user_id.clone(), entry.connection_id));
@@ -331,7 +335,7 @@ fn remove_online_member(
 fn notify<P: Clone>(connections: &[ConnectionEntry<P>], event: &Event<P>) -> Vec<ConnectionId> {
     connections
         .iter()
-        .filter(|entry| entry.sender.try_send(event.clone()).is_err())
+        .filter(|entry| !entry.sender.try_send(event.clone()))
         .map(|entry| entry.connection_id)
         .collect()
 }
@@ -378,7 +382,7 @@ mod tests {
     }
 
     fn drain(subscription: &mut Subscription<u32>) -> Vec<Event<u32>> {
-        std::iter::from_fn(|| subscription.receiver.try_recv().ok()).collect()
+        std::iter::from_fn(|| subscription.receiver.try_recv()).collect()
     }
 
     fn message(conversation: u64, seq: u64, payload: u32) -> Event<u32> {

@@ -418,7 +418,7 @@ impl Session {
             let Some(event) = self
                 .subscription
                 .as_mut()
-                .and_then(|subscription| subscription.receiver.try_recv().ok())
+                .and_then(|subscription| subscription.receiver.try_recv())
             else {
                 break;
             };
@@ -491,7 +491,7 @@ impl Session {
             next = self
                 .subscription
                 .as_mut()
-                .and_then(|subscription| subscription.receiver.try_recv().ok());
+                .and_then(|subscription| subscription.receiver.try_recv());
         }
         Ok(())
     }
