@@ -195,22 +195,21 @@ async fn open(
     let names: Vec<String> = (first..first + count)
         .map(|i| user_name(run, i / devices))
         .collect();
-    for chunk in names.chunks(parallel.max(1)) {
-        let connects = chunk.iter().map(|name| async move {
-            let started = Instant::now();
-            let connected = target.connect(name, Vec::new()).await?;
-            anyhow::Ok((connected, started.elapsed()))
-        });
-        for ((socket, _), took) in futures_util::future::try_join_all(connects)
-            .await
-            .context("connect")?
-        {
-            let _ = connect_latency.record(took.as_micros() as u64);
-            holders.push(tokio::spawn(async move {
-                let mut socket = socket;
-                while let Some(Ok(_)) = socket.next().await {}
-            }));
-        }
+    // A sliding window of `parallel` connects in flight, not batches: a batch waits for its
+    // slowest connect, which made the tail, not the server, set the measured rate.
+    let mut connects = futures_util::stream::iter(names.iter().map(|name| async move {
+        let started = Instant::now();
+        let connected = target.connect(name, Vec::new()).await?;
+        anyhow::Ok((connected, started.elapsed()))
+    }))
+    .buffer_unordered(parallel.max(1));
+    while let Some(connected) = connects.next().await {
+        let ((socket, _), took) = connected.context("connect")?;
+        let _ = connect_latency.record(took.as_micros() as u64);
+        holders.push(tokio::spawn(async move {
+            let mut socket = socket;
+            while let Some(Ok(_)) = socket.next().await {}
+        }));
     }
     Ok((holders, connect_latency))
 }
