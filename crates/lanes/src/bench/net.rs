@@ -93,6 +93,8 @@ impl Target {
         let index = self.next_source.fetch_add(1, Ordering::Relaxed) % usize::from(self.sources);
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + index as u8));
         let socket = TcpSocket::new_v4()?;
+        // Earlier runs leave ports in TIME_WAIT; without this, bind() refuses them.
+        socket.set_reuseaddr(true)?;
         if self.sources > 1 {
             // bind(port 0) searches the port space itself and grows slow with many sockets;
             // connect's own port choice is cheaper, so only bind when spreading over sources.
