@@ -344,10 +344,7 @@ impl Connection {
     pub fn handle_slow_consumer(&mut self) {
         self.write_error(
             ErrorCode::SlowConsumer,
-            format!(
-                "more than {} frames queued; reconnect and resume from your cursors",
-                limits::CONNECTION_QUEUE_LEN_MAX
-            ),
+            "this connection's queue overflowed; reconnect and resume from your cursors".into(),
             None,
         );
         self.close(close_code::SLOW_CONSUMER, "slow consumer");
