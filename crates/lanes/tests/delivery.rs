@@ -494,3 +494,109 @@ async fn direct_conversations_are_idempotent_and_history_pages_both_ways() {
     );
     server.assert_clean_log();
 }
+
+#[tokio::test]
+async fn group_roles_decide_who_manages_whom() {
+    let (server, http) = start();
+    let owner = http.register("owner").await;
+    let admin = http.register("admin").await;
+    let member = http.register("member").await;
+    let _extra = http.register("extra").await;
+    let _late = http.register("late").await;
+    let group = http.group(&owner, "roles", &["member".to_owned()]).await;
+    let add = |token: &str, user: &str, role: Option<&str>| {
+        let body = match role {
+            Some(role) => json!({"user_id": user, "role": role}),
+            None => json!({"user_id": user}),
+        };
+        let path = format!("/v1/conversations/{group}/members");
+        let token = token.to_owned();
+        let http = &http;
+        async move { http.call("POST", &path, Some(&token), Some(body)).await.0 }
+    };
+    let remove = |token: &str, user: &str| {
+        let path = format!("/v1/conversations/{group}/members/{user}");
+        let token = token.to_owned();
+        let http = &http;
+        async move { http.call("DELETE", &path, Some(&token), None).await.0 }
+    };
+    assert_eq!(add(&member, "extra", None).await, 403, "members do not add");
+    assert_eq!(
+        add(&owner, "admin", Some("admin")).await,
+        204,
+        "the owner adds an admin"
+    );
+    assert_eq!(
+        add(&admin, "extra", Some("admin")).await,
+        403,
+        "admins do not make admins"
+    );
+    assert_eq!(add(&admin, "extra", None).await, 204, "admins add members");
+    assert_eq!(
+        add(&admin, "extra", None).await,
+        204,
+        "adding a member again is a no-op"
+    );
+    assert_eq!(
+        add(&owner, "late", Some("owner")).await,
+        403,
+        "nobody adds an owner"
+    );
+    assert_eq!(
+        remove(&admin, "owner").await,
+        403,
+        "nobody removes the owner"
+    );
+    assert_eq!(
+        remove(&member, "extra").await,
+        403,
+        "members do not remove others"
+    );
+    assert_eq!(remove(&admin, "extra").await, 204, "admins remove members");
+    assert_eq!(
+        remove(&member, "member").await,
+        204,
+        "anyone may remove themselves"
+    );
+    // The owner leaves: the admin becomes owner and can now add admins.
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{group}/leave"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, view) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{group}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let roles: Vec<(String, String)> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["user_id"].as_str().unwrap().to_owned(),
+                m["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(roles, vec![("admin".to_owned(), "owner".to_owned())]);
+    assert_eq!(add(&admin, "late", Some("admin")).await, 204);
+    let (status, _) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{group}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "a former owner is an outsider");
+    server.assert_clean_log();
+}
