@@ -44,6 +44,15 @@ impl ConnectionConfig {
     }
 }
 
+/// How a peer broke the WebSocket layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// Framing rules (reserved bits, unmasked client frame, bad opcode, bad fragmentation).
+    Protocol,
+    /// A text frame whose payload is not UTF-8.
+    InvalidUtf8,
+}
+
 /// What to do with a live message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -169,6 +178,19 @@ impl Connection {
             None,
         );
         self.close(1009, "frame too large");
+    }
+
+    /// The peer broke the WebSocket protocol itself (bad framing, reserved bits, unmasked
+    /// frame: close 1002) or sent a text frame that is not UTF-8 (close 1007). Nothing it sent
+    /// can be trusted after that, so the connection is closed after saying why.
+    pub fn handle_violation(&mut self, now: Instant, violation: Violation) {
+        self.handle_received(now);
+        let (code, reason) = match violation {
+            Violation::Protocol => (1002, "websocket protocol error"),
+            Violation::InvalidUtf8 => (1007, "text frame is not valid UTF-8"),
+        };
+        self.write_error(ErrorCode::BadFrame, reason.into(), None);
+        self.close(code, reason);
     }
 
     /// A decoded client frame.

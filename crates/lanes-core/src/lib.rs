@@ -7,5 +7,5 @@ pub mod membership;
 pub mod validate;
 
 pub use commit_queue::CommitQueue;
-pub use connection::{Admission, Connection, ConnectionConfig, Output};
+pub use connection::{Admission, Connection, ConnectionConfig, Output, Violation};
 pub use validate::{Limits, Rejection, ValidSend};

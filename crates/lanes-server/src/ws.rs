@@ -13,7 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use lanes_core::{Admission, Connection, Output};
+use lanes_core::{Admission, Connection, Output, Violation};
 use lanes_hub::{Event, Subscription};
 use lanes_protocol::codec::{decode_client, encode_server};
 use lanes_protocol::{ConversationId, ErrorCode, ErrorFrame, ServerFrame, UserId, limits};
@@ -171,15 +171,25 @@ impl Session {
         let now = Instant::now();
         match frame {
             None => Err(End::Socket),
-            Some(Err(err)) => {
-                if is_too_big(&err) {
+            Some(Err(err)) => match websocket_error(&err) {
+                Some(tungstenite::Error::Capacity(_)) => {
                     self.connection.handle_oversized(now);
                     Ok(())
-                } else {
+                }
+                Some(tungstenite::Error::Protocol(_)) => {
+                    self.connection.handle_violation(now, Violation::Protocol);
+                    Ok(())
+                }
+                Some(tungstenite::Error::Utf8(_)) => {
+                    self.connection
+                        .handle_violation(now, Violation::InvalidUtf8);
+                    Ok(())
+                }
+                _ => {
                     tracing::debug!("websocket read failed: {err}");
                     Err(End::Socket)
                 }
-            }
+            },
             Some(Ok(Message::Text(text))) => {
                 match decode_client(text.as_str()) {
                     Ok(frame) => self.connection.handle_frame(now, frame),
@@ -543,14 +553,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn is_too_big(err: &axum::Error) -> bool {
+/// The tungstenite error behind an axum WebSocket error, if there is one.
+fn websocket_error(err: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
-        {
-            return true;
+        if let Some(found) = current.downcast_ref::<tungstenite::Error>() {
+            return Some(found);
         }
         source = current.source();
     }
-    false
+    None
 }

@@ -375,3 +375,111 @@ async fn a_revoked_token_stops_working() {
     assert_ne!(session["token"].as_str(), Some(alice.as_str()));
     server.assert_clean_log();
 }
+
+/// Speaks WebSocket by hand over TCP, so a test can send frames no library would produce.
+mod raw_tcp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub(super) async fn upgrade(addr: std::net::SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        while !response.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            response.push(byte[0]);
+        }
+        assert!(
+            response.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&response)
+        );
+        stream
+    }
+
+    /// A client frame: FIN + `first_byte_bits`, masked (unless `masked` is false) with a zero key.
+    pub(super) fn frame(first_byte: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut frame = vec![
+            first_byte,
+            payload.len() as u8 | if masked { 0x80 } else { 0 },
+        ];
+        if masked {
+            frame.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// Reads server frames until a close; returns (text frames, close code).
+    pub(super) async fn until_close(stream: &mut TcpStream) -> (Vec<String>, Option<u16>) {
+        let mut texts = Vec::new();
+        loop {
+            let mut header = [0u8; 2];
+            if stream.read_exact(&mut header).await.is_err() {
+                return (texts, None);
+            }
+            let mut len = u64::from(header[1] & 0x7f);
+            if len == 126 {
+                let mut extended = [0u8; 2];
+                stream.read_exact(&mut extended).await.unwrap();
+                len = u64::from(u16::from_be_bytes(extended));
+            }
+            let mut payload = vec![0u8; len as usize];
+            stream.read_exact(&mut payload).await.unwrap();
+            match header[0] & 0x0f {
+                0x1 => texts.push(String::from_utf8(payload).unwrap()),
+                0x8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return (texts, code);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_close_with_their_codes() {
+    let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "text frame that is not UTF-8",
+            raw_tcp::frame(0x81, &[0xff, 0xfe, 0xfd], true),
+            1007,
+        ),
+        (
+            "reserved bit set",
+            raw_tcp::frame(0x81 | 0x40, b"{}", true),
+            1002,
+        ),
+        (
+            "unmasked client frame",
+            raw_tcp::frame(0x81, b"{}", false),
+            1002,
+        ),
+        ("unknown opcode", raw_tcp::frame(0x83, b"{}", true), 1002),
+    ];
+    for (name, frame, code) in cases {
+        let mut stream = raw_tcp::upgrade(server.addr()).await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &frame)
+            .await
+            .unwrap();
+        let (texts, closed_with) =
+            tokio::time::timeout(common::FRAME_TIMEOUT, raw_tcp::until_close(&mut stream))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no close"));
+        assert_eq!(closed_with, Some(code), "{name}: {texts:?}");
+        assert!(
+            texts.iter().any(|text| text.contains("bad_frame")),
+            "{name}: {texts:?}"
+        );
+    }
+    server.assert_clean_log();
+}
