@@ -14,7 +14,7 @@ use lanes_protocol::http::{
     Role,
 };
 use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId, limits};
-use lanes_store::MembershipChange;
+use lanes_store::ManageOutcome;
 use serde::Deserialize;
 
 use lanes_core::membership::may_manage;
@@ -274,31 +274,24 @@ async fn get_conversation(
     view(&state, conversation_id, caller.user_id).await
 }
 
-/// The caller's role in a group they belong to; `not_found` when not a member, `forbidden` for
-/// direct conversations (fixed membership).
-async fn group_role(
-    state: &AppState,
-    conversation_id: ConversationId,
-    caller: &UserId,
-) -> Result<(Role, Vec<(UserId, Role)>), ApiError> {
-    let info = blocking(&state.store, move |store| {
-        store.conversation_info(conversation_id)
-    })
-    .await?
-    .ok_or_else(ApiError::not_found)?;
-    let role = info
-        .members
-        .iter()
-        .find(|(user_id, _)| user_id == caller)
-        .map(|(_, role)| *role)
-        .ok_or_else(ApiError::not_found)?;
-    if info.kind == ConversationKind::Direct {
-        return Err(ApiError::new(
+/// Turns a refused membership change into its HTTP error.
+fn manage_error(outcome: ManageOutcome) -> Option<ApiError> {
+    match outcome {
+        ManageOutcome::Changed | ManageOutcome::Unchanged => None,
+        ManageOutcome::NotFound => Some(ApiError::not_found()),
+        ManageOutcome::Direct => Some(ApiError::new(
             ErrorCode::Forbidden,
             "direct conversations have fixed members",
-        ));
+        )),
+        ManageOutcome::Forbidden => Some(ApiError::new(
+            ErrorCode::Forbidden,
+            "only the owner manages admins, the owner and admins manage members, and nobody \
+             adds or removes the owner",
+        )),
+        ManageOutcome::Full => Some(ApiError::new(ErrorCode::Conflict, "the group is full")),
+        ManageOutcome::UnknownUser => Some(ApiError::new(ErrorCode::NotFound, "user not found")),
+        ManageOutcome::NotMember => Some(ApiError::new(ErrorCode::NotFound, "not a member")),
     }
-    Ok((role, info.members))
 }
 
 /// `POST /v1/conversations/{id}/members`
@@ -310,31 +303,27 @@ async fn add_member(
 ) -> Result<StatusCode, ApiError> {
     let conversation_id = conversation_id(path)?;
     let Json(request) = body?;
-    let (role, members) = group_role(&state, conversation_id, &caller.user_id).await?;
-    let new_role = request.role.unwrap_or(Role::Member);
-    if !may_manage(role, new_role) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only the owner adds admins, and only the owner and admins add members",
-        ));
-    }
-    if members
-        .iter()
-        .any(|(user_id, _)| *user_id == request.user_id)
-    {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    if members.len() >= state.config.limits.group_members_max {
-        return Err(ApiError::new(ErrorCode::Conflict, "the group is full"));
-    }
-    require_users(&state, vec![request.user_id.clone()]).await?;
-    let user_id = request.user_id.clone();
+    let role = request.role.unwrap_or(Role::Member);
+    let members_max = state.config.limits.group_members_max;
+    let (actor, added) = (caller.user_id.clone(), request.user_id.clone());
     let now = now_millis();
-    let change = blocking(&state.store, move |store| {
-        store.add_member(conversation_id, &user_id, new_role, now)
+    // The store decides with the actor's role as of the same transaction as the change.
+    let outcome = blocking(&state.store, move |store| {
+        store.add_member_as(
+            &actor,
+            conversation_id,
+            &added,
+            role,
+            members_max,
+            may_manage,
+            now,
+        )
     })
     .await?;
-    if change == MembershipChange::Changed {
+    if let Some(error) = manage_error(outcome) {
+        return Err(error);
+    }
+    if outcome == ManageOutcome::Changed {
         state.hub.member_added(conversation_id, &request.user_id);
     }
     Ok(StatusCode::NO_CONTENT)
@@ -347,27 +336,9 @@ async fn remove_member(
     path: Result<Path<(u64, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path((id, target)) = path?;
-    let conversation_id = ConversationId(id);
     let target = UserId::parse(&target)
         .map_err(|err| ApiError::new(ErrorCode::InvalidField, format!("user_id: {err}")))?;
-    let (role, members) = group_role(&state, conversation_id, &caller.user_id).await?;
-    if target == caller.user_id {
-        return remove(&state, conversation_id, target).await;
-    }
-    let Some(target_role) = members
-        .iter()
-        .find(|(user_id, _)| *user_id == target)
-        .map(|(_, role)| *role)
-    else {
-        return Err(ApiError::new(ErrorCode::NotFound, "not a member"));
-    };
-    if !may_manage(role, target_role) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only the owner removes admins, only the owner and admins remove members, nobody removes the owner",
-        ));
-    }
-    remove(&state, conversation_id, target).await
+    remove(&state, ConversationId(id), caller.user_id, target).await
 }
 
 /// `POST /v1/conversations/{id}/leave`
@@ -377,26 +348,66 @@ async fn leave(
     path: Result<Path<u64>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let conversation_id = conversation_id(path)?;
-    group_role(&state, conversation_id, &caller.user_id).await?;
-    remove(&state, conversation_id, caller.user_id).await
+    remove(
+        &state,
+        conversation_id,
+        caller.user_id.clone(),
+        caller.user_id,
+    )
+    .await
 }
 
 async fn remove(
     state: &AppState,
     conversation_id: ConversationId,
-    user_id: UserId,
+    actor: UserId,
+    target: UserId,
 ) -> Result<StatusCode, ApiError> {
+    // Refuse what the current roles already refuse before touching the hub, so that nobody can
+    // make another member's devices see `left`/`joined` by trying. The store decides again in
+    // its transaction; only a race with a role change reaches the put-back below.
+    let info = blocking(&state.store, move |store| {
+        store.conversation_info(conversation_id)
+    })
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let role_of = |user: &UserId| {
+        info.members
+            .iter()
+            .find(|(member, _)| member == user)
+            .map(|(_, role)| *role)
+    };
+    let precheck = match (info.kind, role_of(&actor), role_of(&target)) {
+        (_, None, _) => ManageOutcome::NotFound,
+        (ConversationKind::Direct, _, _) => ManageOutcome::Direct,
+        (_, Some(_), _) if actor == target => ManageOutcome::Changed,
+        (_, Some(_), None) => ManageOutcome::NotMember,
+        (_, Some(actor_role), Some(target_role)) if !may_manage(actor_role, target_role) => {
+            ManageOutcome::Forbidden
+        }
+        _ => ManageOutcome::Changed,
+    };
+    if let Some(error) = manage_error(precheck) {
+        return Err(error);
+    }
     // The hub forgets the member first: the committer may publish between the store's commit
-    // and any later call, and a removed member must not receive that.
-    state.hub.member_removed(conversation_id, &user_id);
-    let removed = user_id.clone();
+    // and any later call, and a removed member must not receive that. If the store then refuses
+    // or fails, the member is put back (a `joined` catch-up covers what was skipped).
+    state.hub.member_removed(conversation_id, &target);
+    let removed = target.clone();
     let result = blocking(&state.store, move |store| {
-        store.remove_member(conversation_id, &removed)
+        store.remove_member_as(&actor, conversation_id, &removed, may_manage)
     })
     .await;
-    if result.is_err() {
-        // Still a member: deliver again (a `joined` catch-up covers what was skipped).
-        state.hub.member_added(conversation_id, &user_id);
+    let refused = match &result {
+        Ok(outcome) => manage_error(*outcome),
+        Err(_) => None,
+    };
+    if result.is_err() || refused.is_some() {
+        state.hub.member_added(conversation_id, &target);
+    }
+    if let Some(error) = refused {
+        return Err(error);
     }
     result?;
     Ok(StatusCode::NO_CONTENT)

@@ -13,7 +13,8 @@ use lanes_protocol::{
     ClientMsgId, ConversationId, MessageFrame, MessageId, Seq, StoreEpoch, UnixMillis, UserId,
 };
 use lanes_store::{
-    AppendOutcome, ConversationInfo, MembershipChange, NewMessage, Store, StoreError, StoredUser,
+    AppendOutcome, ConversationInfo, ManageOutcome, MayManage, MembershipChange, NewMessage, Store,
+    StoreError, StoredUser,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -342,6 +343,56 @@ fn view_of(
     }))
 }
 
+/// The conversation's kind and `user_id`'s role in it; `None` unless they are a member.
+fn kind_and_role(
+    connection: &Connection,
+    conversation_id: ConversationId,
+    user_id: &UserId,
+) -> rusqlite::Result<Option<(ConversationKind, Role)>> {
+    connection
+        .prepare_cached(
+            "SELECT c.kind, m.role FROM conversations c
+             JOIN members m ON m.conversation_id = c.conversation_id
+             WHERE c.conversation_id = ?1 AND m.user_id = ?2",
+        )?
+        .query_row(
+            params![sql_i64(conversation_id.0), user_id.as_str()],
+            |row| Ok((kind_column(row, 0)?, role_column(row, 1)?)),
+        )
+        .optional()
+}
+
+/// Deletes a membership; when the owner goes, the longest-standing admin (else member) becomes
+/// owner. False if `user_id` was not a member.
+fn delete_member(
+    transaction: &rusqlite::Transaction<'_>,
+    conversation_id: ConversationId,
+    user_id: &UserId,
+) -> rusqlite::Result<bool> {
+    let role: Option<String> = transaction
+        .prepare_cached(
+            "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 RETURNING role",
+        )?
+        .query_row(
+            params![sql_i64(conversation_id.0), user_id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(role) = role else {
+        return Ok(false);
+    };
+    if role == Role::Owner.as_str() {
+        transaction.execute(
+            "UPDATE members SET role = 'owner'
+             WHERE conversation_id = ?1 AND user_id = (
+                 SELECT user_id FROM members WHERE conversation_id = ?1
+                 ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1)",
+            [sql_i64(conversation_id.0)],
+        )?;
+    }
+    Ok(true)
+}
+
 fn insert_member(
     transaction: &rusqlite::Transaction<'_>,
     conversation_id: ConversationId,
@@ -599,25 +650,81 @@ impl Store for SqliteStore {
         user_id: &UserId,
     ) -> Result<MembershipChange, StoreError> {
         self.write(|transaction| {
-            let role: Option<String> = transaction
-                .prepare_cached(
-                    "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2 RETURNING role",
-                )?
-                .query_row(params![sql_i64(conversation_id.0), user_id.as_str()], |row| row.get(0))
-                .optional()?;
-            let Some(role) = role else {
-                return Ok(MembershipChange::Unchanged);
+            Ok(if delete_member(transaction, conversation_id, user_id)? {
+                MembershipChange::Changed
+            } else {
+                MembershipChange::Unchanged
+            })
+        })
+    }
+
+    fn add_member_as(
+        &self,
+        actor: &UserId,
+        conversation_id: ConversationId,
+        user_id: &UserId,
+        role: Role,
+        members_max: usize,
+        may_manage: MayManage,
+        now: UnixMillis,
+    ) -> Result<ManageOutcome, StoreError> {
+        self.write(|transaction| {
+            let Some((kind, actor_role)) = kind_and_role(transaction, conversation_id, actor)?
+            else {
+                return Ok(ManageOutcome::NotFound);
             };
-            if role == Role::Owner.as_str() {
-                transaction.execute(
-                    "UPDATE members SET role = 'owner'
-                     WHERE conversation_id = ?1 AND user_id = (
-                         SELECT user_id FROM members WHERE conversation_id = ?1
-                         ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1)",
-                    [sql_i64(conversation_id.0)],
-                )?;
+            if kind == ConversationKind::Direct {
+                return Ok(ManageOutcome::Direct);
             }
-            Ok(MembershipChange::Changed)
+            if !may_manage(actor_role, role) {
+                return Ok(ManageOutcome::Forbidden);
+            }
+            if is_member(transaction, conversation_id, user_id)? {
+                return Ok(ManageOutcome::Unchanged);
+            }
+            let exists = transaction
+                .prepare_cached("SELECT 1 FROM users WHERE user_id = ?1")?
+                .exists([user_id.as_str()])?;
+            if !exists {
+                return Ok(ManageOutcome::UnknownUser);
+            }
+            let members: i64 = transaction
+                .prepare_cached("SELECT COUNT(*) FROM members WHERE conversation_id = ?1")?
+                .query_row([sql_i64(conversation_id.0)], |row| row.get(0))?;
+            if usize::try_from(members).unwrap_or(usize::MAX) >= members_max {
+                return Ok(ManageOutcome::Full);
+            }
+            insert_member(transaction, conversation_id, user_id, role, now)?;
+            Ok(ManageOutcome::Changed)
+        })
+    }
+
+    fn remove_member_as(
+        &self,
+        actor: &UserId,
+        conversation_id: ConversationId,
+        target: &UserId,
+        may_manage: MayManage,
+    ) -> Result<ManageOutcome, StoreError> {
+        self.write(|transaction| {
+            let Some((kind, actor_role)) = kind_and_role(transaction, conversation_id, actor)?
+            else {
+                return Ok(ManageOutcome::NotFound);
+            };
+            if kind == ConversationKind::Direct {
+                return Ok(ManageOutcome::Direct);
+            }
+            if actor != target {
+                let Some((_, target_role)) = kind_and_role(transaction, conversation_id, target)?
+                else {
+                    return Ok(ManageOutcome::NotMember);
+                };
+                if !may_manage(actor_role, target_role) {
+                    return Ok(ManageOutcome::Forbidden);
+                }
+            }
+            delete_member(transaction, conversation_id, target)?;
+            Ok(ManageOutcome::Changed)
         })
     }
 

@@ -8,7 +8,7 @@
 use lanes_protocol::http::{ConversationKind, Role};
 use lanes_protocol::{ClientMsgId, ConversationId, Seq, UnixMillis, UserId};
 
-use crate::{AppendOutcome, MembershipChange, NewMessage, Store, StoredUser};
+use crate::{AppendOutcome, ManageOutcome, MembershipChange, NewMessage, Store, StoredUser};
 
 const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
 
@@ -35,6 +35,10 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
         ("membership_changes", membership_changes),
         ("owner_leaving_hands_over", owner_leaving_hands_over),
         ("conversation_views", conversation_views),
+        (
+            "managing_on_behalf_checks_the_actor",
+            managing_on_behalf_checks_the_actor,
+        ),
         ("epoch_is_stable", epoch_is_stable),
     ];
     for (name, behaviour) in behaviours {
@@ -438,4 +442,86 @@ pub fn epoch_is_stable(store: &dyn Store) {
     let epoch = store.epoch();
     assert!(!epoch.0.is_empty());
     assert_eq!(store.epoch(), epoch);
+}
+
+/// The rule the suite manages with: owners manage non-owners, admins manage members.
+fn may_manage(actor: Role, target: Role) -> bool {
+    matches!(
+        (actor, target),
+        (Role::Owner, Role::Admin | Role::Member) | (Role::Admin, Role::Member)
+    )
+}
+
+/// `add_member_as` / `remove_member_as` decide from the actor's role, the group's size and the
+/// users' existence as stored in the same transaction, and write nothing unless `Changed`.
+pub fn managing_on_behalf_checks_the_actor(store: &dyn Store) {
+    let owner = user(store, "owner");
+    let admin = user(store, "admin");
+    let member = user(store, "member");
+    let extra = user(store, "extra");
+    let outsider = user(store, "outsider");
+    let ghost = UserId::parse("ghost").expect("valid");
+    let group = store
+        .create_group(&owner, "team", std::slice::from_ref(&member), NOW)
+        .expect("group");
+    let (direct, _) = store.create_direct(&owner, &member, NOW).expect("direct");
+    let add = |actor: &UserId, target: &UserId, role: Role, max: usize| {
+        store
+            .add_member_as(actor, group, target, role, max, may_manage, NOW)
+            .expect("add")
+    };
+    assert_eq!(
+        add(&outsider, &extra, Role::Member, 10),
+        ManageOutcome::NotFound
+    );
+    assert_eq!(
+        add(&member, &extra, Role::Member, 10),
+        ManageOutcome::Forbidden
+    );
+    assert_eq!(add(&owner, &admin, Role::Admin, 10), ManageOutcome::Changed);
+    assert_eq!(
+        add(&admin, &extra, Role::Admin, 10),
+        ManageOutcome::Forbidden
+    );
+    assert_eq!(
+        add(&admin, &ghost, Role::Member, 10),
+        ManageOutcome::UnknownUser
+    );
+    assert_eq!(add(&admin, &extra, Role::Member, 3), ManageOutcome::Full);
+    assert_eq!(add(&admin, &extra, Role::Member, 4), ManageOutcome::Changed);
+    assert_eq!(
+        add(&admin, &extra, Role::Member, 4),
+        ManageOutcome::Unchanged
+    );
+    assert_eq!(
+        store
+            .add_member_as(&owner, direct, &extra, Role::Member, 10, may_manage, NOW)
+            .expect("add"),
+        ManageOutcome::Direct
+    );
+    let remove = |actor: &UserId, target: &UserId| {
+        store
+            .remove_member_as(actor, group, target, may_manage)
+            .expect("remove")
+    };
+    assert_eq!(remove(&member, &extra), ManageOutcome::Forbidden);
+    assert_eq!(remove(&admin, &owner), ManageOutcome::Forbidden);
+    assert_eq!(remove(&admin, &outsider), ManageOutcome::NotMember);
+    assert_eq!(remove(&outsider, &member), ManageOutcome::NotFound);
+    assert_eq!(remove(&admin, &extra), ManageOutcome::Changed);
+    assert_eq!(
+        remove(&member, &member),
+        ManageOutcome::Changed,
+        "anyone may leave"
+    );
+    assert_eq!(remove(&owner, &owner), ManageOutcome::Changed);
+    let info = store
+        .conversation_info(group)
+        .expect("info")
+        .expect("exists");
+    assert_eq!(
+        info.members,
+        vec![(admin, Role::Owner)],
+        "the admin inherited the group"
+    );
 }

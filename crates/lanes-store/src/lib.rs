@@ -51,6 +51,30 @@ pub enum MembershipChange {
     Unchanged,
 }
 
+/// What managing membership on someone's behalf did. Everything but `Changed` wrote nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManageOutcome {
+    /// The membership changed.
+    Changed,
+    /// Nothing to do: already a member (add).
+    Unchanged,
+    /// The actor is not a member, or the conversation does not exist.
+    NotFound,
+    /// Direct conversations have fixed members.
+    Direct,
+    /// The actor's role may not do this to that role.
+    Forbidden,
+    /// The group already has the most members allowed.
+    Full,
+    /// The user to add does not exist.
+    UnknownUser,
+    /// The user to remove is not a member.
+    NotMember,
+}
+
+/// Whether a member with the first role may add or remove one with the second.
+pub type MayManage = fn(Role, Role) -> bool;
+
 /// A user as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredUser {
@@ -145,6 +169,31 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: ConversationId,
         user_id: &UserId,
     ) -> Result<MembershipChange, StoreError>;
+
+    /// Adds `user_id` as `role` on behalf of `actor`, deciding in the same transaction that the
+    /// actor's current role allows it (`may_manage`), that the user exists, and that the group
+    /// holds fewer than `members_max`: a concurrent demotion or add cannot slip past the check.
+    #[allow(clippy::too_many_arguments)]
+    fn add_member_as(
+        &self,
+        actor: &UserId,
+        conversation_id: ConversationId,
+        user_id: &UserId,
+        role: Role,
+        members_max: usize,
+        may_manage: MayManage,
+        now: UnixMillis,
+    ) -> Result<ManageOutcome, StoreError>;
+    /// Removes `target` on behalf of `actor` (anyone may remove themselves), deciding in the same
+    /// transaction that the actor's current role allows it. The owner's leaving hands ownership
+    /// on as in `remove_member`.
+    fn remove_member_as(
+        &self,
+        actor: &UserId,
+        conversation_id: ConversationId,
+        target: &UserId,
+        may_manage: MayManage,
+    ) -> Result<ManageOutcome, StoreError>;
 
     /// `append_batch`: commits the batch in one transaction with one fsync, assigning each
     /// conversation's next seqs in batch order. Outcomes are in batch order.
