@@ -10,11 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use lanes_protocol::http::{
-    AddMember, ConversationKind, ConversationList, CreateDirect, CreateGroup, Credentials, History,
-    Role,
+    AddMember, ConversationList, CreateDirect, CreateGroup, Credentials, History, Role,
 };
 use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId, limits};
-use lanes_store::ManageOutcome;
+use lanes_store::{ManageOutcome, decide_removal};
 use serde::Deserialize;
 
 use lanes_core::membership::may_manage;
@@ -377,16 +376,13 @@ async fn remove(
             .find(|(member, _)| member == user)
             .map(|(_, role)| *role)
     };
-    let precheck = match (info.kind, role_of(&actor), role_of(&target)) {
-        (_, None, _) => ManageOutcome::NotFound,
-        (ConversationKind::Direct, _, _) => ManageOutcome::Direct,
-        (_, Some(_), _) if actor == target => ManageOutcome::Changed,
-        (_, Some(_), None) => ManageOutcome::NotMember,
-        (_, Some(actor_role), Some(target_role)) if !may_manage(actor_role, target_role) => {
-            ManageOutcome::Forbidden
-        }
-        _ => ManageOutcome::Changed,
-    };
+    let precheck = decide_removal(
+        info.kind,
+        role_of(&actor),
+        role_of(&target),
+        actor == target,
+        may_manage,
+    );
     if let Some(error) = manage_error(precheck) {
         return Err(error);
     }

@@ -14,7 +14,7 @@ use lanes_protocol::{
 };
 use lanes_store::{
     AppendOutcome, ConversationInfo, ManageOutcome, MayManage, MembershipChange, NewMessage, Store,
-    StoreError, StoredUser,
+    StoreError, StoredUser, decide_removal,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -707,24 +707,22 @@ impl Store for SqliteStore {
         may_manage: MayManage,
     ) -> Result<ManageOutcome, StoreError> {
         self.write(|transaction| {
-            let Some((kind, actor_role)) = kind_and_role(transaction, conversation_id, actor)?
-            else {
+            let actor_row = kind_and_role(transaction, conversation_id, actor)?;
+            let target_row = kind_and_role(transaction, conversation_id, target)?;
+            let Some((kind, actor_role)) = actor_row else {
                 return Ok(ManageOutcome::NotFound);
             };
-            if kind == ConversationKind::Direct {
-                return Ok(ManageOutcome::Direct);
+            let decision = decide_removal(
+                kind,
+                Some(actor_role),
+                target_row.map(|(_, role)| role),
+                actor == target,
+                may_manage,
+            );
+            if decision == ManageOutcome::Changed {
+                delete_member(transaction, conversation_id, target)?;
             }
-            if actor != target {
-                let Some((_, target_role)) = kind_and_role(transaction, conversation_id, target)?
-                else {
-                    return Ok(ManageOutcome::NotMember);
-                };
-                if !may_manage(actor_role, target_role) {
-                    return Ok(ManageOutcome::Forbidden);
-                }
-            }
-            delete_member(transaction, conversation_id, target)?;
-            Ok(ManageOutcome::Changed)
+            Ok(decision)
         })
     }
 

@@ -75,6 +75,26 @@ pub enum ManageOutcome {
 /// Whether a member with the first role may add or remove one with the second.
 pub type MayManage = fn(Role, Role) -> bool;
 
+/// Whether `actor` may remove `target` from a conversation of `kind`, given their roles in it
+/// (`None`: not a member). `Changed` means allowed. Backends apply it inside the removal's
+/// transaction; callers may apply it to a read first to refuse early.
+pub fn decide_removal(
+    kind: ConversationKind,
+    actor_role: Option<Role>,
+    target_role: Option<Role>,
+    removing_self: bool,
+    may_manage: MayManage,
+) -> ManageOutcome {
+    match (actor_role, target_role) {
+        (None, _) => ManageOutcome::NotFound,
+        _ if kind == ConversationKind::Direct => ManageOutcome::Direct,
+        _ if removing_self => ManageOutcome::Changed,
+        (_, None) => ManageOutcome::NotMember,
+        (Some(actor), Some(target)) if !may_manage(actor, target) => ManageOutcome::Forbidden,
+        _ => ManageOutcome::Changed,
+    }
+}
+
 /// A user as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredUser {
