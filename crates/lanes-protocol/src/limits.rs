@@ -22,6 +22,9 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Most members a group may have, by default.
 pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
+/// `unread_count` stops counting here ("1000 or more"): counting is a scan of the unread
+/// messages, and a listing must not cost a conversation's whole history.
+pub const UNREAD_COUNT_MAX: u64 = 1000;
 /// Most cursors a `hello` frame may carry (a client with more conversations lets the rest be
 /// caught up from the start and drops what it already holds).
 pub const HELLO_CURSORS_MAX: usize = 5_000;

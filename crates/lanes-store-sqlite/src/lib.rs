@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use lanes_protocol::http::{Conversation, ConversationKind, Member, Role};
 use lanes_protocol::{
     ClientMsgId, ConversationId, MessageFrame, MessageId, Seq, StoreEpoch, UnixMillis, UserId,
+    limits,
 };
 use lanes_store::{
     AppendOutcome, ConversationInfo, ManageOutcome, MayManage, MembershipChange, NewMessage, Store,
@@ -316,14 +317,15 @@ fn view_of(
         .optional()?;
     let unread_count: i64 = connection
         .prepare_cached(
-            "SELECT COUNT(*) FROM messages
-             WHERE conversation_id = ?1 AND seq > ?2 AND sender_id != ?3",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender_id != ?3 LIMIT ?4)",
         )?
         .query_row(
             params![
                 sql_i64(conversation_id.0),
                 sql_i64(read_seq),
-                viewer.as_str()
+                viewer.as_str(),
+                sql_i64(limits::UNREAD_COUNT_MAX)
             ],
             |row| row.get(0),
         )?;

@@ -525,3 +525,21 @@ pub fn managing_on_behalf_checks_the_actor(store: &dyn Store) {
         "the admin inherited the group"
     );
 }
+
+/// `unread_count` counts at most `UNREAD_COUNT_MAX`, so listing never scans a whole history.
+pub fn unread_count_saturates(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let over = lanes_protocol::limits::UNREAD_COUNT_MAX + 5;
+    let batch: Vec<NewMessage> = (0..over)
+        .map(|i| message(&bob, &format!("m{i}"), ab))
+        .collect();
+    store.append_batch(&batch, NOW).expect("append");
+    let view = store
+        .conversation_for(ab, &alice)
+        .expect("view")
+        .expect("member");
+    assert_eq!(view.head_seq, Seq(over));
+    assert_eq!(view.unread_count, lanes_protocol::limits::UNREAD_COUNT_MAX);
+}
