@@ -97,7 +97,7 @@ async fn an_offline_recipient_catches_up_in_order_across_pages_then_continues_li
         &server.ws_url(),
         &bob,
         json!([{"conversation_id": conversation, "seq": 700}]),
-        server_epoch(&http).await.as_deref(),
+        http.epoch().await.as_deref(),
     )
     .await;
     assert_eq!(messages_of(&rest, conversation), expected[700..].to_vec());
@@ -115,11 +115,6 @@ async fn an_offline_recipient_catches_up_in_order_across_pages_then_continues_li
     server.assert_clean_log();
 }
 
-async fn server_epoch(http: &Http) -> Option<String> {
-    let (_, health) = http.call("GET", "/healthz", None, None).await;
-    health["epoch"].as_str().map(str::to_owned)
-}
-
 #[tokio::test]
 async fn cursors_from_another_epoch_are_ignored() {
     let (server, http) = start();
@@ -134,7 +129,7 @@ async fn cursors_from_another_epoch_are_ignored() {
         &server.ws_url(),
         &bob,
         cursor.clone(),
-        server_epoch(&http).await.as_deref(),
+        http.epoch().await.as_deref(),
     )
     .await;
     assert!(same_epoch.is_empty());

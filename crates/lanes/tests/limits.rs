@@ -152,7 +152,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
         &server.ws_url(),
         &bob,
         json!([{"conversation_id": group, "seq": messages}]),
-        health_epoch(&http).await.as_deref(),
+        http.epoch().await.as_deref(),
     )
     .await;
     let seqs: Vec<u64> = caught_up
@@ -164,11 +164,6 @@ async fn a_reader_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
         ((messages as u64 + 1)..=sent as u64).collect::<Vec<_>>()
     );
     server.assert_clean_log();
-}
-
-async fn health_epoch(http: &Http) -> Option<String> {
-    let (_, health) = http.call("GET", "/healthz", None, None).await;
-    health["epoch"].as_str().map(str::to_owned)
 }
 
 #[tokio::test]

@@ -76,6 +76,12 @@ impl Http {
         (status, value)
     }
 
+    /// The server's store epoch, from `/healthz`.
+    pub async fn epoch(&self) -> Option<String> {
+        let (_, health) = self.call("GET", "/healthz", None, None).await;
+        health["epoch"].as_str().map(str::to_owned)
+    }
+
     /// Registers `name` and returns its token.
     pub async fn register(&self, name: &str) -> String {
         let (status, body) = self
