@@ -23,7 +23,7 @@ pub(crate) fn ceiling(base: Duration, max: Duration, attempt: u32) -> Duration {
 
 /// "Full jitter": a delay drawn uniformly from `[0, ceiling]`, where `fraction` is the random
 /// draw in `[0, 1]` (out-of-range or NaN draws are clamped, never a panic).
-pub(crate) fn full_jitter(base: Duration, max: Duration, attempt: u32, fraction: f64) -> Duration {
+pub fn full_jitter(base: Duration, max: Duration, attempt: u32, fraction: f64) -> Duration {
     let ceiling = ceiling(base, max, attempt);
     let fraction = if fraction.is_finite() {
         fraction.clamp(0.0, 1.0)

@@ -31,6 +31,7 @@ mod http_api;
 mod pending;
 mod resume;
 
+pub use backoff::full_jitter;
 pub use client::{Client, ClientConfig, Event, Events};
 pub use error::ClientError;
 pub use http_api::HttpApi;

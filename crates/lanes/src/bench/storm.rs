@@ -170,12 +170,14 @@ pub(crate) async fn run(
     Ok(report)
 }
 
+/// The SDK's reconnect backoff (full jitter), so the storm measures what real clients do.
 fn backoff(args: &StormArgs, attempt: u32) -> Duration {
-    let ceiling = args
-        .backoff_base_ms
-        .saturating_mul(1 << attempt.min(16))
-        .min(args.backoff_max_ms);
-    Duration::from_millis(rand::random::<u64>() % ceiling.max(1))
+    lanes_client::full_jitter(
+        Duration::from_millis(args.backoff_base_ms),
+        Duration::from_millis(args.backoff_max_ms),
+        attempt,
+        rand::random(),
+    )
 }
 
 /// Receives its group's messages across reconnects; returns how many it never got.
