@@ -563,6 +563,17 @@ mod tests {
             None,
             &["write:pong"],
         );
+        let too_many: Vec<Cursor> = (0..=limits::HELLO_CURSORS_MAX as u64)
+            .map(|id| Cursor {
+                conversation_id: ConversationId(id),
+                seq: Seq(1),
+            })
+            .collect();
+        check(
+            vec![hello("t", too_many, None), hello("t", vec![], None)],
+            Some("alice"),
+            &["error:invalid_field", "authenticate", "write:welcome"],
+        );
     }
 
     #[test]
