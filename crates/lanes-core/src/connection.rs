@@ -2,6 +2,7 @@
 //! commit and closes out. Both transports drive it; chat rules live here, not in the glue.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanes_protocol::codec::DecodeError;
@@ -99,7 +100,8 @@ enum State {
 /// The state of one connection.
 #[derive(Debug)]
 pub struct Connection {
-    config: ConnectionConfig,
+    /// Shared by every connection of the server: one allocation, not one per connection.
+    config: Arc<ConnectionConfig>,
     state: State,
     /// Per conversation, the last seq the client holds: its cursor at `hello`, then advanced by
     /// every message written. Costs ~24 bytes per conversation of the user.
@@ -114,7 +116,7 @@ pub struct Connection {
 
 impl Connection {
     /// A connection accepted at `now`.
-    pub fn new(now: Instant, config: ConnectionConfig) -> Connection {
+    pub fn new(now: Instant, config: Arc<ConnectionConfig>) -> Connection {
         let deadline = now + config.hello_timeout;
         let next_ping_at = now + config.ping_interval;
         Connection {
@@ -493,7 +495,7 @@ mod tests {
     /// Runs `inputs` against a fresh connection and compares the outputs' shapes.
     fn check(inputs: Vec<ClientFrame>, authenticate_as: Option<&str>, expected: &[&str]) {
         let now = Instant::now();
-        let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+        let mut connection = Connection::new(now, Arc::new(ConnectionConfig::new(epoch())));
         let mut got = Vec::new();
         for frame in inputs {
             connection.handle_frame(now, frame);
@@ -588,7 +590,7 @@ mod tests {
             (Some(StoreEpoch("old".into())), Seq(0)),
         ] {
             let now = Instant::now();
-            let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+            let mut connection = Connection::new(now, Arc::new(ConnectionConfig::new(epoch())));
             connection.handle_frame(now, hello("t", vec![cursor.clone()], client_epoch));
             assert_eq!(connection.delivered(ConversationId(1)), expected);
         }
@@ -597,7 +599,7 @@ mod tests {
     #[test]
     fn duplicates_between_catch_up_and_live_are_dropped() {
         let now = Instant::now();
-        let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+        let mut connection = Connection::new(now, Arc::new(ConnectionConfig::new(epoch())));
         let conversation = ConversationId(3);
         let admitted: Vec<Admission> = [1, 2, 2, 1, 3, 5]
             .iter()
@@ -620,7 +622,7 @@ mod tests {
         let now = Instant::now();
         let mut config = ConnectionConfig::new(epoch());
         config.inflight_sends_max = 2;
-        let mut connection = Connection::new(now, config);
+        let mut connection = Connection::new(now, Arc::new(config));
         connection.handle_frame(now, hello("t", vec![], None));
         connection.handle_authenticated(UserId::parse("alice").unwrap());
         connection.handle_frame(now, send("a", "1"));
@@ -643,7 +645,7 @@ mod tests {
     #[test]
     fn shutdown_writes_pending_acks_before_closing() {
         let now = Instant::now();
-        let mut connection = Connection::new(now, ConnectionConfig::new(epoch()));
+        let mut connection = Connection::new(now, Arc::new(ConnectionConfig::new(epoch())));
         connection.handle_frame(now, hello("t", vec![], None));
         connection.handle_authenticated(UserId::parse("alice").unwrap());
         connection.handle_frame(now, send("a", "1"));
@@ -672,7 +674,7 @@ mod tests {
         let start = Instant::now();
         let config = ConnectionConfig::new(epoch());
         // No hello: closed with 4001 at the deadline, not before.
-        let mut connection = Connection::new(start, config.clone());
+        let mut connection = Connection::new(start, Arc::new(config.clone()));
         connection.handle_timeout(start + Duration::from_secs(9));
         assert!(drain(&mut connection).is_empty());
         assert_eq!(
@@ -691,7 +693,7 @@ mod tests {
         );
 
         // Authenticated: pinged every 20 s, closed after 60 s of silence.
-        let mut connection = Connection::new(start, config);
+        let mut connection = Connection::new(start, Arc::new(config));
         connection.handle_frame(start, hello("t", vec![], None));
         connection.handle_authenticated(UserId::parse("alice").unwrap());
         drain(&mut connection);

@@ -61,6 +61,8 @@ pub(crate) struct AppState {
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     epoch: StoreEpoch,
+    /// Every WebSocket connection's settings, built once.
+    connection_config: Arc<lanes_core::ConnectionConfig>,
     durability: &'static str,
     metrics: Arc<metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -176,6 +178,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         hub,
         commits,
         auth,
+        connection_config: Arc::new(config.connection_config(epoch.clone())),
         config: Arc::new(config),
         epoch,
         durability: durability.as_str(),

@@ -80,7 +80,7 @@ struct Session {
 
 async fn run(socket: WebSocket, state: AppState) {
     let (sink, stream) = socket.split();
-    let config = state.config.connection_config(state.epoch.clone());
+    let config = Arc::clone(&state.connection_config);
     let state_write_timeout_ms = state.config.websocket.write_timeout_ms;
     let mut session = Session {
         connection: Connection::new(Instant::now(), config),
