@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use lanes_protocol::{ConversationId, Seq, UserId};
+use lanes_protocol::{AckFrame, ConversationId, ErrorFrame, Seq, UserId};
 
 mod queue;
 
@@ -30,6 +30,10 @@ pub enum Event<P> {
     Joined(ConversationId),
     /// The user is no longer a member: nothing more of it follows.
     Left(ConversationId),
+    /// The outcome of one of this connection's own sends. It travels in the same queue as the
+    /// messages, after every message the committer published before it, so an ack takes its
+    /// message's place in the conversation's order on this connection.
+    Committed(Result<AckFrame, ErrorFrame>),
 }
 
 /// Identifies one connection in the hub.
@@ -307,6 +311,44 @@ impl<P: Clone> Hub<P> {
         self.slow_consumers.load(Ordering::Relaxed)
     }
 
+    /// Queues the outcome of a send for the connection that made it. Like `publish`, it never
+    /// waits: a full queue drops the connection as a slow consumer (it resumes and retries).
+    /// Returns whether the connection got it.
+    pub fn reply(
+        &self,
+        user_id: &UserId,
+        connection_id: ConnectionId,
+        outcome: Result<AckFrame, ErrorFrame>,
+    ) -> bool {
+        let event = Event::Committed(outcome);
+        let delivered = {
+            let inner = self.read();
+            let Some(entry) = inner.users.get(user_id).and_then(|user| {
+                user.connections
+                    .iter()
+                    .find(|entry| entry.connection_id == connection_id)
+            }) else {
+                return false;
+            };
+            entry.sender.try_send(event)
+        };
+        if !delivered {
+            let mut inner = self.write();
+            let Inner {
+                conversations,
+                users,
+            } = &mut *inner;
+            drop_slow(
+                users,
+                user_id,
+                &[connection_id],
+                conversations,
+                &self.slow_consumers,
+            );
+        }
+        delivered
+    }
+
     /// Current sizes.
     pub fn stats(&self) -> HubStats {
         let inner = self.read();
@@ -425,6 +467,41 @@ mod tests {
         );
         assert_eq!(drain(&mut alice_phone), []);
         assert_eq!(drain(&mut alice_laptop), [message(1, 2, 12)]);
+    }
+
+    #[test]
+    fn a_reply_follows_what_was_published_before_it() {
+        let hub: Hub<u32> = Hub::new(16);
+        let (alice, bob) = (user("alice"), user("bob"));
+        let mut phone = hub.register(&alice);
+        hub.set_conversations(&alice, phone.version, &[ConversationId(1)])
+            .unwrap();
+        let bob_phone = hub.register(&bob);
+        hub.set_conversations(&bob, bob_phone.version, &[ConversationId(1)])
+            .unwrap();
+        let ack = |seq| AckFrame {
+            client_msg_id: lanes_protocol::ClientMsgId::parse("a").unwrap(),
+            conversation_id: ConversationId(1),
+            message_id: lanes_protocol::MessageId(seq),
+            seq: Seq(seq),
+            server_ts: lanes_protocol::UnixMillis(0),
+        };
+        hub.publish(ConversationId(1), Seq(1), 1, Some(bob_phone.connection_id));
+        hub.publish(ConversationId(1), Seq(2), 2, Some(phone.connection_id));
+        assert!(hub.reply(&alice, phone.connection_id, Ok(ack(2))));
+        hub.publish(ConversationId(1), Seq(3), 3, Some(bob_phone.connection_id));
+        assert_eq!(
+            drain(&mut phone),
+            [
+                message(1, 1, 1),
+                Event::Committed(Ok(ack(2))),
+                message(1, 3, 3)
+            ]
+        );
+        assert!(
+            !hub.reply(&alice, ConnectionId(999), Ok(ack(4))),
+            "unknown connection"
+        );
     }
 
     #[test]

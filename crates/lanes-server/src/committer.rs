@@ -1,6 +1,7 @@
 //! `committer::run`: the single writer. It takes every pending send off its queue, commits them
-//! as one batch (`store.append_batch`: one transaction, one fsync), and only then acks each
-//! sender and publishes each new message to the hub, in commit order.
+//! as one batch (`store.append_batch`: one transaction, one fsync), and only then publishes each
+//! new message to the hub and answers each sender, in commit order. Answers travel through the
+//! sending connection's own hub queue (`Hub::reply`), behind every message published before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,15 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::now_millis;
 
-/// What a connection or HTTP handler hears back about one send.
-pub(crate) type CommitOutcome = Result<AckFrame, ErrorFrame>;
-
 /// One send waiting to be committed.
 pub(crate) struct CommitRequest {
     pub(crate) message: NewMessage,
-    /// The connection that sent it: it gets the ack instead of a copy of the message.
-    pub(crate) origin: Option<ConnectionId>,
-    pub(crate) reply: oneshot::Sender<CommitOutcome>,
+    /// The connection (of `message.sender_id`) that sent it: it gets the answer, and the ack
+    /// stands in for its copy of the message.
+    pub(crate) origin: ConnectionId,
 }
 
 fn ack_of(frame: &MessageFrame) -> AckFrame {
@@ -98,45 +96,36 @@ fn run(
 }
 
 fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, metrics: &Metrics) {
-    let mut origins = Vec::with_capacity(batch.len());
-    let (messages, replies): (Vec<NewMessage>, Vec<oneshot::Sender<CommitOutcome>>) = batch
+    let (messages, origins): (Vec<NewMessage>, Vec<ConnectionId>) = batch
         .into_iter()
-        .map(|request| {
-            origins.push(request.origin);
-            (request.message, request.reply)
-        })
+        .map(|request| (request.message, request.origin))
         .unzip();
     let outcomes = match store.append_batch(&messages, now_millis()) {
         Ok(outcomes) => outcomes,
         Err(err) => {
             Metrics::add(&metrics.commit_failures, 1);
-            tracing::error!("commit of {} sends failed: {err}", replies.len());
-            let request_ids = messages
-                .iter()
-                .map(|message| message.client_msg_id.to_string())
-                .collect();
-            fail_all(
-                replies,
-                request_ids,
-                "storage is unavailable; retry with the same client_msg_id",
-            );
+            tracing::error!("commit of {} sends failed: {err}", messages.len());
+            for (message, origin) in messages.iter().zip(origins) {
+                let answer = Err(ErrorFrame {
+                    code: ErrorCode::StorageUnavailable,
+                    message: "storage is unavailable; retry with the same client_msg_id".into(),
+                    request_id: Some(message.client_msg_id.to_string()),
+                });
+                hub.reply(&message.sender_id, origin, answer);
+            }
             return;
         }
     };
-    assert_eq!(outcomes.len(), replies.len(), "one outcome per send");
+    assert_eq!(outcomes.len(), messages.len(), "one outcome per send");
     Metrics::add(&metrics.commits, 1);
-    for (((outcome, reply), message), origin) in
-        outcomes.into_iter().zip(replies).zip(messages).zip(origins)
-    {
+    for ((outcome, message), origin) in outcomes.into_iter().zip(&messages).zip(origins) {
         let answer = match outcome {
             AppendOutcome::Appended(frame) => {
                 Metrics::add(&metrics.messages_committed, 1);
                 let ack = ack_of(&frame);
                 let (conversation_id, seq) = (frame.conversation_id, frame.seq);
                 let payload = Utf8Bytes::from(encode_server(&ServerFrame::Message(frame)));
-                // Published before the ack is sent: the origin connection finds every earlier
-                // message of the conversation in its queue before it sees this ack.
-                hub.publish(conversation_id, seq, payload, origin);
+                hub.publish(conversation_id, seq, payload, Some(origin));
                 Ok(ack)
             }
             AppendOutcome::Duplicate(frame) => {
@@ -149,17 +138,7 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
                 request_id: Some(message.client_msg_id.to_string()),
             }),
         };
-        // The sender may have disconnected; its message is stored and it will see it on resume.
-        let _ = reply.send(answer);
-    }
-}
-
-fn fail_all(replies: Vec<oneshot::Sender<CommitOutcome>>, request_ids: Vec<String>, message: &str) {
-    for (reply, request_id) in replies.into_iter().zip(request_ids) {
-        let _ = reply.send(Err(ErrorFrame {
-            code: ErrorCode::StorageUnavailable,
-            message: message.into(),
-            request_id: Some(request_id),
-        }));
+        // The sender may have disconnected; its message is stored and it sees it on resume.
+        hub.reply(&message.sender_id, origin, answer);
     }
 }

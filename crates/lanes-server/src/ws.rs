@@ -4,23 +4,21 @@
 //! first, then pages the store after its cursor, and `admit_live` drops any live frame the
 //! catch-up already wrote (see ARCHITECTURE.md).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use lanes_core::{Admission, Connection, Output, Violation};
 use lanes_hub::{Event, Subscription};
 use lanes_protocol::codec::{decode_client, encode_server};
 use lanes_protocol::{ConversationId, ErrorCode, ErrorFrame, ServerFrame, UserId, limits};
 use lanes_store::NewMessage;
-use tokio::sync::oneshot;
 
-use crate::committer::{CommitOutcome, CommitRequest};
+use crate::committer::CommitRequest;
 use crate::metrics::Metrics;
 use crate::{AppState, blocking};
 
@@ -49,10 +47,6 @@ pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpg
         .on_upgrade(move |socket| run(socket, state))
 }
 
-/// A send's outcome as the connection awaits it; a lost reply becomes an `internal` error that
-/// names the send, so the client retries it.
-type PendingAck = std::pin::Pin<Box<dyn std::future::Future<Output = CommitOutcome> + Send>>;
-
 /// Why a session ended early.
 enum End {
     /// The socket failed or the peer went away.
@@ -67,10 +61,6 @@ struct Session {
     connection: Connection,
     user_id: Option<UserId>,
     subscription: Option<Subscription<Utf8Bytes>>,
-    acks: FuturesOrdered<PendingAck>,
-    /// Outcomes taken from `acks` but not yet written: held while earlier frames of their
-    /// conversation may still be queued in the hub (see `release_acks_before`).
-    ready_acks: VecDeque<CommitOutcome>,
     /// Conversations joined while connected, to catch up once their `joined` frame is written.
     pending_catch_up: Vec<ConversationId>,
     /// Set by `handle_authenticated`: subscribe and catch up before reading further.
@@ -88,8 +78,6 @@ async fn run(socket: WebSocket, state: AppState) {
         sink,
         user_id: None,
         subscription: None,
-        acks: FuturesOrdered::new(),
-        ready_acks: VecDeque::new(),
         pending_catch_up: Vec::new(),
         pending_sync: false,
         write_timeout: Duration::from_millis(state_write_timeout_ms),
@@ -131,10 +119,6 @@ impl Session {
                 Box::pin(self.catch_up(conversation_id)).await?;
                 continue;
             }
-            if !self.ready_acks.is_empty() {
-                // Held back during a catch-up or while frames were queued ahead of them.
-                self.release_acks().await?;
-            }
             if let Some(subscription) = &self.subscription
                 && subscription.slow.load(std::sync::atomic::Ordering::Acquire)
             {
@@ -146,21 +130,12 @@ impl Session {
             tokio::select! {
                 biased;
                 // Once seen, never polled again: a dropped sender makes `changed` ready forever,
-                // which would starve the acks a draining connection waits for.
+                // which would starve the events (acks) a draining connection waits for.
                 _ = shutdown.changed(), if !shutdown_seen => {
                     shutdown_seen = true;
                     self.connection.handle_shutdown();
                 }
-                Some(outcome) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.ready_acks.push_back(outcome);
-                    // Whatever the hub queued before these acks were sent goes out with them.
-                    self.drain_queue().await?;
-                    self.release_acks().await?;
-                }
-                event = recv_event(&mut self.subscription) => {
-                    self.handle_events(event).await?;
-                    self.release_acks().await?;
-                }
+                event = recv_event(&mut self.subscription) => self.handle_events(event).await?,
                 frame = stream.next(), if wants_read => self.handle_socket(frame)?,
                 _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
             }
@@ -235,7 +210,19 @@ impl Session {
                     let Some(sender_id) = self.user_id.clone() else {
                         unreachable!("Connection emits Commit only once authenticated");
                     };
-                    let (reply, outcome) = oneshot::channel();
+                    let lost = |message: &str| {
+                        Err(ErrorFrame {
+                            code: ErrorCode::Internal,
+                            message: format!("{message}; retry with the same client_msg_id"),
+                            request_id: Some(request_id.clone()),
+                        })
+                    };
+                    // The answer comes back through this connection's hub queue, so a send is
+                    // only possible once subscribed (always: sends are read after the sync).
+                    let Some(origin) = self.subscription.as_ref().map(|s| s.connection_id) else {
+                        self.connection.handle_committed(lost("not subscribed yet"));
+                        continue;
+                    };
                     let request = CommitRequest {
                         message: NewMessage {
                             sender_id,
@@ -243,26 +230,14 @@ impl Session {
                             conversation_id: send.conversation_id,
                             body: send.body,
                         },
-                        reply,
-                        origin: self
-                            .subscription
-                            .as_ref()
-                            .map(|subscription| subscription.connection_id),
+                        origin,
                     };
                     // Waits when the committer is saturated: backpressure, not an error.
                     if self.state.commits.send(request).await.is_err() {
+                        self.connection
+                            .handle_committed(lost("the server is stopping"));
                         self.connection.handle_shutdown();
                     }
-                    self.acks.push_back(Box::pin(async move {
-                        outcome.await.unwrap_or_else(|_| {
-                            Err(ErrorFrame {
-                                code: ErrorCode::Internal,
-                                message: "commit outcome lost; retry with the same client_msg_id"
-                                    .into(),
-                                request_id: Some(request_id),
-                            })
-                        })
-                    }));
                 }
                 Output::Ping => self.feed(Message::Ping(Default::default())).await?,
                 Output::Close { code, reason } => {
@@ -413,78 +388,6 @@ impl Session {
         Err(End::Closed)
     }
 
-    /// Writes the events that are in the hub queue now (not those arriving meanwhile, so a busy
-    /// hub cannot starve the acks waiting behind them). A `joined` or a gap stops the drain, so
-    /// its catch-up comes next.
-    async fn drain_queue(&mut self) -> Result<(), End> {
-        let queued = self
-            .subscription
-            .as_ref()
-            .map_or(0, |subscription| subscription.receiver.len());
-        for _ in 0..queued {
-            if !self.pending_catch_up.is_empty() {
-                break;
-            }
-            let Some(event) = self
-                .subscription
-                .as_mut()
-                .and_then(|subscription| subscription.receiver.try_recv())
-            else {
-                break;
-            };
-            self.handle_event(event).await?;
-        }
-        Ok(())
-    }
-
-    /// Moves every ack that is ready into `ready_acks`, in send order.
-    fn collect_ready_acks(&mut self) {
-        while let Some(Some(outcome)) = self.acks.next().now_or_never() {
-            self.ready_acks.push_back(outcome);
-        }
-    }
-
-    /// Before the message `seq` of `conversation_id` is written, writes the ready acks (in order)
-    /// that must precede it: the acks of this connection's own sends take the place of their
-    /// messages in the seq order. Stops at an ack of another conversation, whose earlier
-    /// messages may still be queued behind this one (it goes once the queue is empty).
-    async fn release_acks_before(
-        &mut self,
-        conversation_id: ConversationId,
-        seq: lanes_protocol::Seq,
-    ) -> Result<(), End> {
-        while let Some(front) = self.ready_acks.front() {
-            if let Ok(ack) = front
-                && (ack.conversation_id != conversation_id || ack.seq > seq)
-            {
-                break;
-            }
-            if let Some(outcome) = self.ready_acks.pop_front() {
-                self.connection.handle_committed(outcome);
-                self.write_outputs().await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the ready acks once nothing is queued ahead of them. An ack is sent only after the
-    /// committer published every earlier message, so with the queue empty none can still be
-    /// missing ahead of it.
-    async fn release_acks(&mut self) -> Result<(), End> {
-        self.collect_ready_acks();
-        let queue_empty = self
-            .subscription
-            .as_ref()
-            .is_none_or(|subscription| subscription.receiver.is_empty());
-        if !queue_empty || !self.pending_catch_up.is_empty() {
-            return Ok(());
-        }
-        while let Some(outcome) = self.ready_acks.pop_front() {
-            self.connection.handle_committed(outcome);
-        }
-        Ok(())
-    }
-
     async fn handle_events(&mut self, first: Option<Event<Utf8Bytes>>) -> Result<(), End> {
         let mut next = first;
         for _ in 0..EVENTS_PER_FLUSH_MAX {
@@ -513,8 +416,6 @@ impl Session {
                 seq,
                 payload,
             } => {
-                self.collect_ready_acks();
-                self.release_acks_before(conversation_id, seq).await?;
                 match self.connection.admit_live(conversation_id, seq) {
                     Admission::Write => self.feed(Message::Text(payload)).await?,
                     Admission::Duplicate => {}
@@ -532,6 +433,12 @@ impl Session {
                 self.pending_catch_up.push(conversation_id);
             }
             Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
+            Event::Committed(outcome) => {
+                // Written now, between the frames queued before and after it: the ack takes its
+                // message's place in the conversation's order.
+                self.connection.handle_committed(outcome);
+                self.write_outputs().await?;
+            }
         }
         Ok(())
     }
