@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lanes_protocol::limits::MESSAGE_BODY_BYTES_MAX;
 use lanes_protocol::{
-    AckFrame, ClientMsgId, ConversationId, Cursor, ErrorCode, ErrorFrame, MessageFrame, StoreEpoch,
-    UserId,
+    AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame,
+    MessageFrame, PresenceState, Receipt, Seq, StoreEpoch, TypingState, UserId, UserPresence,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +40,9 @@ pub struct ClientConfig {
     /// A send unacked for this long means a broken connection: reconnect and send again
     /// (default 10 s).
     pub ack_timeout: Duration,
+    /// Confirm receipt (`received`) of every message delivered to this device, batched per
+    /// conversation, so senders see "delivered" (default true).
+    pub auto_receipts: bool,
 }
 
 impl ClientConfig {
@@ -53,6 +56,7 @@ impl ClientConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(10),
+            auto_receipts: true,
         }
     }
 }
@@ -67,6 +71,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff_base", &self.backoff_base)
             .field("backoff_max", &self.backoff_max)
             .field("ack_timeout", &self.ack_timeout)
+            .field("auto_receipts", &self.auto_receipts)
             .finish()
     }
 }
@@ -100,6 +105,24 @@ pub enum Event {
         /// What happened, for humans.
         reason: String,
     },
+    /// Receipt positions of a conversation's members (all after a connect, then changes).
+    Receipts {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The positions.
+        receipts: Vec<Receipt>,
+    },
+    /// A member started or stopped typing.
+    Typing {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Start or stop.
+        state: TypingState,
+    },
+    /// Presence of watched users (see [`Client::watch_presence`]).
+    Presence(Vec<UserPresence>),
     /// An `error` frame not tied to one of our sends (such as `slow_consumer`), or the
     /// refusal of a reconnect (such as `rate_limited`). A reconnect refused as `unauthorized`
     /// (an expired or revoked token) is final: pending sends fail with that error, this event
@@ -162,6 +185,7 @@ impl Client {
             backoff_base: config.backoff_base,
             backoff_max: config.backoff_max,
             ack_timeout: config.ack_timeout,
+            auto_receipts: config.auto_receipts,
         };
         let http = HttpApi::new(&config.base_url).with_token(&config.token);
         let resume = ResumePoint::new(&config.cursors, config.epoch.clone());
@@ -224,17 +248,150 @@ impl Client {
         body: &str,
     ) -> Result<AckFrame, ClientError> {
         check_body_len(body)?;
+        let content = Content::Message {
+            body: body.to_owned(),
+            reply_to: None,
+        };
+        self.append(conversation_id, client_msg_id, content).await
+    }
+
+    /// Sends a lane event (a message, reply, edit, delete or reaction) with the guarantees of
+    /// [`Client::send_with_id`]: retried under `client_msg_id` until acked, and delivered as an
+    /// [`Event::Message`] of its kind once acked.
+    pub async fn append(
+        &self,
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        content: Content,
+    ) -> Result<AckFrame, ClientError> {
+        if let Content::Message { body, .. } | Content::Edit { body, .. } = &content {
+            check_body_len(body)?;
+        }
         let (responder, outcome) = oneshot::channel();
         self.commands
             .send(Command::Send {
                 client_msg_id,
                 conversation_id,
-                body: body.to_owned(),
+                content,
                 responder,
             })
             .await
             .map_err(|_| ClientError::Closed)?;
         outcome.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Replies to the message at `reply_to`.
+    pub async fn reply(
+        &self,
+        conversation_id: ConversationId,
+        reply_to: Seq,
+        body: &str,
+    ) -> Result<AckFrame, ClientError> {
+        let content = Content::Message {
+            body: body.to_owned(),
+            reply_to: Some(reply_to),
+        };
+        self.append(conversation_id, new_client_msg_id(), content)
+            .await
+    }
+
+    /// Replaces the text of our message at `target_seq`.
+    pub async fn edit(
+        &self,
+        conversation_id: ConversationId,
+        target_seq: Seq,
+        body: &str,
+    ) -> Result<AckFrame, ClientError> {
+        let content = Content::Edit {
+            target_seq,
+            body: body.to_owned(),
+        };
+        self.append(conversation_id, new_client_msg_id(), content)
+            .await
+    }
+
+    /// Deletes our message at `target_seq` (its text is erased on the server).
+    pub async fn delete(
+        &self,
+        conversation_id: ConversationId,
+        target_seq: Seq,
+    ) -> Result<AckFrame, ClientError> {
+        self.append(
+            conversation_id,
+            new_client_msg_id(),
+            Content::Delete { target_seq },
+        )
+        .await
+    }
+
+    /// Adds (`add`) or takes back an emoji reaction on the message at `target_seq`.
+    pub async fn react(
+        &self,
+        conversation_id: ConversationId,
+        target_seq: Seq,
+        emoji: &str,
+        add: bool,
+    ) -> Result<AckFrame, ClientError> {
+        let content = Content::Reaction {
+            target_seq,
+            emoji: emoji.to_owned(),
+            add,
+        };
+        self.append(conversation_id, new_client_msg_id(), content)
+            .await
+    }
+
+    /// Marks the conversation read up to `seq` (a seq this device received). Not answered;
+    /// dropped when disconnected (mark again after [`Event::Synced`]).
+    pub async fn mark_read(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+    ) -> Result<(), ClientError> {
+        self.signal(ClientFrame::Read {
+            conversation_id,
+            seq,
+        })
+        .await
+    }
+
+    /// Says we started or stopped typing. Not answered; dropped when disconnected.
+    pub async fn set_typing(
+        &self,
+        conversation_id: ConversationId,
+        typing: bool,
+    ) -> Result<(), ClientError> {
+        let state = if typing {
+            TypingState::Start
+        } else {
+            TypingState::Stop
+        };
+        self.signal(ClientFrame::Typing {
+            conversation_id,
+            state,
+        })
+        .await
+    }
+
+    /// Says this device is in use (`Online`) or not (`Away`).
+    pub async fn set_presence(&self, state: PresenceState) -> Result<(), ClientError> {
+        self.signal(ClientFrame::Presence { state }).await
+    }
+
+    /// Follows the presence of these users (replacing the previous list, also after
+    /// reconnects): an [`Event::Presence`] with all of them, then with changes.
+    pub async fn watch_presence(&self, user_ids: Vec<UserId>) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::Watch(user_ids))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    async fn signal(&self, frame: ClientFrame) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::Signal(frame))
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Cursors (the highest seq per conversation) as of the events taken from

@@ -326,15 +326,15 @@ mod tests {
     }
 
     fn message(conversation: u64, seq: u64) -> MessageFrame {
-        MessageFrame {
-            conversation_id: ConversationId(conversation),
-            seq: Seq(seq),
-            message_id: MessageId(conversation * 1000 + seq),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: ClientMsgId::parse(&format!("m{conversation}-{seq}")).unwrap(),
-            body: format!("body {seq}"),
-            server_ts: UnixMillis(0),
-        }
+        MessageFrame::new_message(
+            ConversationId(conversation),
+            Seq(seq),
+            MessageId(conversation * 1000 + seq),
+            UserId::parse("alice").unwrap(),
+            ClientMsgId::parse(&format!("m{conversation}-{seq}")).unwrap(),
+            format!("body {seq}"),
+            UnixMillis(0),
+        )
     }
 
     fn seqs(range: std::ops::RangeInclusive<u64>) -> Vec<u64> {

@@ -8,7 +8,7 @@
 //! bounded by that plus what one input can release (a history page plus the lanes' buffers).
 //! At most one history fetch runs per conversation.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -18,8 +18,8 @@ use lanes_protocol::codec::{decode_server, encode_client};
 use lanes_protocol::http::History;
 use lanes_protocol::limits::{HELLO_CURSORS_MAX, INFLIGHT_SENDS_MAX, PAGE_LEN_MAX};
 use lanes_protocol::{
-    AckFrame, ClientFrame, ClientMsgId, ConversationId, Cursor, ErrorCode, ErrorFrame, ServerFrame,
-    StoreEpoch, UserId,
+    AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame,
+    Seq, ServerFrame, StoreEpoch, UserId,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -68,9 +68,13 @@ pub(crate) enum Command {
     Send {
         client_msg_id: ClientMsgId,
         conversation_id: ConversationId,
-        body: String,
+        content: Content,
         responder: AckResponder,
     },
+    /// A frame with no answer (read, typing, presence): written if connected, else dropped.
+    Signal(ClientFrame),
+    /// Users whose presence to follow; sent again after every reconnect.
+    Watch(Vec<UserId>),
     Close {
         done: oneshot::Sender<()>,
     },
@@ -84,6 +88,8 @@ pub(crate) struct Settings {
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) ack_timeout: Duration,
+    /// Confirm receipt of every message delivered to us (`received` frames).
+    pub(crate) auto_receipts: bool,
 }
 
 /// A connection that got its `welcome`.
@@ -280,6 +286,12 @@ pub(crate) struct Driver {
     link: Link,
     /// Set when a reconnect was refused for good: the task answers what is left and ends.
     refusal: Option<ErrorFrame>,
+    /// Frames without an answer, written on the next turn if connected.
+    signals: Vec<ClientFrame>,
+    /// Presence subscription, sent again after every reconnect.
+    watching: Option<Vec<UserId>>,
+    /// Per conversation, the highest seq received on this connection not yet confirmed.
+    unconfirmed: HashMap<ConversationId, Seq>,
 }
 
 impl Driver {
@@ -313,6 +325,9 @@ impl Driver {
             fetches: JoinSet::new(),
             link: Link::Waiting(Box::pin(sleep(Duration::ZERO))),
             refusal: None,
+            signals: Vec::new(),
+            watching: None,
+            unconfirmed: HashMap::new(),
         };
         driver.on_welcome(welcomed);
         driver
@@ -337,8 +352,19 @@ impl Driver {
             let deadline = if read_allowed { self.deadline() } else { None };
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(Command::Send { client_msg_id, conversation_id, body, responder }) => {
-                        self.pending.insert(client_msg_id, conversation_id, body, responder);
+                    Some(Command::Send { client_msg_id, conversation_id, content, responder }) => {
+                        self.pending.insert(client_msg_id, conversation_id, content, responder);
+                    }
+                    Some(Command::Signal(frame)) => {
+                        if matches!(self.link, Link::Up(_)) {
+                            self.signals.push(frame);
+                        }
+                    }
+                    Some(Command::Watch(user_ids)) => {
+                        if matches!(self.link, Link::Up(_)) {
+                            self.signals.push(ClientFrame::WatchPresence { user_ids: user_ids.clone() });
+                        }
+                        self.watching = Some(user_ids);
                     }
                     Some(Command::Close { done }) => {
                         self.shutdown().await;
@@ -379,11 +405,29 @@ impl Driver {
 
     /// Writes the sends that may go now, and a ping when one is due.
     async fn write_pending(&mut self) -> Result<(), String> {
+        if !matches!(self.link, Link::Up(_)) {
+            return Ok(());
+        }
+        let receipts =
+            std::mem::take(&mut self.unconfirmed)
+                .into_iter()
+                .map(|(conversation_id, seq)| ClientFrame::Received {
+                    conversation_id,
+                    seq,
+                });
+        let signals: Vec<ClientFrame> = self.signals.drain(..).chain(receipts).collect();
         let Link::Up(up) = &mut self.link else {
             return Ok(());
         };
         let now = Instant::now();
         let mut wrote = false;
+        for frame in signals {
+            up.ws
+                .feed(Message::text(encode_client(&frame)))
+                .await
+                .map_err(|err| format!("write failed: {}", error_chain(&err)))?;
+            wrote = true;
+        }
         while let Some(frame) = self.pending.poll_write(now.into_std()) {
             up.ws
                 .feed(Message::text(encode_client(&frame)))
@@ -441,6 +485,10 @@ impl Driver {
         if matches!(self.link, Link::Up(_)) {
             info!(%reason, "disconnected; reconnecting");
             self.pending.handle_disconnected();
+            // Positions are only valid on the connection that received them; the next one
+            // receives (and confirms) them again.
+            self.signals.clear();
+            self.unconfirmed.clear();
             self.push_event(Event::Disconnected { reason });
         } else {
             debug!(%reason, "connect attempt failed");
@@ -459,6 +507,11 @@ impl Driver {
         self.backoff.handle_welcome(now_std());
         self.user_id = user_id.clone();
         self.push_event(Event::Connected { user_id, epoch });
+        if let Some(user_ids) = &self.watching {
+            self.signals.push(ClientFrame::WatchPresence {
+                user_ids: user_ids.clone(),
+            });
+        }
         let now = Instant::now();
         self.link = Link::Up(Box::new(Up {
             ws,
@@ -497,6 +550,7 @@ impl Driver {
                 code: *code,
                 message: message.clone(),
                 request_id: None,
+                retry_after_ms: None,
             };
             if refusal_is_final(*code) {
                 self.refusal = Some(refusal);
@@ -535,9 +589,30 @@ impl Driver {
             ServerFrame::Welcome { .. } => debug!("ignoring a second welcome"),
             ServerFrame::Synced => self.push_event(Event::Synced),
             ServerFrame::Message(message) => {
+                if self.settings.auto_receipts && message.sender_id != self.user_id {
+                    let seq = self.unconfirmed.entry(message.conversation_id).or_default();
+                    *seq = (*seq).max(message.seq);
+                }
                 self.delivery.handle_message(message);
                 self.drain_delivery();
             }
+            ServerFrame::Receipts {
+                conversation_id,
+                receipts,
+            } => self.push_event(Event::Receipts {
+                conversation_id,
+                receipts,
+            }),
+            ServerFrame::Typing {
+                conversation_id,
+                user_id,
+                state,
+            } => self.push_event(Event::Typing {
+                conversation_id,
+                user_id,
+                state,
+            }),
+            ServerFrame::Presence { users } => self.push_event(Event::Presence(users)),
             // The ack is also the delivery of our own message to this connection.
             ServerFrame::Ack(ack) => {
                 match self.pending.handle_ack(&ack, &self.user_id) {
@@ -646,6 +721,7 @@ impl Driver {
                 Command::Send { responder, .. } => {
                     let _ = responder.send(failed(&refusal));
                 }
+                Command::Signal(_) | Command::Watch(_) => {}
                 Command::Close { done } => {
                     let _ = done.send(());
                 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use lanes_protocol::{
-    AckFrame, ClientFrame, ClientMsgId, ConversationId, ErrorFrame, MessageFrame, UserId,
+    AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, ErrorFrame, MessageFrame, UserId,
 };
 
 use crate::backoff::full_jitter;
@@ -60,7 +60,8 @@ enum State {
 struct Entry<R> {
     client_msg_id: ClientMsgId,
     conversation_id: ConversationId,
-    body: String,
+    /// What is sent: a message, or an edit, delete or reaction.
+    content: Content,
     /// Usually one; more when the app sends the same `client_msg_id` again before it resolved.
     responders: Vec<R>,
     state: State,
@@ -131,7 +132,7 @@ impl<R: Responder> PendingSends<R> {
         &mut self,
         client_msg_id: ClientMsgId,
         conversation_id: ConversationId,
-        body: String,
+        content: Content,
         responder: R,
     ) {
         if let Some(entry) = self
@@ -153,7 +154,7 @@ impl<R: Responder> PendingSends<R> {
             Entry {
                 client_msg_id,
                 conversation_id,
-                body,
+                content,
                 responders: vec![responder],
                 state: State::Queued,
                 retries: 0,
@@ -188,11 +189,11 @@ impl<R: Responder> PendingSends<R> {
         let entry = self.entries.get_mut(&order)?;
         entry.state = State::InFlight(now);
         self.in_flight.insert((now, order));
-        Some(ClientFrame::Send {
-            client_msg_id: entry.client_msg_id.clone(),
-            conversation_id: entry.conversation_id,
-            body: entry.body.clone(),
-        })
+        Some(frame_of(
+            entry.client_msg_id.clone(),
+            entry.conversation_id,
+            entry.content.clone(),
+        ))
     }
 
     /// An `ack` arrived: the responders of its send and the send as a message from `sender_id`
@@ -206,15 +207,34 @@ impl<R: Responder> PendingSends<R> {
     pub(crate) fn handle_ack(&mut self, ack: &AckFrame, sender_id: &UserId) -> Option<Acked<R>> {
         let order = self.orders.get(&ack.client_msg_id).copied()?;
         let entry = self.remove(order)?;
-        let message = MessageFrame {
-            conversation_id: ack.conversation_id,
-            seq: ack.seq,
-            message_id: ack.message_id,
-            sender_id: sender_id.clone(),
-            client_msg_id: entry.client_msg_id,
-            body: entry.body,
-            server_ts: ack.server_ts,
-        };
+        let kind = entry.content.kind();
+        let mut message = MessageFrame::new_message(
+            ack.conversation_id,
+            ack.seq,
+            ack.message_id,
+            sender_id.clone(),
+            entry.client_msg_id,
+            String::new(),
+            ack.server_ts,
+        );
+        message.kind = kind;
+        match entry.content {
+            Content::Message { body, reply_to } => {
+                message.body = body;
+                message.reply_to = reply_to;
+            }
+            Content::Edit { target_seq, body } => {
+                message.body = body;
+                message.target_seq = Some(target_seq);
+            }
+            Content::Delete { target_seq } => message.target_seq = Some(target_seq),
+            Content::Reaction {
+                target_seq, emoji, ..
+            } => {
+                message.target_seq = Some(target_seq);
+                message.emoji = Some(emoji);
+            }
+        }
         Some(Acked {
             responders: entry.responders,
             message,
@@ -319,6 +339,44 @@ impl<R: Responder> PendingSends<R> {
 }
 
 /// `now + delay`, saturating at a year away for absurd configured delays.
+/// The frame that sends `content`.
+fn frame_of(
+    client_msg_id: ClientMsgId,
+    conversation_id: ConversationId,
+    content: Content,
+) -> ClientFrame {
+    match content {
+        Content::Message { body, reply_to } => ClientFrame::Send {
+            client_msg_id,
+            conversation_id,
+            body,
+            reply_to,
+        },
+        Content::Edit { target_seq, body } => ClientFrame::Edit {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+            body,
+        },
+        Content::Delete { target_seq } => ClientFrame::Delete {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+        },
+        Content::Reaction {
+            target_seq,
+            emoji,
+            add,
+        } => ClientFrame::React {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+            emoji,
+            remove: !add,
+        },
+    }
+}
+
 fn later(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
@@ -427,7 +485,10 @@ mod tests {
                     pending.insert(
                         client_msg_id,
                         ConversationId(1),
-                        body,
+                        Content::Message {
+                            body,
+                            reply_to: None,
+                        },
                         TestResponder {
                             id: responder,
                             abandoned: flag,
@@ -469,15 +530,15 @@ mod tests {
                         message,
                     }) => {
                         // Every pending send's body is `body {id}` (the first one sent).
-                        let expected = MessageFrame {
-                            conversation_id: ConversationId(7),
-                            seq: Seq(3),
-                            message_id: MessageId(42),
-                            sender_id: alice(),
-                            client_msg_id: ClientMsgId::parse(id).unwrap(),
-                            body: format!("body {id}"),
-                            server_ts: UnixMillis(1234),
-                        };
+                        let expected = MessageFrame::new_message(
+                            ConversationId(7),
+                            Seq(3),
+                            MessageId(42),
+                            alice(),
+                            ClientMsgId::parse(id).unwrap(),
+                            format!("body {id}"),
+                            UnixMillis(1234),
+                        );
                         assert_eq!(message, expected, "step {index}");
                         Out::Resolved(ids(responders))
                     }
@@ -488,6 +549,7 @@ mod tests {
                         code,
                         message: "nope".into(),
                         request_id: request_id.map(str::to_owned),
+                        retry_after_ms: None,
                     };
                     match pending.handle_error(&error, at(millis), 1.0) {
                         ErrorMatch::Unrelated => Out::Unrelated,

@@ -47,6 +47,9 @@ impl ResumePoint {
             Event::Synced
             | Event::Joined(_)
             | Event::Disconnected { .. }
+            | Event::Receipts { .. }
+            | Event::Typing { .. }
+            | Event::Presence(_)
             | Event::ServerError(_) => {}
         }
     }
@@ -86,15 +89,15 @@ mod tests {
     }
 
     fn message(conversation: u64, seq: u64) -> Event {
-        Event::Message(MessageFrame {
-            conversation_id: ConversationId(conversation),
-            seq: Seq(seq),
-            message_id: MessageId(seq),
-            sender_id: UserId::parse("bob").unwrap(),
-            client_msg_id: ClientMsgId::parse("m").unwrap(),
-            body: String::new(),
-            server_ts: UnixMillis(0),
-        })
+        Event::Message(MessageFrame::new_message(
+            ConversationId(conversation),
+            Seq(seq),
+            MessageId(seq),
+            UserId::parse("bob").unwrap(),
+            ClientMsgId::parse("m").unwrap(),
+            String::new(),
+            UnixMillis(0),
+        ))
     }
 
     fn check(

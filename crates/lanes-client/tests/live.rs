@@ -125,6 +125,8 @@ impl FakeServer {
         let mut config = ClientConfig::new(&self.base_url, TOKEN);
         config.backoff_base = Duration::from_millis(1);
         config.backoff_max = Duration::from_millis(20);
+        // These tests script every frame; `confirms_receipt_of_what_it_receives` turns it on.
+        config.auto_receipts = false;
         config
     }
 }
@@ -147,6 +149,7 @@ impl FakeConn {
                 client_msg_id,
                 conversation_id,
                 body,
+                ..
             } => {
                 self.sends
                     .insert(client_msg_id.clone(), (conversation_id, body.clone()));
@@ -163,14 +166,16 @@ impl FakeConn {
         let (conversation_id, body) = &self.sends[client_msg_id];
         let mut messages = self.messages.lock().unwrap();
         let stored = messages.entry(conversation_id.0).or_default();
-        let message = stored.entry(seq).or_insert_with(|| MessageFrame {
-            conversation_id: *conversation_id,
-            seq: Seq(seq),
-            message_id: MessageId(conversation_id.0 * 1000 + seq),
-            sender_id: UserId::parse("alice").unwrap(),
-            client_msg_id: client_msg_id.clone(),
-            body: body.clone(),
-            server_ts: UnixMillis(2),
+        let message = stored.entry(seq).or_insert_with(|| {
+            MessageFrame::new_message(
+                *conversation_id,
+                Seq(seq),
+                MessageId(conversation_id.0 * 1000 + seq),
+                UserId::parse("alice").unwrap(),
+                client_msg_id.clone(),
+                body.clone(),
+                UnixMillis(2),
+            )
         });
         assert_eq!(&message.client_msg_id, client_msg_id, "seq {seq} is taken");
         message.clone()
@@ -192,6 +197,7 @@ impl FakeConn {
             code,
             message: code.as_str().into(),
             request_id: request_id.map(|id| id.to_string()),
+            retry_after_ms: None,
         }))
         .await;
     }
@@ -286,15 +292,15 @@ async fn history_route(
 
 /// Bob's message `seq` in `conversation`.
 fn message(conversation: u64, seq: u64) -> MessageFrame {
-    MessageFrame {
-        conversation_id: ConversationId(conversation),
-        seq: Seq(seq),
-        message_id: MessageId(conversation * 1000 + seq),
-        sender_id: UserId::parse("bob").unwrap(),
-        client_msg_id: ClientMsgId::parse(&format!("b-{conversation}-{seq}")).unwrap(),
-        body: format!("message {seq}"),
-        server_ts: UnixMillis(1),
-    }
+    MessageFrame::new_message(
+        ConversationId(conversation),
+        Seq(seq),
+        MessageId(conversation * 1000 + seq),
+        UserId::parse("bob").unwrap(),
+        ClientMsgId::parse(&format!("b-{conversation}-{seq}")).unwrap(),
+        format!("message {seq}"),
+        UnixMillis(1),
+    )
 }
 
 /// The ack of a stored message.
@@ -743,4 +749,52 @@ async fn unauthorized_reconnect_fails_pending_sends_and_ends_events() {
         Err(ClientError::Closed)
     ));
     client.close().await;
+}
+
+#[tokio::test]
+async fn confirms_receipt_of_what_it_receives() {
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) =
+        connect(&mut server, |config| config.auto_receipts = true).await;
+    for seq in 1..=3 {
+        conn.send(ServerFrame::Message(message(1, seq))).await;
+    }
+    assert_eq!(
+        next_messages(&mut events, 3).await,
+        [(1, 1), (1, 2), (1, 3)]
+    );
+    // Batched: one or more `received`, ending at the highest seq delivered.
+    let mut confirmed = Vec::new();
+    while confirmed.last() != Some(&3) {
+        match conn.recv().await {
+            ClientFrame::Received {
+                conversation_id,
+                seq,
+            } => {
+                assert_eq!(conversation_id, ConversationId(1));
+                confirmed.push(seq.0);
+            }
+            frame => panic!("expected received, got {frame:?}"),
+        }
+    }
+    assert!(
+        confirmed.windows(2).all(|pair| pair[0] < pair[1]),
+        "{confirmed:?}"
+    );
+    // Our own messages are not confirmed: the next frame after a send is the send itself.
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(ConversationId(1), "mine").await })
+    };
+    let (client_msg_id, _, _) = conn.recv_send().await;
+    conn.ack(&client_msg_id, 4).await;
+    within("the ack", sending).await.unwrap().unwrap();
+    client
+        .mark_read(ConversationId(1), lanes_protocol::Seq(4))
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.recv().await,
+        ClientFrame::Read { seq, .. } if seq.0 == 4
+    ));
 }

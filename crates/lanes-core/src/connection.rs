@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use lanes_protocol::codec::DecodeError;
 use lanes_protocol::frames::close_code;
 use lanes_protocol::{
-    AckFrame, ClientFrame, ConversationId, Cursor, ErrorCode, ErrorFrame, Seq, ServerFrame,
-    StoreEpoch, UserId, limits,
+    AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame,
+    PresenceState, Seq, ServerFrame, StoreEpoch, TypingState, UserId, limits,
 };
 
 use crate::validate::{self, Limits, ValidSend};
@@ -77,6 +77,26 @@ pub enum Output {
     },
     /// Hand this send to the committer, then call `handle_committed` with the outcome.
     Commit(ValidSend),
+    /// Move the user's receipt positions forward (`Seq::ZERO`: unchanged); fire and forget.
+    Marker {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Received up to here.
+        delivered: Seq,
+        /// Read up to here.
+        read: Seq,
+    },
+    /// Tell the conversation's online members the user is typing (or stopped).
+    Typing {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Start or stop.
+        state: TypingState,
+    },
+    /// This connection's presence changed (online or away).
+    Presence(PresenceState),
+    /// Replace this connection's presence subscriptions.
+    WatchPresence(Vec<UserId>),
     /// Send a transport-level ping.
     Ping,
     /// Close the connection with this code; nothing more is read or written after it.
@@ -95,6 +115,61 @@ enum State {
     CatchingUp { user_id: UserId },
     Live { user_id: UserId },
     Closed,
+}
+
+/// The lane-event frames (send, edit, delete, react) as id, conversation and content; any other
+/// frame back as it was.
+fn into_lane_event(
+    frame: ClientFrame,
+) -> Result<(ClientMsgId, ConversationId, Content), ClientFrame> {
+    let (client_msg_id, conversation_id, content) = match frame {
+        ClientFrame::Send {
+            client_msg_id,
+            conversation_id,
+            body,
+            reply_to,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Message { body, reply_to },
+        ),
+        ClientFrame::Edit {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+            body,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Edit { target_seq, body },
+        ),
+        ClientFrame::Delete {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Delete { target_seq },
+        ),
+        ClientFrame::React {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+            emoji,
+            remove,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Reaction {
+                target_seq,
+                emoji,
+                add: !remove,
+            },
+        ),
+        frame => return Err(frame),
+    };
+    Ok((client_msg_id, conversation_id, content))
 }
 
 /// The state of one connection.
@@ -198,27 +273,32 @@ impl Connection {
     /// A decoded client frame.
     pub fn handle_frame(&mut self, now: Instant, frame: ClientFrame) {
         self.handle_received(now);
-        match frame {
+        let frame = match frame {
             ClientFrame::Hello {
                 token,
                 cursors,
                 epoch,
-            } => self.handle_hello(token, cursors, epoch),
-            ClientFrame::Send {
-                client_msg_id,
-                conversation_id,
-                body,
-            } => {
-                if self.user_id().is_none() {
-                    self.write_error(
-                        ErrorCode::Unauthorized,
-                        "send a valid hello first".into(),
-                        Some(client_msg_id.to_string()),
-                    );
-                    return;
-                }
+            } => return self.handle_hello(token, cursors, epoch),
+            ClientFrame::Ping { request_id } => {
+                self.outputs
+                    .push_back(Output::Write(ServerFrame::Pong { request_id }));
+                return;
+            }
+            frame if self.user_id().is_none() => {
+                let request_id = into_lane_event(frame).ok().map(|(id, _, _)| id.to_string());
+                self.write_error(
+                    ErrorCode::Unauthorized,
+                    "send a valid hello first".into(),
+                    request_id,
+                );
+                return;
+            }
+            frame => frame,
+        };
+        let frame = match into_lane_event(frame) {
+            Ok((client_msg_id, conversation_id, content)) => {
                 let request_id = client_msg_id.to_string();
-                match validate::send(client_msg_id, conversation_id, body, &self.config.limits) {
+                match validate::send(client_msg_id, conversation_id, content, &self.config.limits) {
                     Ok(valid) => {
                         self.inflight_sends += 1;
                         self.outputs.push_back(Output::Commit(valid));
@@ -227,12 +307,84 @@ impl Connection {
                         self.write_error(rejection.code(), rejection.message(), Some(request_id))
                     }
                 }
+                return;
             }
-            ClientFrame::Ping { request_id } => {
-                self.outputs
-                    .push_back(Output::Write(ServerFrame::Pong { request_id }));
+            Err(frame) => frame,
+        };
+        match frame {
+            ClientFrame::Received {
+                conversation_id,
+                seq,
+            } => self.handle_marker(conversation_id, seq, false),
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => self.handle_marker(conversation_id, seq, true),
+            ClientFrame::Typing {
+                conversation_id,
+                state,
+            } => self.outputs.push_back(Output::Typing {
+                conversation_id,
+                state,
+            }),
+            ClientFrame::Presence { state } => {
+                if state == PresenceState::Offline {
+                    self.write_error(
+                        ErrorCode::InvalidField,
+                        "state must be online or away; offline is decided by the server".into(),
+                        None,
+                    );
+                } else {
+                    self.outputs.push_back(Output::Presence(state));
+                }
+            }
+            ClientFrame::WatchPresence { mut user_ids } => {
+                user_ids.sort();
+                user_ids.dedup();
+                if user_ids.len() > limits::PRESENCE_WATCH_MAX {
+                    self.write_error(
+                        ErrorCode::InvalidField,
+                        format!(
+                            "at most {} users may be watched",
+                            limits::PRESENCE_WATCH_MAX
+                        ),
+                        None,
+                    );
+                } else {
+                    self.outputs.push_back(Output::WatchPresence(user_ids));
+                }
+            }
+            ClientFrame::Hello { .. }
+            | ClientFrame::Ping { .. }
+            | ClientFrame::Send { .. }
+            | ClientFrame::Edit { .. }
+            | ClientFrame::Delete { .. }
+            | ClientFrame::React { .. } => {
+                unreachable!("handled above")
             }
         }
+    }
+
+    /// `received` / `read`: only up to what this connection holds of the conversation (which
+    /// is never past its head); the store keeps positions monotonic.
+    fn handle_marker(&mut self, conversation_id: ConversationId, seq: Seq, read: bool) {
+        let held = self.delivered(conversation_id);
+        if seq == Seq::ZERO || seq > held {
+            self.write_error(
+                ErrorCode::InvalidField,
+                format!(
+                    "seq {seq} is not a message this connection holds of conversation \
+                     {conversation_id} (it holds 1..={held})"
+                ),
+                None,
+            );
+            return;
+        }
+        self.outputs.push_back(Output::Marker {
+            conversation_id,
+            delivered: seq,
+            read: if read { seq } else { Seq::ZERO },
+        });
     }
 
     fn handle_hello(&mut self, token: String, cursors: Vec<Cursor>, epoch: Option<StoreEpoch>) {
@@ -445,6 +597,7 @@ impl Connection {
                 code,
                 message,
                 request_id,
+                retry_after_ms: None,
             })));
     }
 
@@ -482,6 +635,7 @@ mod tests {
             client_msg_id: ClientMsgId::parse(id).unwrap(),
             conversation_id: ConversationId(1),
             body: body.into(),
+            reply_to: None,
         }
     }
 
@@ -523,6 +677,12 @@ mod tests {
             }
             Output::Authenticate { .. } => "authenticate".into(),
             Output::Commit(send) => format!("commit:{}", send.client_msg_id),
+            Output::Marker {
+                delivered, read, ..
+            } => format!("marker:{delivered}/{read}"),
+            Output::Typing { state, .. } => format!("typing:{state:?}"),
+            Output::Presence(state) => format!("presence:{state:?}"),
+            Output::WatchPresence(users) => format!("watch:{}", users.len()),
             Output::Ping => "ping".into(),
             Output::Close { code, .. } => format!("close:{code}"),
         }
@@ -575,6 +735,106 @@ mod tests {
             vec![hello("t", too_many, None), hello("t", vec![], None)],
             Some("alice"),
             &["error:invalid_field", "authenticate", "write:welcome"],
+        );
+    }
+
+    #[test]
+    fn lane_events_receipts_typing_and_presence() {
+        let id = |text: &str| ClientMsgId::parse(text).unwrap();
+        let conversation_id = ConversationId(1);
+        let cursor = Cursor {
+            conversation_id,
+            seq: Seq(4),
+        };
+        let watch = |count: usize| ClientFrame::WatchPresence {
+            user_ids: (0..count)
+                .map(|i| UserId::parse(&format!("u{i}")).unwrap())
+                .collect(),
+        };
+        check(
+            vec![
+                hello("t", vec![cursor], Some(epoch())),
+                ClientFrame::Edit {
+                    client_msg_id: id("e"),
+                    conversation_id,
+                    target_seq: Seq(1),
+                    body: "new".into(),
+                },
+                ClientFrame::Delete {
+                    client_msg_id: id("d"),
+                    conversation_id,
+                    target_seq: Seq::ZERO,
+                },
+                ClientFrame::React {
+                    client_msg_id: id("r"),
+                    conversation_id,
+                    target_seq: Seq(1),
+                    emoji: "👍".into(),
+                    remove: false,
+                },
+                ClientFrame::React {
+                    client_msg_id: id("x"),
+                    conversation_id,
+                    target_seq: Seq(1),
+                    emoji: ":+1:".into(),
+                    remove: false,
+                },
+                ClientFrame::Received {
+                    conversation_id,
+                    seq: Seq(4),
+                },
+                ClientFrame::Read {
+                    conversation_id,
+                    seq: Seq(3),
+                },
+                // Beyond what this connection holds, and seq 0: refused.
+                ClientFrame::Read {
+                    conversation_id,
+                    seq: Seq(5),
+                },
+                ClientFrame::Received {
+                    conversation_id,
+                    seq: Seq::ZERO,
+                },
+                ClientFrame::Typing {
+                    conversation_id,
+                    state: TypingState::Start,
+                },
+                ClientFrame::Presence {
+                    state: PresenceState::Away,
+                },
+                ClientFrame::Presence {
+                    state: PresenceState::Offline,
+                },
+                watch(3),
+                watch(limits::PRESENCE_WATCH_MAX + 1),
+            ],
+            Some("alice"),
+            &[
+                "authenticate",
+                "write:welcome",
+                "commit:e",
+                "error:invalid_field",
+                "commit:r",
+                "error:invalid_field",
+                "marker:4/0",
+                "marker:3/3",
+                "error:invalid_field",
+                "error:invalid_field",
+                "typing:Start",
+                "presence:Away",
+                "error:invalid_field",
+                "watch:3",
+                "error:invalid_field",
+            ],
+        );
+        check(
+            vec![ClientFrame::Typing {
+                conversation_id,
+                state: TypingState::Stop,
+            }],
+            None,
+            &["error:unauthorized"],
         );
     }
 
@@ -633,6 +893,7 @@ mod tests {
             code: ErrorCode::NotFound,
             message: "no".into(),
             request_id: Some("a".into()),
+            retry_after_ms: None,
         }));
         assert!(connection.wants_read());
         let outputs = drain(&mut connection);
@@ -657,6 +918,7 @@ mod tests {
             code: ErrorCode::StorageUnavailable,
             message: "x".into(),
             request_id: Some("a".into()),
+            retry_after_ms: None,
         }));
         let outputs: Vec<String> = drain(&mut connection).iter().map(describe).collect();
         assert_eq!(

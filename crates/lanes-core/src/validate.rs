@@ -1,7 +1,7 @@
 //! Validation of client input that needs no store: sizes and formats. Membership is enforced by
 //! the store inside the commit transaction (`Store::append_batch`), the one place that cannot race.
 
-use lanes_protocol::{ClientMsgId, ConversationId, ErrorCode, limits};
+use lanes_protocol::{ClientMsgId, Content, ConversationId, ErrorCode, Seq, limits};
 
 /// Per-deployment limits (configuration), checked against the protocol maxima at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,15 +39,16 @@ impl Limits {
     }
 }
 
-/// A send that passed validation and may go to the committer.
+/// A lane event (send, edit, delete, reaction) that passed validation and may go to the
+/// committer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidSend {
     /// Idempotency key.
     pub client_msg_id: ClientMsgId,
-    /// Target conversation (membership still to be checked by the store).
+    /// Target conversation (membership and referenced messages still to be checked by the store).
     pub conversation_id: ConversationId,
-    /// The text.
-    pub body: String,
+    /// What to append.
+    pub content: Content,
 }
 
 /// Why a request was refused. Nothing has been written when one is returned.
@@ -62,14 +63,20 @@ pub enum Rejection {
         /// The limit.
         max: usize,
     },
+    /// A seq field is 0 (seqs start at 1).
+    SeqZero(&'static str),
+    /// The reaction is not one emoji.
+    NotAnEmoji,
 }
 
 impl Rejection {
     /// The wire code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Rejection::BodyEmpty => ErrorCode::InvalidField,
             Rejection::BodyTooLong { .. } => ErrorCode::MessageTooLarge,
+            Rejection::BodyEmpty | Rejection::SeqZero(_) | Rejection::NotAnEmoji => {
+                ErrorCode::InvalidField
+            }
         }
     }
 
@@ -80,17 +87,13 @@ impl Rejection {
             Rejection::BodyTooLong { len, max } => {
                 format!("body is {len} bytes, limit {max}")
             }
+            Rejection::SeqZero(field) => format!("{field} must be at least 1"),
+            Rejection::NotAnEmoji => "emoji must be exactly one Unicode emoji".into(),
         }
     }
 }
 
-/// `validate::send`: checks a send's body against the limits.
-pub fn send(
-    client_msg_id: ClientMsgId,
-    conversation_id: ConversationId,
-    body: String,
-    limits: &Limits,
-) -> Result<ValidSend, Rejection> {
+fn body(body: &str, limits: &Limits) -> Result<(), Rejection> {
     if body.len() > limits.message_body_bytes_max {
         return Err(Rejection::BodyTooLong {
             len: body.len(),
@@ -100,10 +103,62 @@ pub fn send(
     if body.trim().is_empty() {
         return Err(Rejection::BodyEmpty);
     }
+    Ok(())
+}
+
+fn seq(seq: Seq, field: &'static str) -> Result<(), Rejection> {
+    if seq == Seq::ZERO {
+        return Err(Rejection::SeqZero(field));
+    }
+    Ok(())
+}
+
+/// One emoji as Unicode defines them (including skin tones and ZWJ sequences), nothing else.
+fn emoji(emoji: &str) -> Result<(), Rejection> {
+    if emoji.len() > limits::EMOJI_BYTES_MAX || emojis::get(emoji).is_none() {
+        return Err(Rejection::NotAnEmoji);
+    }
+    Ok(())
+}
+
+/// `validate::send`: checks a lane event's fields against the limits.
+pub fn send(
+    client_msg_id: ClientMsgId,
+    conversation_id: ConversationId,
+    content: Content,
+    limits: &Limits,
+) -> Result<ValidSend, Rejection> {
+    match &content {
+        Content::Message {
+            body: text,
+            reply_to,
+        } => {
+            body(text, limits)?;
+            if let Some(reply_to) = reply_to {
+                seq(*reply_to, "reply_to")?;
+            }
+        }
+        Content::Edit {
+            target_seq,
+            body: text,
+        } => {
+            seq(*target_seq, "target_seq")?;
+            body(text, limits)?;
+        }
+        Content::Delete { target_seq } => seq(*target_seq, "target_seq")?,
+        Content::Reaction {
+            target_seq,
+            emoji: text,
+            ..
+        } => {
+            seq(*target_seq, "target_seq")?;
+            emoji(text)?;
+        }
+    }
     Ok(ValidSend {
         client_msg_id,
         conversation_id,
-        body,
+        content,
     })
 }
 
@@ -119,7 +174,10 @@ mod tests {
         let got = send(
             ClientMsgId::parse("m").unwrap(),
             ConversationId(1),
-            body.to_owned(),
+            Content::Message {
+                body: body.to_owned(),
+                reply_to: None,
+            },
             &limits,
         )
         .map(|_| ());
@@ -135,6 +193,43 @@ mod tests {
         check(" \n\t", Err(Rejection::BodyEmpty));
         // Bytes, not characters, count: 3 × 3-byte characters = 9 bytes.
         check("€€€", Err(Rejection::BodyTooLong { len: 9, max: 8 }));
+    }
+
+    fn reaction(emoji: &str) -> Result<ValidSend, Rejection> {
+        send(
+            ClientMsgId::parse("m").unwrap(),
+            ConversationId(1),
+            Content::Reaction {
+                target_seq: Seq(1),
+                emoji: emoji.into(),
+                add: true,
+            },
+            &Limits::default(),
+        )
+    }
+
+    #[test]
+    fn emojis() {
+        for good in ["👍", "👍🏽", "❤️", "👨‍👩‍👧‍👦", "🏳️‍🌈", "😀"]
+        {
+            assert!(reaction(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a", ":+1:", "👍👍", "👍 ", "<script>", "1"] {
+            assert_eq!(reaction(bad).unwrap_err(), Rejection::NotAnEmoji, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn seqs_start_at_one() {
+        let delete = send(
+            ClientMsgId::parse("m").unwrap(),
+            ConversationId(1),
+            Content::Delete {
+                target_seq: Seq::ZERO,
+            },
+            &Limits::default(),
+        );
+        assert_eq!(delete.unwrap_err(), Rejection::SeqZero("target_seq"));
     }
 
     #[test]

@@ -30,10 +30,22 @@ pub enum Event<P> {
     Joined(ConversationId),
     /// The user is no longer a member: nothing more of it follows.
     Left(ConversationId),
+    /// A frame outside the lanes (receipts, typing, presence): written as it is, no seq.
+    Signal(P),
     /// The outcome of one of this connection's own sends. It travels in the same queue as the
     /// messages, after every message the committer published before it, so an ack takes its
     /// message's place in the conversation's order on this connection.
     Committed(Result<AckFrame, ErrorFrame>),
+}
+
+/// How a signal treats a busy connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Like a message: a full queue makes the connection a slow consumer (it resyncs later).
+    Reliable,
+    /// Typing and presence: dropped for a connection whose queue is half full, which stays
+    /// connected. Such signals go first so durable events never have to.
+    Droppable,
 }
 
 /// Identifies one connection in the hub.
@@ -287,23 +299,102 @@ impl<P: Clone> Hub<P> {
                 }
             }
         }
-        if !slow.is_empty() {
-            let mut inner = self.write();
-            let Inner {
-                conversations,
-                users,
-            } = &mut *inner;
-            for (user_id, connection_id) in slow {
-                drop_slow(
-                    users,
-                    &user_id,
-                    &[connection_id],
-                    conversations,
-                    &self.slow_consumers,
-                );
+        self.drop_all_slow(slow);
+        delivered
+    }
+
+    /// Sends a signal to every connection of every online member of `conversation_id` for which
+    /// `payload_for(user)` gives a payload (per-recipient payloads: e.g. hidden read positions).
+    /// Returns how many connections received it.
+    pub fn signal(
+        &self,
+        conversation_id: ConversationId,
+        payload_for: impl Fn(&UserId) -> Option<P>,
+        delivery: Delivery,
+    ) -> usize {
+        let mut delivered = 0;
+        let mut slow: Vec<(UserId, ConnectionId)> = Vec::new();
+        {
+            let inner = self.read();
+            let Some(members) = inner.conversations.get(&conversation_id) else {
+                return 0;
+            };
+            for user_id in members {
+                let (Some(user), Some(payload)) = (inner.users.get(user_id), payload_for(user_id))
+                else {
+                    continue;
+                };
+                for entry in &user.connections {
+                    if self.offer(entry, Event::Signal(payload.clone()), delivery) {
+                        delivered += 1;
+                    } else if delivery == Delivery::Reliable {
+                        slow.push((user_id.clone(), entry.connection_id));
+                    }
+                }
             }
         }
+        self.drop_all_slow(slow);
         delivered
+    }
+
+    /// Sends a signal to one connection; `false` if it is gone or (droppable) busy.
+    pub fn signal_connection(
+        &self,
+        user_id: &UserId,
+        connection_id: ConnectionId,
+        payload: P,
+        delivery: Delivery,
+    ) -> bool {
+        let sent = {
+            let inner = self.read();
+            let Some(entry) = inner.users.get(user_id).and_then(|user| {
+                user.connections
+                    .iter()
+                    .find(|entry| entry.connection_id == connection_id)
+            }) else {
+                return false;
+            };
+            self.offer(entry, Event::Signal(payload), delivery)
+        };
+        if !sent && delivery == Delivery::Reliable {
+            self.drop_all_slow(vec![(user_id.clone(), connection_id)]);
+        }
+        sent
+    }
+
+    /// Whether `user_id` is online and a member of `conversation_id` (as the hub knows it).
+    pub fn is_online_member(&self, user_id: &UserId, conversation_id: ConversationId) -> bool {
+        self.read()
+            .users
+            .get(user_id)
+            .is_some_and(|user| user.conversations.contains(&conversation_id))
+    }
+
+    fn offer(&self, entry: &ConnectionEntry<P>, event: Event<P>, delivery: Delivery) -> bool {
+        match delivery {
+            Delivery::Reliable => entry.sender.try_send(event),
+            Delivery::Droppable => entry.sender.try_send_within(event, self.queue_len_max / 2),
+        }
+    }
+
+    fn drop_all_slow(&self, slow: Vec<(UserId, ConnectionId)>) {
+        if slow.is_empty() {
+            return;
+        }
+        let mut inner = self.write();
+        let Inner {
+            conversations,
+            users,
+        } = &mut *inner;
+        for (user_id, connection_id) in slow {
+            drop_slow(
+                users,
+                &user_id,
+                &[connection_id],
+                conversations,
+                &self.slow_consumers,
+            );
+        }
     }
 
     /// How many connections were dropped as slow consumers since start.
@@ -333,18 +424,7 @@ impl<P: Clone> Hub<P> {
             entry.sender.try_send(event)
         };
         if !delivered {
-            let mut inner = self.write();
-            let Inner {
-                conversations,
-                users,
-            } = &mut *inner;
-            drop_slow(
-                users,
-                user_id,
-                &[connection_id],
-                conversations,
-                &self.slow_consumers,
-            );
+            self.drop_all_slow(vec![(user_id.clone(), connection_id)]);
         }
         delivered
     }
@@ -433,6 +513,55 @@ mod tests {
             seq: Seq(seq),
             payload,
         }
+    }
+
+    #[test]
+    fn droppable_signals_give_way_and_reliable_ones_do_not() {
+        let hub: Hub<u32> = Hub::new(4);
+        let (alice, bob) = (user("alice"), user("bob"));
+        let mut alice_phone = hub.register(&alice);
+        hub.set_conversations(&alice, alice_phone.version, &[ConversationId(1)])
+            .unwrap();
+        let bob_phone = hub.register(&bob);
+        hub.set_conversations(&bob, bob_phone.version, &[ConversationId(2)])
+            .unwrap();
+        assert!(hub.is_online_member(&alice, ConversationId(1)));
+        assert!(!hub.is_online_member(&bob, ConversationId(1)));
+        let to_alice = |user: &UserId| (user.as_str() == "alice").then_some(7);
+        assert_eq!(
+            hub.signal(ConversationId(1), to_alice, Delivery::Droppable),
+            1
+        );
+        assert_eq!(
+            hub.signal(ConversationId(1), to_alice, Delivery::Droppable),
+            1
+        );
+        // Half full: droppable signals are dropped, the connection stays.
+        assert_eq!(
+            hub.signal(ConversationId(1), to_alice, Delivery::Droppable),
+            0
+        );
+        assert_eq!(hub.publish(ConversationId(1), Seq(1), 1, None), 1);
+        assert_eq!(
+            hub.signal(ConversationId(1), to_alice, Delivery::Reliable),
+            1
+        );
+        assert!(!alice_phone.slow.load(Ordering::Acquire));
+        // Full: a reliable signal makes it a slow consumer.
+        assert_eq!(
+            hub.signal(ConversationId(1), to_alice, Delivery::Reliable),
+            0
+        );
+        assert!(alice_phone.slow.load(Ordering::Acquire));
+        assert_eq!(
+            drain(&mut alice_phone),
+            [
+                Event::Signal(7),
+                Event::Signal(7),
+                message(1, 1, 1),
+                Event::Signal(7)
+            ]
+        );
     }
 
     #[test]

@@ -66,9 +66,14 @@ fn lock<T>(shared: &Shared<T>) -> std::sync::MutexGuard<'_, State<T>> {
 impl<T> QueueSender<T> {
     /// Adds `item` unless the queue is full; `false` when it is.
     pub(crate) fn try_send(&self, item: T) -> bool {
+        self.try_send_within(item, self.shared.capacity)
+    }
+
+    /// Adds `item` unless the queue holds `limit` items or more (capped at the capacity).
+    pub(crate) fn try_send_within(&self, item: T, limit: usize) -> bool {
         {
             let mut state = lock(&self.shared);
-            if state.items.len() >= self.shared.capacity {
+            if state.items.len() >= limit.min(self.shared.capacity) {
                 return false;
             }
             state.items.push_back(item);

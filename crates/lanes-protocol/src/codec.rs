@@ -72,6 +72,7 @@ mod tests {
             client_msg_id: ClientMsgId::parse("m1").unwrap(),
             conversation_id: ConversationId(7),
             body: "hi".into(),
+            reply_to: None,
         };
         check(
             r#"{"type":"send","client_msg_id":"m1","conversation_id":7,"body":"hi"}"#,
@@ -104,6 +105,7 @@ mod tests {
             code: ErrorCode::MessageTooLarge,
             message: "too big".into(),
             request_id: Some("m1".into()),
+            retry_after_ms: None,
         }));
         assert_eq!(
             text,

@@ -38,6 +38,77 @@ pub enum ClientFrame {
         conversation_id: ConversationId,
         /// UTF-8 text.
         body: String,
+        /// The seq of the message this one answers.
+        #[serde(default)]
+        reply_to: Option<Seq>,
+    },
+    /// Replace the text of one of the user's own messages. A lane event with its own seq.
+    Edit {
+        /// Makes the edit idempotent.
+        client_msg_id: ClientMsgId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message to edit.
+        target_seq: Seq,
+        /// The new text.
+        body: String,
+    },
+    /// Delete one of the user's own messages: its text (and its edits' texts) are erased from
+    /// storage, its seq stays as a tombstone. A lane event with its own seq.
+    Delete {
+        /// Makes the delete idempotent.
+        client_msg_id: ClientMsgId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message to delete.
+        target_seq: Seq,
+    },
+    /// Add (or, with `remove`, take back) an emoji reaction. A lane event with its own seq.
+    React {
+        /// Makes the reaction idempotent.
+        client_msg_id: ClientMsgId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message reacted to.
+        target_seq: Seq,
+        /// One emoji (a single Unicode emoji, skin tones and ZWJ sequences included).
+        emoji: String,
+        /// Take the reaction back instead of adding it.
+        #[serde(default)]
+        remove: bool,
+    },
+    /// This device holds every message of the conversation up to `seq` (delivery receipt).
+    Received {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Received up to here.
+        seq: Seq,
+    },
+    /// The user has read the conversation up to `seq`. Never moves backwards: an older seq is
+    /// a no-op. Implies `received` up to the same seq.
+    Read {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Read up to here.
+        seq: Seq,
+    },
+    /// The user started or stopped typing. Ephemeral: never stored.
+    Typing {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Start or stop.
+        state: TypingState,
+    },
+    /// This device's presence as its user chose it (`online` or `away`).
+    Presence {
+        /// `online` or `away`; `offline` is the server's to decide.
+        state: PresenceState,
+    },
+    /// Replace this connection's presence subscriptions with these users. Users who share no
+    /// conversation with the caller are silently left out.
+    WatchPresence {
+        /// The users whose presence the client shows.
+        user_ids: Vec<UserId>,
     },
     /// Application-level keepalive; answered with `pong`.
     Ping {
@@ -47,7 +118,108 @@ pub enum ClientFrame {
     },
 }
 
-/// A stored message, as delivered live, on catch-up and in history.
+/// What a lane event is. Every one has its own seq in its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A text message (possibly a reply).
+    #[default]
+    Message,
+    /// A new text for the message at `target_seq`.
+    Edit,
+    /// The message at `target_seq` was deleted.
+    Delete,
+    /// `emoji` was added to the message at `target_seq` by the sender.
+    ReactionAdd,
+    /// The sender took `emoji` back from the message at `target_seq`.
+    ReactionRemove,
+}
+
+impl EventKind {
+    /// The kind as stored and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Edit => "edit",
+            EventKind::Delete => "delete",
+            EventKind::ReactionAdd => "reaction_add",
+            EventKind::ReactionRemove => "reaction_remove",
+        }
+    }
+
+    /// The kind named `name`, if any.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        [
+            EventKind::Message,
+            EventKind::Edit,
+            EventKind::Delete,
+            EventKind::ReactionAdd,
+            EventKind::ReactionRemove,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// What a client asks to append to a conversation's lane (validated, before the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A text message, possibly replying to the message at `reply_to`.
+    Message {
+        /// Text.
+        body: String,
+        /// The message answered.
+        reply_to: Option<Seq>,
+    },
+    /// A new text for the sender's message at `target_seq`.
+    Edit {
+        /// The message edited.
+        target_seq: Seq,
+        /// New text.
+        body: String,
+    },
+    /// Deletes the sender's message at `target_seq`.
+    Delete {
+        /// The message deleted.
+        target_seq: Seq,
+    },
+    /// Adds or removes the sender's `emoji` reaction on the message at `target_seq`.
+    Reaction {
+        /// The message reacted to.
+        target_seq: Seq,
+        /// The emoji.
+        emoji: String,
+        /// Add (true) or remove (false).
+        add: bool,
+    },
+}
+
+impl Content {
+    /// The event kind this content becomes.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Content::Message { .. } => EventKind::Message,
+            Content::Edit { .. } => EventKind::Edit,
+            Content::Delete { .. } => EventKind::Delete,
+            Content::Reaction { add: true, .. } => EventKind::ReactionAdd,
+            Content::Reaction { add: false, .. } => EventKind::ReactionRemove,
+        }
+    }
+}
+
+/// The users who reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// Who reacted with it, in id order.
+    pub user_ids: Vec<UserId>,
+}
+
+/// A stored lane event (a message, or an edit, delete or reaction of one), as delivered live,
+/// on catch-up and in history. A `message` read from the store carries its current state
+/// (`body` after edits, `edited_at`, `deleted`, `reactions`); the events that changed it follow
+/// in seq order, and applying them again leaves the same state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageFrame {
     /// The conversation.
@@ -60,10 +232,107 @@ pub struct MessageFrame {
     pub sender_id: UserId,
     /// The author's idempotency key.
     pub client_msg_id: ClientMsgId,
-    /// Text.
+    /// What this event is.
+    #[serde(default)]
+    pub kind: EventKind,
+    /// Text of a message or edit; empty for deletes, reactions and deleted messages.
     pub body: String,
     /// When it was committed.
     pub server_ts: UnixMillis,
+    /// The message an edit, delete or reaction applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<Seq>,
+    /// The message a message replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Seq>,
+    /// The emoji of a reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// When a message was last edited (state read from the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<UnixMillis>,
+    /// The message (or the message an edit applies to) was deleted: its text is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// A message's reactions (state read from the store).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+}
+
+impl MessageFrame {
+    /// A plain text message as it is committed.
+    pub fn new_message(
+        conversation_id: ConversationId,
+        seq: Seq,
+        message_id: MessageId,
+        sender_id: UserId,
+        client_msg_id: ClientMsgId,
+        body: String,
+        server_ts: UnixMillis,
+    ) -> MessageFrame {
+        MessageFrame {
+            conversation_id,
+            seq,
+            message_id,
+            sender_id,
+            client_msg_id,
+            kind: EventKind::Message,
+            body,
+            server_ts,
+            target_seq: None,
+            reply_to: None,
+            emoji: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+        }
+    }
+}
+
+/// Typing started or stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingState {
+    /// Typing; expires by itself unless refreshed.
+    Start,
+    /// Stopped (said so, sent the message, or expired).
+    Stop,
+}
+
+/// A user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceState {
+    /// Connected, and at least one device is in use.
+    Online,
+    /// Connected, but every device said it is away.
+    Away,
+    /// No connection (after a grace period).
+    Offline,
+}
+
+/// One member's receipt position in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The member.
+    pub user_id: UserId,
+    /// A device of theirs received every message up to here.
+    pub delivered_seq: Seq,
+    /// They read up to here; absent when they hide read receipts (except from themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<Seq>,
+}
+
+/// One user's presence as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    /// The user.
+    pub user_id: UserId,
+    /// Online, away or offline.
+    pub state: PresenceState,
+    /// When they were last connected (offline users), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<UnixMillis>,
 }
 
 /// Confirms that a send is durably stored.
@@ -92,6 +361,21 @@ pub struct ErrorFrame {
     /// The request this answers, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// With `rate_limited`: when to try again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorFrame {
+    /// An error answering `request_id` (if any), with no retry hint.
+    pub fn new(code: ErrorCode, message: impl Into<String>, request_id: Option<String>) -> Self {
+        ErrorFrame {
+            code,
+            message: message.into(),
+            request_id,
+            retry_after_ms: None,
+        }
+    }
 }
 
 /// A frame the server sends.
@@ -121,6 +405,30 @@ pub enum ServerFrame {
     Left {
         /// The conversation.
         conversation_id: ConversationId,
+    },
+    /// Receipt positions in a conversation: every member's (with any) after `hello`, then the
+    /// ones that changed. Positions only move forward.
+    Receipts {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The positions.
+        receipts: Vec<Receipt>,
+    },
+    /// A member started or stopped typing (never stored). A `start` that is not refreshed
+    /// within the server's typing TTL is followed by a `stop`.
+    Typing {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Start or stop.
+        state: TypingState,
+    },
+    /// Presence of watched users: all of them after `watch_presence`, then those that changed
+    /// (coalesced).
+    Presence {
+        /// The users.
+        users: Vec<UserPresence>,
     },
     /// Answers `ping`.
     Pong {

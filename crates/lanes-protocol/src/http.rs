@@ -144,6 +144,9 @@ pub struct Conversation {
     pub last_message: Option<MessageFrame>,
     /// Messages from others after the caller's read marker.
     pub unread_count: u64,
+    /// Where the viewer marked the conversation read.
+    #[serde(default)]
+    pub read_seq: Seq,
     /// Members, with roles.
     pub members: Vec<Member>,
     /// When it was created.
@@ -164,6 +167,14 @@ pub struct History {
     pub messages: Vec<MessageFrame>,
     /// True when more messages exist beyond this page in the direction asked.
     pub has_more: bool,
+}
+
+/// `GET`/`PUT /v1/me/settings`: the user's preferences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Other members do not see how far this user has read (they still see delivery).
+    pub hide_read_receipts: bool,
 }
 
 /// Every HTTP error body.

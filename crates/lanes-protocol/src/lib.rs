@@ -7,5 +7,8 @@ pub mod http;
 pub mod ids;
 pub mod limits;
 
-pub use frames::{AckFrame, ClientFrame, Cursor, ErrorCode, ErrorFrame, MessageFrame, ServerFrame};
+pub use frames::{
+    AckFrame, ClientFrame, Content, Cursor, ErrorCode, ErrorFrame, EventKind, MessageFrame,
+    PresenceState, Reaction, Receipt, ServerFrame, TypingState, UserPresence,
+};
 pub use ids::{ClientMsgId, ConversationId, MessageId, Seq, StoreEpoch, UnixMillis, UserId};

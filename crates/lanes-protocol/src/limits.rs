@@ -42,6 +42,10 @@ pub const INFLIGHT_SENDS_MAX: usize = 256;
 pub const CONNECTION_QUEUE_LEN_MAX: usize = 4096;
 /// Most items one group commit may carry.
 pub const COMMIT_BATCH_LEN_MAX: usize = 2048;
+/// Longest reaction emoji, in bytes (the longest ZWJ sequences are ~35).
+pub const EMOJI_BYTES_MAX: usize = 64;
+/// Most users one connection may watch the presence of.
+pub const PRESENCE_WATCH_MAX: usize = 256;
 /// Largest HTTP request body accepted, in bytes.
 pub const HTTP_BODY_BYTES_MAX: usize = FRAME_BYTES_MAX;
 

@@ -11,7 +11,7 @@ use lanes_core::CommitQueue;
 use lanes_hub::{ConnectionId, Hub};
 use lanes_protocol::codec::encode_server;
 use lanes_protocol::{AckFrame, ErrorCode, ErrorFrame, MessageFrame, ServerFrame, limits};
-use lanes_store::{AppendOutcome, NewMessage, Store};
+use lanes_store::{AppendOutcome, AppendRejection, NewMessage, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -106,11 +106,11 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
             Metrics::add(&metrics.commit_failures, 1);
             tracing::error!("commit of {} sends failed: {err}", messages.len());
             for (message, origin) in messages.iter().zip(origins) {
-                let answer = Err(ErrorFrame {
-                    code: ErrorCode::StorageUnavailable,
-                    message: "storage is unavailable; retry with the same client_msg_id".into(),
-                    request_id: Some(message.client_msg_id.to_string()),
-                });
+                let answer = Err(ErrorFrame::new(
+                    ErrorCode::StorageUnavailable,
+                    "storage is unavailable; retry with the same client_msg_id",
+                    Some(message.client_msg_id.to_string()),
+                ));
                 hub.reply(&message.sender_id, origin, answer);
             }
             return;
@@ -121,6 +121,7 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
     for ((outcome, message), origin) in outcomes.into_iter().zip(&messages).zip(origins) {
         let answer = match outcome {
             AppendOutcome::Appended(frame) => {
+                // Every lane event (edits, deletes and reactions too) counts: each took a seq.
                 Metrics::add(&metrics.messages_committed, 1);
                 let ack = ack_of(&frame);
                 let (conversation_id, seq) = (frame.conversation_id, frame.seq);
@@ -132,11 +133,33 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
                 Metrics::add(&metrics.duplicate_sends, 1);
                 Ok(ack_of(&frame))
             }
-            AppendOutcome::NotMember => Err(ErrorFrame {
-                code: ErrorCode::NotFound,
-                message: "conversation not found".into(),
-                request_id: Some(message.client_msg_id.to_string()),
-            }),
+            AppendOutcome::NotMember => Err(ErrorFrame::new(
+                ErrorCode::NotFound,
+                "conversation not found",
+                Some(message.client_msg_id.to_string()),
+            )),
+            AppendOutcome::Rejected(rejection) => {
+                let (code, text) = match rejection {
+                    AppendRejection::NoSuchMessage => (
+                        ErrorCode::InvalidField,
+                        "target_seq or reply_to names no message of this conversation",
+                    ),
+                    AppendRejection::NotAuthor => (
+                        ErrorCode::Forbidden,
+                        "only the author may edit or delete a message",
+                    ),
+                    AppendRejection::Deleted => (ErrorCode::Conflict, "the message was deleted"),
+                    AppendRejection::ReactionUnchanged => (
+                        ErrorCode::Conflict,
+                        "that reaction is already there (add) or not there (remove)",
+                    ),
+                };
+                Err(ErrorFrame::new(
+                    code,
+                    text,
+                    Some(message.client_msg_id.to_string()),
+                ))
+            }
         };
         // The sender may have disconnected; its message is stored and it sees it on resume.
         hub.reply(&message.sender_id, origin, answer);

@@ -100,6 +100,38 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// Receipts, typing and presence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// How long receipt positions are gathered before one transaction stores them all and the
+    /// members are told, in milliseconds.
+    pub receipts_flush_ms: u64,
+    /// A typing `start` not refreshed within this many milliseconds becomes a `stop`.
+    pub typing_ttl_ms: u64,
+    /// Typing starts allowed per user per second, sustained.
+    pub typing_starts_per_sec: u32,
+    /// Typing starts allowed per user in a burst.
+    pub typing_starts_burst: u32,
+    /// How long a user whose last connection ended still shows as before, in milliseconds.
+    pub presence_grace_ms: u64,
+    /// How often presence changes are sent to watchers, in milliseconds.
+    pub presence_flush_ms: u64,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> RealtimeConfig {
+        RealtimeConfig {
+            receipts_flush_ms: 50,
+            typing_ttl_ms: 6_000,
+            typing_starts_per_sec: 2,
+            typing_starts_burst: 10,
+            presence_grace_ms: 5_000,
+            presence_flush_ms: 250,
+        }
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -119,6 +151,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// WebSocket timing.
     pub websocket: WebSocketConfig,
+    /// Receipts, typing and presence.
+    pub realtime: RealtimeConfig,
 }
 
 impl Default for Config {
@@ -131,6 +165,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),
+            realtime: RealtimeConfig::default(),
         }
     }
 }
@@ -159,6 +194,16 @@ impl Config {
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
             return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());
+        }
+        let realtime = &self.realtime;
+        if realtime.receipts_flush_ms > 10_000 || realtime.presence_flush_ms > 10_000 {
+            return Err("realtime flush intervals must be at most 10000 ms".into());
+        }
+        if realtime.presence_flush_ms == 0 || realtime.typing_ttl_ms == 0 {
+            return Err("realtime.presence_flush_ms and typing_ttl_ms must be positive".into());
+        }
+        if realtime.typing_starts_per_sec == 0 || realtime.typing_starts_burst == 0 {
+            return Err("realtime typing rate limits must be positive".into());
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use lanes_protocol::http::{
-    AddMember, ConversationList, CreateDirect, CreateGroup, Credentials, History, Role,
+    AddMember, ConversationList, CreateDirect, CreateGroup, Credentials, History, Role, Settings,
 };
 use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId, limits};
 use lanes_store::{ManageOutcome, decide_removal};
@@ -28,6 +28,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/register", post(register))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
+        .route("/v1/me/settings", get(get_settings).put(put_settings))
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/direct", post(create_direct))
         .route("/v1/conversations/group", post(create_group))
@@ -144,6 +145,28 @@ async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusC
 }
 
 /// `GET /v1/conversations`
+async fn get_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Settings>, ApiError> {
+    let settings = blocking(&state.store, move |store| store.settings(&caller.user_id)).await?;
+    Ok(Json(settings))
+}
+
+async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<Settings>, JsonRejection>,
+) -> Result<Json<Settings>, ApiError> {
+    let Json(settings) = body?;
+    let stored = settings.clone();
+    blocking(&state.store, move |store| {
+        store.set_settings(&caller.user_id, &stored)
+    })
+    .await?;
+    Ok(Json(settings))
+}
+
 async fn list_conversations(
     State(state): State<AppState>,
     caller: Caller,

@@ -8,10 +8,14 @@ pub mod config;
 mod error;
 mod http;
 mod metrics;
+mod presence;
+mod receipts;
+mod typing;
 mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +62,10 @@ pub(crate) struct AppState {
     store: Arc<dyn Store>,
     hub: Arc<Hub<Utf8Bytes>>,
     commits: mpsc::Sender<CommitRequest>,
+    /// Receipt positions for the receipts writer.
+    receipts: mpsc::Sender<lanes_store::MarkerUpdate>,
+    typing: Arc<typing::Typing>,
+    presence: Arc<presence::Presence>,
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     epoch: StoreEpoch,
@@ -168,6 +176,39 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
     )
     .map_err(|err| ServeError::Config(format!("start committer thread: {err}")))?;
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), &config.auth)?);
+    let realtime = &config.realtime;
+    let receipts = receipts::spawn(
+        Arc::clone(&store),
+        Arc::clone(&hub),
+        Arc::clone(&metrics),
+        Duration::from_millis(realtime.receipts_flush_ms),
+    );
+    let (Some(per_sec), Some(burst)) = (
+        NonZeroU32::new(realtime.typing_starts_per_sec),
+        NonZeroU32::new(realtime.typing_starts_burst),
+    ) else {
+        return Err(ServeError::Config(
+            "typing rate limits must be positive".into(),
+        ));
+    };
+    let typing = Arc::new(typing::Typing::new(
+        Arc::clone(&hub),
+        Arc::clone(&metrics),
+        Duration::from_millis(realtime.typing_ttl_ms),
+        per_sec,
+        burst,
+    ));
+    typing::spawn_sweeper(Arc::clone(&typing));
+    let presence = Arc::new(presence::Presence::new(
+        Arc::clone(&hub),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Duration::from_millis(realtime.presence_grace_ms),
+    ));
+    presence::spawn_flusher(
+        Arc::clone(&presence),
+        Duration::from_millis(realtime.presence_flush_ms),
+    );
     let listener = listen(config.listen).map_err(|source| ServeError::Io {
         addr: config.listen,
         source,
@@ -177,6 +218,9 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         store,
         hub,
         commits,
+        receipts,
+        typing,
+        presence,
         auth,
         connection_config: Arc::new(config.connection_config(epoch.clone())),
         config: Arc::new(config),

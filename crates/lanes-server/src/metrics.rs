@@ -14,6 +14,9 @@ pub(crate) struct Metrics {
     pub(crate) connections_opened: AtomicU64,
     pub(crate) connections_current: AtomicU64,
     pub(crate) write_timeouts: AtomicU64,
+    pub(crate) receipt_commits: AtomicU64,
+    pub(crate) typing_events: AtomicU64,
+    pub(crate) presence_updates: AtomicU64,
 }
 
 impl Metrics {
@@ -41,6 +44,24 @@ impl Metrics {
             "counter",
             "Group commits (one transaction and fsync each).",
             get(&self.commits),
+        );
+        metric(
+            "lanes_receipt_commits_total",
+            "counter",
+            "Transactions that stored receipt positions.",
+            get(&self.receipt_commits),
+        );
+        metric(
+            "lanes_typing_events_total",
+            "counter",
+            "Typing starts and stops announced (never stored).",
+            get(&self.typing_events),
+        );
+        metric(
+            "lanes_presence_frames_total",
+            "counter",
+            "Coalesced presence frames sent to watching connections.",
+            get(&self.presence_updates),
         );
         metric(
             "lanes_commit_failures_total",

@@ -15,8 +15,10 @@ use futures_util::{SinkExt, StreamExt};
 use lanes_core::{Admission, Connection, Output, Violation};
 use lanes_hub::{Event, Subscription};
 use lanes_protocol::codec::{decode_client, encode_server};
-use lanes_protocol::{ConversationId, ErrorCode, ErrorFrame, ServerFrame, UserId, limits};
-use lanes_store::NewMessage;
+use lanes_protocol::{
+    Content, ConversationId, ErrorCode, ErrorFrame, PresenceState, ServerFrame, UserId, limits,
+};
+use lanes_store::{MarkerUpdate, NewMessage};
 
 use crate::committer::CommitRequest;
 use crate::metrics::Metrics;
@@ -29,6 +31,8 @@ const EVENTS_PER_FLUSH_MAX: usize = 256;
 const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes buffered before a write is forced (frames are flushed after each batch anyway).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Attempts to list a user's conversations while membership keeps changing under the listing.
 const LISTING_ATTEMPTS_MAX: usize = 16;
 
@@ -84,7 +88,20 @@ async fn run(socket: WebSocket, state: AppState) {
     };
     Metrics::add(&session.state.metrics.connections_opened, 1);
     Metrics::add(&session.state.metrics.connections_current, 1);
-    let _ = session.drive(stream).await;
+    let mut stream = stream;
+    if let Err(End::Closed) = session.drive(&mut stream).await {
+        // Finish the closing handshake: read (and drop) what the peer still sends until its
+        // close frame. Closing a socket with unread data makes the kernel send a reset, which
+        // can destroy our last frames (the error saying why) before the peer reads them.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     session
         .state
         .metrics
@@ -95,11 +112,15 @@ async fn run(socket: WebSocket, state: AppState) {
             .state
             .hub
             .unregister(user_id, subscription.connection_id);
+        session
+            .state
+            .presence
+            .disconnected(user_id, subscription.connection_id);
     }
 }
 
 impl Session {
-    async fn drive(&mut self, mut stream: SplitStream<WebSocket>) -> Result<(), End> {
+    async fn drive(&mut self, stream: &mut SplitStream<WebSocket>) -> Result<(), End> {
         let mut shutdown = self.state.shutdown.clone();
         let mut shutdown_seen = *shutdown.borrow_and_update();
         if shutdown_seen {
@@ -211,11 +232,11 @@ impl Session {
                         unreachable!("Connection emits Commit only once authenticated");
                     };
                     let lost = |message: &str| {
-                        Err(ErrorFrame {
-                            code: ErrorCode::Internal,
-                            message: format!("{message}; retry with the same client_msg_id"),
-                            request_id: Some(request_id.clone()),
-                        })
+                        Err(ErrorFrame::new(
+                            ErrorCode::Internal,
+                            format!("{message}; retry with the same client_msg_id"),
+                            Some(request_id.clone()),
+                        ))
                     };
                     // The answer comes back through this connection's hub queue, so a send is
                     // only possible once subscribed (always: sends are read after the sync).
@@ -223,12 +244,16 @@ impl Session {
                         self.connection.handle_committed(lost("not subscribed yet"));
                         continue;
                     };
+                    if let Content::Message { .. } = send.content {
+                        // Sending ends typing; the stop goes out before the message is stored.
+                        self.state.typing.stop(&sender_id, send.conversation_id);
+                    }
                     let request = CommitRequest {
                         message: NewMessage {
                             sender_id,
                             client_msg_id: send.client_msg_id,
                             conversation_id: send.conversation_id,
-                            body: send.body,
+                            content: send.content,
                         },
                         origin,
                     };
@@ -238,6 +263,61 @@ impl Session {
                             .handle_committed(lost("the server is stopping"));
                         self.connection.handle_shutdown();
                     }
+                }
+                Output::Marker {
+                    conversation_id,
+                    delivered,
+                    read,
+                } => {
+                    let Some(user_id) = self.user_id.clone() else {
+                        unreachable!("Connection emits Marker only once authenticated");
+                    };
+                    let update = MarkerUpdate {
+                        conversation_id,
+                        user_id,
+                        delivered,
+                        read,
+                    };
+                    // Waits when the writer is saturated; fails only when the server stops.
+                    let _ = self.state.receipts.send(update).await;
+                }
+                Output::Typing {
+                    conversation_id,
+                    state,
+                } => {
+                    let Some(user_id) = &self.user_id else {
+                        unreachable!("Connection emits Typing only once authenticated");
+                    };
+                    if let Err(error) = self.state.typing.update(user_id, conversation_id, state) {
+                        self.feed_frame(&ServerFrame::Error(error)).await?;
+                    }
+                }
+                Output::Presence(presence) => {
+                    if let (Some(user_id), Some(subscription)) = (&self.user_id, &self.subscription)
+                    {
+                        self.state.presence.set_away(
+                            user_id,
+                            subscription.connection_id,
+                            presence == PresenceState::Away,
+                        );
+                    }
+                }
+                Output::WatchPresence(user_ids) => {
+                    let (Some(user_id), Some(connection_id)) = (
+                        self.user_id.clone(),
+                        self.subscription.as_ref().map(|s| s.connection_id),
+                    ) else {
+                        continue;
+                    };
+                    let presence = Arc::clone(&self.state.presence);
+                    let frame =
+                        match Box::pin(presence.watch(&user_id, connection_id, user_ids)).await {
+                            Ok(frame) => frame,
+                            Err(err) => {
+                                ServerFrame::Error(ErrorFrame::new(err.code, err.message, None))
+                            }
+                        };
+                    self.feed_frame(&frame).await?;
                 }
                 Output::Ping => self.feed(Message::Ping(Default::default())).await?,
                 Output::Close { code, reason } => {
@@ -294,6 +374,9 @@ impl Session {
             return Ok(());
         };
         let subscription = self.state.hub.register(&user_id);
+        self.state
+            .presence
+            .connected(&user_id, subscription.connection_id);
         let version = subscription.version;
         self.subscription = Some(subscription);
         // One trip to the blocking pool for the whole listing: connect storms are bound by these
@@ -334,6 +417,22 @@ impl Session {
                 self.catch_up(conversation_id).await?;
             }
         }
+        self.send_receipts(&user_id).await
+    }
+
+    /// Every member's receipt positions in the user's conversations, after catch-up: a
+    /// reconnecting sender sees where its messages stand now.
+    async fn send_receipts(&mut self, user_id: &UserId) -> Result<(), End> {
+        let viewer = user_id.clone();
+        let rows = blocking(&self.state.store, move |store| store.receipts_of(&viewer)).await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => return self.fail(err.code, err.message).await,
+        };
+        for chunk in rows.chunk_by(|a, b| a.conversation_id == b.conversation_id) {
+            let frame = crate::receipts::frame(chunk[0].conversation_id, chunk, Some(user_id));
+            self.feed_frame(&frame).await?;
+        }
         Ok(())
     }
 
@@ -373,11 +472,7 @@ impl Session {
 
     /// Tells the client the server failed and closes with 1011; it reconnects and resumes.
     async fn fail(&mut self, code: ErrorCode, message: String) -> Result<(), End> {
-        let frame = ServerFrame::Error(ErrorFrame {
-            code,
-            message,
-            request_id: None,
-        });
+        let frame = ServerFrame::Error(ErrorFrame::new(code, message, None));
         self.feed_frame(&frame).await?;
         let close = CloseFrame {
             code: 1011,
@@ -433,6 +528,7 @@ impl Session {
                 self.pending_catch_up.push(conversation_id);
             }
             Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
+            Event::Signal(payload) => self.feed(Message::Text(payload)).await?,
             Event::Committed(outcome) => {
                 // Written now, between the frames queued before and after it: the ack takes its
                 // message's place in the conversation's order.

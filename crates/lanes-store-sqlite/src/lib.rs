@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use lanes_protocol::http::{Conversation, ConversationKind, Member, Role};
+use lanes_protocol::http::{Conversation, ConversationKind, Member, Role, Settings};
 use lanes_protocol::{
-    ClientMsgId, ConversationId, MessageFrame, MessageId, Seq, StoreEpoch, UnixMillis, UserId,
-    limits,
+    ClientMsgId, Content, ConversationId, EventKind, MessageFrame, MessageId, Reaction, Seq,
+    StoreEpoch, UnixMillis, UserId, limits,
 };
 use lanes_store::{
-    AppendOutcome, ConversationInfo, ManageOutcome, MayManage, MembershipChange, NewMessage, Store,
-    StoreError, StoredUser, decide_removal,
+    AppendOutcome, AppendRejection, ConversationInfo, ManageOutcome, MarkerUpdate, MayManage,
+    MembershipChange, NewMessage, ReceiptRow, Store, StoreError, StoredUser, decide_removal,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -43,6 +43,9 @@ impl Durability {
 /// Opening one costs a file open and a schema read, so a connect storm that had to open a reader
 /// per query was slower than the queries themselves.
 const READERS_KEPT_MAX: usize = 64;
+
+/// How long a connection waits for a lock held by another.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A Lanes store in one SQLite file.
 pub struct SqliteStore {
@@ -79,6 +82,10 @@ impl SqliteStore {
         };
         writer
             .pragma_update(None, "synchronous", synchronous)
+            .map_err(unavailable)?;
+        // Deleted messages must not linger in free space: SQLite overwrites what it frees.
+        writer
+            .pragma_update(None, "secure_delete", "ON")
             .map_err(unavailable)?;
         let mode: String = writer
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
@@ -133,7 +140,8 @@ impl SqliteStore {
     }
 
     /// Runs a page query (`?1` conversation, `?2` seq bound, `?3` limit) in one read
-    /// transaction with the membership check, so both see the same snapshot.
+    /// transaction with the membership check, so both see the same snapshot. The page is
+    /// returned ascending (`descending`: the query's order is reversed) with its reactions.
     fn read_as_member(
         &self,
         viewer: &UserId,
@@ -141,6 +149,7 @@ impl SqliteStore {
         sql: &str,
         bound: Seq,
         limit: usize,
+        descending: bool,
     ) -> Result<Option<Vec<MessageFrame>>, StoreError> {
         self.read(|connection| {
             let transaction = connection.unchecked_transaction()?;
@@ -158,6 +167,11 @@ impl SqliteStore {
                     message_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut page = page;
+            if descending {
+                page.reverse();
+            }
+            attach_reactions(&transaction, &mut page)?;
             transaction.finish()?;
             Ok(Some(page))
         })
@@ -175,14 +189,132 @@ impl SqliteStore {
         transaction.commit().map_err(unavailable)?;
         Ok(value)
     }
+
+    /// `append_batch` without the checkpoint after deletes.
+    fn append(
+        &self,
+        batch: &[NewMessage],
+        now: UnixMillis,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.write(|transaction| {
+            // One statement per plain message on the common path: the insert itself checks
+            // membership and skips a duplicate (sender, client_msg_id). Only when it inserts
+            // nothing do we look at why. Events that refer to another message (replies, edits,
+            // deletes, reactions) are checked against it first. Heads are read once per
+            // conversation and written once per batch.
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body,
+                                       server_ts, target_seq, reply_to, emoji)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3)
+                 ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
+            )?;
+            let mut find_duplicate = transaction.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+            ))?;
+            let mut read_head = transaction
+                .prepare_cached("SELECT head_seq FROM conversations WHERE conversation_id = ?1")?;
+            let mut heads: HashMap<ConversationId, (u64, bool)> = HashMap::new();
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for message in batch {
+                let conversation_id = message.conversation_id;
+                let refers = !matches!(message.content, Content::Message { reply_to: None, .. });
+                if refers {
+                    // A retried edit must get its original ack even if its target changed since.
+                    let duplicate = find_duplicate
+                        .query_row(
+                            params![message.sender_id.as_str(), message.client_msg_id.as_str()],
+                            message_row,
+                        )
+                        .optional()?;
+                    if let Some(original) = duplicate {
+                        outcomes.push(AppendOutcome::Duplicate(original));
+                        continue;
+                    }
+                    if !is_member(transaction, conversation_id, &message.sender_id)? {
+                        outcomes.push(AppendOutcome::NotMember);
+                        continue;
+                    }
+                    if let Err(rejection) = apply_to_target(transaction, message, now)? {
+                        outcomes.push(AppendOutcome::Rejected(rejection));
+                        continue;
+                    }
+                }
+                let head = match heads.get(&conversation_id) {
+                    Some((head, _)) => Some(*head),
+                    None => {
+                        let head = read_head
+                            .query_row([sql_i64(conversation_id.0)], |row| u64_column(row, 0))
+                            .optional()?;
+                        if let Some(head) = head {
+                            heads.insert(conversation_id, (head, false));
+                        }
+                        head
+                    }
+                };
+                let (kind, body, target_seq, reply_to, emoji) = event_columns(&message.content);
+                let inserted = match head {
+                    Some(head) => insert.execute(params![
+                        sql_i64(conversation_id.0),
+                        sql_i64(head + 1),
+                        message.sender_id.as_str(),
+                        message.client_msg_id.as_str(),
+                        kind.as_str(),
+                        body,
+                        now.0,
+                        target_seq.map(|seq| sql_i64(seq.0)),
+                        reply_to.map(|seq| sql_i64(seq.0)),
+                        emoji
+                    ])? == 1,
+                    None => false,
+                };
+                if inserted {
+                    let seq = head.unwrap_or(0) + 1;
+                    heads.insert(conversation_id, (seq, true));
+                    let mut frame = MessageFrame::new_message(
+                        conversation_id,
+                        Seq(seq),
+                        MessageId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0)),
+                        message.sender_id.clone(),
+                        message.client_msg_id.clone(),
+                        body.to_owned(),
+                        now,
+                    );
+                    frame.kind = kind;
+                    frame.target_seq = target_seq;
+                    frame.reply_to = reply_to;
+                    frame.emoji = emoji.map(str::to_owned);
+                    outcomes.push(AppendOutcome::Appended(frame));
+                    continue;
+                }
+                let duplicate = find_duplicate
+                    .query_row(
+                        params![message.sender_id.as_str(), message.client_msg_id.as_str()],
+                        message_row,
+                    )
+                    .optional()?;
+                outcomes.push(match duplicate {
+                    Some(original) => AppendOutcome::Duplicate(original),
+                    None => AppendOutcome::NotMember,
+                });
+            }
+            let mut write_head = transaction.prepare_cached(
+                "UPDATE conversations SET head_seq = ?2, last_activity_at = ?3 WHERE conversation_id = ?1",
+            )?;
+            for (conversation_id, (head, touched)) in heads {
+                if touched {
+                    write_head.execute(params![sql_i64(conversation_id.0), sql_i64(head), now.0])?;
+                }
+            }
+            Ok(outcomes)
+        })
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // WAL mode is a property of the database file, set once by the writer at open.
     let connection = Connection::open(path).map_err(unavailable)?;
-    connection
-        .busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(unavailable)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     connection.set_prepared_statement_cache_capacity(64);
     Ok(connection)
 }
@@ -241,9 +373,36 @@ fn sql_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-const MESSAGE_COLUMNS: &str =
-    "conversation_id, seq, message_id, sender_id, client_msg_id, body, server_ts";
+const MESSAGE_COLUMNS: &str = "conversation_id, seq, message_id, sender_id, client_msg_id, \
+     kind, body, server_ts, target_seq, reply_to, emoji, edited_at, deleted";
 
+fn optional_seq_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<Seq>> {
+    let value: Option<i64> = row.get(index)?;
+    value
+        .map(|value| {
+            u64::try_from(value).map(Seq).map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    index,
+                    rusqlite::types::Type::Integer,
+                    Box::new(err),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn event_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<EventKind> {
+    let text: String = row.get(index)?;
+    EventKind::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown event kind {text:?}").into(),
+        )
+    })
+}
+
+/// A row of `MESSAGE_COLUMNS`; reactions are attached separately (`attach_reactions`).
 fn message_row(row: &Row<'_>) -> rusqlite::Result<MessageFrame> {
     Ok(MessageFrame {
         conversation_id: ConversationId(u64_column(row, 0)?),
@@ -251,9 +410,181 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<MessageFrame> {
         message_id: MessageId(u64_column(row, 2)?),
         sender_id: user_id_column(row, 3)?,
         client_msg_id: client_msg_id_column(row, 4)?,
-        body: row.get(5)?,
-        server_ts: UnixMillis(row.get(6)?),
+        kind: event_kind_column(row, 5)?,
+        body: row.get(6)?,
+        server_ts: UnixMillis(row.get(7)?),
+        target_seq: optional_seq_column(row, 8)?,
+        reply_to: optional_seq_column(row, 9)?,
+        emoji: row.get(10)?,
+        edited_at: row.get::<_, Option<i64>>(11)?.map(UnixMillis),
+        deleted: row.get(12)?,
+        reactions: Vec::new(),
     })
+}
+
+/// Fills in the current reactions of the messages of one conversation's page.
+fn attach_reactions(connection: &Connection, page: &mut [MessageFrame]) -> rusqlite::Result<()> {
+    let (Some(first), Some(last)) = (page.first(), page.last()) else {
+        return Ok(());
+    };
+    let conversation_id = first.conversation_id;
+    let mut statement = connection.prepare_cached(
+        "SELECT seq, emoji, user_id FROM reactions
+         WHERE conversation_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq, emoji, user_id",
+    )?;
+    let rows = statement.query_map(
+        params![
+            sql_i64(conversation_id.0),
+            sql_i64(first.seq.0),
+            sql_i64(last.seq.0)
+        ],
+        |row| {
+            Ok((
+                Seq(u64_column(row, 0)?),
+                row.get::<_, String>(1)?,
+                user_id_column(row, 2)?,
+            ))
+        },
+    )?;
+    for row in rows {
+        let (seq, emoji, user_id) = row?;
+        // Pages are ascending by seq.
+        let Ok(index) = page.binary_search_by_key(&seq, |message| message.seq) else {
+            continue;
+        };
+        let reactions = &mut page[index].reactions;
+        match reactions.last_mut() {
+            Some(last) if last.emoji == emoji => last.user_ids.push(user_id),
+            _ => reactions.push(Reaction {
+                emoji,
+                user_ids: vec![user_id],
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// The row an edit, delete, reaction or reply refers to: its author, kind and deleted flag.
+fn target_of(
+    transaction: &rusqlite::Transaction<'_>,
+    conversation_id: ConversationId,
+    seq: Seq,
+) -> rusqlite::Result<Option<(UserId, EventKind, bool)>> {
+    transaction
+        .prepare_cached(
+            "SELECT sender_id, kind, deleted FROM messages WHERE conversation_id = ?1 AND seq = ?2",
+        )?
+        .query_row(params![sql_i64(conversation_id.0), sql_i64(seq.0)], |row| {
+            Ok((
+                user_id_column(row, 0)?,
+                event_kind_column(row, 1)?,
+                row.get(2)?,
+            ))
+        })
+        .optional()
+}
+
+/// Checks an event against the message it refers to and applies its effect on that message.
+/// Runs inside `append_batch`'s transaction, after the membership check.
+fn apply_to_target(
+    transaction: &rusqlite::Transaction<'_>,
+    message: &NewMessage,
+    now: UnixMillis,
+) -> rusqlite::Result<Result<(), AppendRejection>> {
+    let conversation_id = message.conversation_id;
+    let (target_seq, must_be_author) = match &message.content {
+        Content::Message { reply_to: None, .. } => return Ok(Ok(())),
+        Content::Message {
+            reply_to: Some(seq),
+            ..
+        } => (*seq, false),
+        Content::Edit { target_seq, .. } | Content::Delete { target_seq } => (*target_seq, true),
+        Content::Reaction { target_seq, .. } => (*target_seq, false),
+    };
+    let Some((author, kind, deleted)) = target_of(transaction, conversation_id, target_seq)? else {
+        return Ok(Err(AppendRejection::NoSuchMessage));
+    };
+    if kind != EventKind::Message {
+        return Ok(Err(AppendRejection::NoSuchMessage));
+    }
+    if let Content::Message { .. } = message.content {
+        // A reply may quote a deleted message: the client shows the tombstone.
+        return Ok(Ok(()));
+    }
+    if must_be_author && author != message.sender_id {
+        return Ok(Err(AppendRejection::NotAuthor));
+    }
+    if deleted {
+        return Ok(Err(AppendRejection::Deleted));
+    }
+    let target = params![sql_i64(conversation_id.0), sql_i64(target_seq.0)];
+    match &message.content {
+        Content::Message { .. } => {}
+        Content::Edit { body, .. } => {
+            transaction
+                .prepare_cached(
+                    "UPDATE messages SET body = ?3, edited_at = ?4
+                     WHERE conversation_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![
+                    sql_i64(conversation_id.0),
+                    sql_i64(target_seq.0),
+                    body,
+                    now.0
+                ])?;
+        }
+        Content::Delete { .. } => {
+            // The text is gone from storage, from the message and from every edit of it.
+            transaction
+                .prepare_cached(
+                    "UPDATE messages SET body = '', deleted = 1
+                     WHERE conversation_id = ?1 AND (seq = ?2 OR (target_seq = ?2 AND kind = 'edit'))",
+                )?
+                .execute(target)?;
+            transaction
+                .prepare_cached("DELETE FROM reactions WHERE conversation_id = ?1 AND seq = ?2")?
+                .execute(target)?;
+        }
+        Content::Reaction { emoji, add, .. } => {
+            let sql = if *add {
+                "INSERT OR IGNORE INTO reactions (conversation_id, seq, emoji, user_id)
+                 VALUES (?1, ?2, ?3, ?4)"
+            } else {
+                "DELETE FROM reactions
+                 WHERE conversation_id = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4"
+            };
+            let changed = transaction.prepare_cached(sql)?.execute(params![
+                sql_i64(conversation_id.0),
+                sql_i64(target_seq.0),
+                emoji,
+                message.sender_id.as_str()
+            ])?;
+            if changed == 0 {
+                return Ok(Err(AppendRejection::ReactionUnchanged));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The stored columns of a new event: kind, body, target_seq, reply_to, emoji.
+fn event_columns(content: &Content) -> (EventKind, &str, Option<Seq>, Option<Seq>, Option<&str>) {
+    match content {
+        Content::Message { body, reply_to } => (EventKind::Message, body, None, *reply_to, None),
+        Content::Edit { target_seq, body } => {
+            (EventKind::Edit, body, Some(*target_seq), None, None)
+        }
+        Content::Delete { target_seq } => (EventKind::Delete, "", Some(*target_seq), None, None),
+        Content::Reaction {
+            target_seq, emoji, ..
+        } => (
+            content.kind(),
+            "",
+            Some(*target_seq),
+            None,
+            Some(emoji.as_str()),
+        ),
+    }
 }
 
 fn members_of(
@@ -306,19 +637,19 @@ fn view_of(
     let Some((kind, name, head_seq, created_at, read_seq)) = head else {
         return Ok(None);
     };
+    // The newest text message (edits and reactions are not "last messages").
     let last_message = connection
         .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE conversation_id = ?1 AND kind = 'message' ORDER BY seq DESC LIMIT 1"
         ))?
-        .query_row(
-            params![sql_i64(conversation_id.0), sql_i64(head_seq)],
-            message_row,
-        )
+        .query_row(params![sql_i64(conversation_id.0)], message_row)
         .optional()?;
     let unread_count: i64 = connection
         .prepare_cached(
             "SELECT COUNT(*) FROM (SELECT 1 FROM messages
-             WHERE conversation_id = ?1 AND seq > ?2 AND sender_id != ?3 LIMIT ?4)",
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender_id != ?3
+               AND kind = 'message' AND deleted = 0 LIMIT ?4)",
         )?
         .query_row(
             params![
@@ -340,6 +671,7 @@ fn view_of(
         head_seq: Seq(head_seq),
         last_message,
         unread_count: u64::try_from(unread_count).unwrap_or(0),
+        read_seq: Seq(read_seq),
         members,
         created_at: UnixMillis(created_at),
     }))
@@ -456,6 +788,74 @@ impl Store for SqliteStore {
                     })
                 })
                 .optional()
+        })
+    }
+
+    fn settings(&self, user_id: &UserId) -> Result<Settings, StoreError> {
+        self.read(|connection| {
+            let hide_read_receipts = connection
+                .prepare_cached("SELECT hide_read_receipts FROM users WHERE user_id = ?1")?
+                .query_row([user_id.as_str()], |row| row.get(0))
+                .optional()?
+                .unwrap_or(false);
+            Ok(Settings { hide_read_receipts })
+        })
+    }
+
+    fn set_settings(&self, user_id: &UserId, settings: &Settings) -> Result<(), StoreError> {
+        self.write(|transaction| {
+            transaction
+                .prepare_cached("UPDATE users SET hide_read_receipts = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.as_str(), settings.hide_read_receipts])?;
+            Ok(())
+        })
+    }
+
+    fn record_last_seen(&self, seen: &[(UserId, UnixMillis)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.write(|transaction| {
+            let mut update = transaction.prepare_cached(
+                "UPDATE users SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?2) WHERE user_id = ?1",
+            )?;
+            for (user_id, at) in seen {
+                update.execute(params![user_id.as_str(), at.0])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn presence_visible(
+        &self,
+        viewer: &UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<(UserId, Option<UnixMillis>)>, StoreError> {
+        self.read(|connection| {
+            let transaction = connection.unchecked_transaction()?;
+            let mut shares = transaction.prepare_cached(
+                "SELECT 1 FROM members mine JOIN members theirs
+                     ON theirs.conversation_id = mine.conversation_id
+                 WHERE mine.user_id = ?1 AND theirs.user_id = ?2 LIMIT 1",
+            )?;
+            let mut last_seen =
+                transaction.prepare_cached("SELECT last_seen_at FROM users WHERE user_id = ?1")?;
+            let mut visible = Vec::new();
+            for candidate in candidates {
+                if candidate != viewer
+                    && !shares.exists(params![viewer.as_str(), candidate.as_str()])?
+                {
+                    continue;
+                }
+                let seen: Option<i64> = last_seen
+                    .query_row([candidate.as_str()], |row| row.get(0))
+                    .optional()?
+                    .flatten();
+                visible.push((candidate.clone(), seen.map(UnixMillis)));
+            }
+            drop((shares, last_seen));
+            transaction.finish()?;
+            Ok(visible)
         })
     }
 
@@ -733,84 +1133,91 @@ impl Store for SqliteStore {
         batch: &[NewMessage],
         now: UnixMillis,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let outcomes = self.append(batch, now)?;
+        let deleted = outcomes.iter().any(|outcome| {
+            matches!(outcome, AppendOutcome::Appended(frame) if frame.kind == EventKind::Delete)
+        });
+        if deleted {
+            // The deleted text also lives on in the WAL's older page images until a checkpoint
+            // copies the pages back and the log is truncated. Best effort: a checkpoint blocked
+            // by readers completes with a later one.
+            // Without waiting: the committer must not stall behind a long read.
+            let writer = lock(&self.writer);
+            let _ = writer.busy_timeout(std::time::Duration::ZERO);
+            let _ = writer.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            let _ = writer.busy_timeout(BUSY_TIMEOUT);
+        }
+        Ok(outcomes)
+    }
+
+    fn advance_markers(&self, updates: &[MarkerUpdate]) -> Result<Vec<ReceiptRow>, StoreError> {
         self.write(|transaction| {
-            // One statement per message on the common path: the insert itself checks membership
-            // and skips a duplicate (sender, client_msg_id). Only when it inserts nothing do we
-            // look at why. Heads are read once per conversation and written once per batch.
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, body, server_ts)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
-                 WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3)
-                 ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
+            // Positions only move forward and never past the head; reading implies receiving.
+            let mut advance = transaction.prepare_cached(
+                "UPDATE members SET
+                     delivered_seq = MAX(delivered_seq, MIN(MAX(?3, ?4), c.head_seq)),
+                     read_seq = MAX(read_seq, MIN(?4, c.head_seq))
+                 FROM (SELECT head_seq FROM conversations WHERE conversation_id = ?1) AS c
+                 WHERE conversation_id = ?1 AND user_id = ?2
+                   AND (delivered_seq < MIN(MAX(?3, ?4), c.head_seq) OR read_seq < MIN(?4, c.head_seq))
+                 RETURNING delivered_seq, read_seq",
             )?;
-            let mut find_duplicate = transaction.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
-            ))?;
-            let mut read_head = transaction
-                .prepare_cached("SELECT head_seq FROM conversations WHERE conversation_id = ?1")?;
-            let mut heads: HashMap<ConversationId, (u64, bool)> = HashMap::new();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for message in batch {
-                let conversation_id = message.conversation_id;
-                let head = match heads.get(&conversation_id) {
-                    Some((head, _)) => Some(*head),
-                    None => {
-                        let head = read_head
-                            .query_row([sql_i64(conversation_id.0)], |row| u64_column(row, 0))
-                            .optional()?;
-                        if let Some(head) = head {
-                            heads.insert(conversation_id, (head, false));
-                        }
-                        head
-                    }
-                };
-                let inserted = match head {
-                    Some(head) => insert.execute(params![
-                        sql_i64(conversation_id.0),
-                        sql_i64(head + 1),
-                        message.sender_id.as_str(),
-                        message.client_msg_id.as_str(),
-                        message.body,
-                        now.0
-                    ])? == 1,
-                    None => false,
-                };
-                if inserted {
-                    let seq = head.unwrap_or(0) + 1;
-                    heads.insert(conversation_id, (seq, true));
-                    outcomes.push(AppendOutcome::Appended(MessageFrame {
-                        conversation_id,
-                        seq: Seq(seq),
-                        message_id: MessageId(
-                            u64::try_from(transaction.last_insert_rowid()).unwrap_or(0),
-                        ),
-                        sender_id: message.sender_id.clone(),
-                        client_msg_id: message.client_msg_id.clone(),
-                        body: message.body.clone(),
-                        server_ts: now,
-                    }));
-                    continue;
-                }
-                let duplicate = find_duplicate
+            let mut hidden = transaction
+                .prepare_cached("SELECT hide_read_receipts FROM users WHERE user_id = ?1")?;
+            let mut changed = Vec::new();
+            for update in updates {
+                let row = advance
                     .query_row(
-                        params![message.sender_id.as_str(), message.client_msg_id.as_str()],
-                        message_row,
+                        params![
+                            sql_i64(update.conversation_id.0),
+                            update.user_id.as_str(),
+                            sql_i64(update.delivered.0),
+                            sql_i64(update.read.0)
+                        ],
+                        |row| Ok((Seq(u64_column(row, 0)?), Seq(u64_column(row, 1)?))),
                     )
                     .optional()?;
-                outcomes.push(match duplicate {
-                    Some(original) => AppendOutcome::Duplicate(original),
-                    None => AppendOutcome::NotMember,
+                let Some((delivered_seq, read_seq)) = row else {
+                    continue;
+                };
+                let hide_read = hidden
+                    .query_row([update.user_id.as_str()], |row| row.get(0))
+                    .optional()?
+                    .unwrap_or(false);
+                changed.push(ReceiptRow {
+                    conversation_id: update.conversation_id,
+                    user_id: update.user_id.clone(),
+                    delivered_seq,
+                    read_seq,
+                    hide_read,
                 });
             }
-            let mut write_head = transaction.prepare_cached(
-                "UPDATE conversations SET head_seq = ?2, last_activity_at = ?3 WHERE conversation_id = ?1",
-            )?;
-            for (conversation_id, (head, touched)) in heads {
-                if touched {
-                    write_head.execute(params![sql_i64(conversation_id.0), sql_i64(head), now.0])?;
-                }
-            }
-            Ok(outcomes)
+            Ok(changed)
+        })
+    }
+
+    fn receipts_of(&self, user_id: &UserId) -> Result<Vec<ReceiptRow>, StoreError> {
+        self.read(|connection| {
+            connection
+                .prepare_cached(
+                    "SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq,
+                            COALESCE(u.hide_read_receipts, 0)
+                     FROM members mine
+                     JOIN members m ON m.conversation_id = mine.conversation_id
+                     LEFT JOIN users u ON u.user_id = m.user_id
+                     WHERE mine.user_id = ?1 AND m.delivered_seq > 0
+                     ORDER BY m.conversation_id, m.user_id",
+                )?
+                .query_map([user_id.as_str()], |row| {
+                    Ok(ReceiptRow {
+                        conversation_id: ConversationId(u64_column(row, 0)?),
+                        user_id: user_id_column(row, 1)?,
+                        delivered_seq: Seq(u64_column(row, 2)?),
+                        read_seq: Seq(u64_column(row, 3)?),
+                        hide_read: row.get(4)?,
+                    })
+                })?
+                .collect()
         })
     }
 
@@ -830,6 +1237,7 @@ impl Store for SqliteStore {
             ),
             after,
             limit,
+            false,
         )
     }
 
@@ -840,7 +1248,7 @@ impl Store for SqliteStore {
         before: Seq,
         limit: usize,
     ) -> Result<Option<Vec<MessageFrame>>, StoreError> {
-        let page = self.read_as_member(
+        self.read_as_member(
             viewer,
             conversation_id,
             &format!(
@@ -849,10 +1257,7 @@ impl Store for SqliteStore {
             ),
             before,
             limit,
-        )?;
-        Ok(page.map(|mut page| {
-            page.reverse();
-            page
-        }))
+            true,
+        )
     }
 }

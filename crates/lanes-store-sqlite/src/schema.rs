@@ -56,6 +56,29 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX sessions_by_expiry ON sessions (expires_at);
 ",
+    // Lane events besides messages (edits, deletes, reactions, replies), receipt positions,
+    // per-user settings and last-seen times.
+    "
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'
+        CHECK (kind IN ('message', 'edit', 'delete', 'reaction_add', 'reaction_remove'));
+    ALTER TABLE messages ADD COLUMN target_seq INTEGER;
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    ALTER TABLE messages ADD COLUMN emoji TEXT;
+    ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+    ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_by_target ON messages (conversation_id, target_seq)
+        WHERE target_seq IS NOT NULL;
+    CREATE TABLE reactions (
+        conversation_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, seq, emoji, user_id)
+    ) WITHOUT ROWID;
+    ALTER TABLE members ADD COLUMN delivered_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN hide_read_receipts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
+",
 ];
 
 /// Brings the database to the newest schema and returns its epoch.

@@ -5,10 +5,13 @@
 // The suite is test code shipped as a library so every backend can run it: a failed step is a
 // failed test, so panicking is the point.
 #![allow(clippy::expect_used, clippy::panic)]
-use lanes_protocol::http::{ConversationKind, Role};
-use lanes_protocol::{ClientMsgId, ConversationId, Seq, UnixMillis, UserId};
+use lanes_protocol::http::{ConversationKind, Role, Settings};
+use lanes_protocol::{ClientMsgId, Content, ConversationId, EventKind, Seq, UnixMillis, UserId};
 
-use crate::{AppendOutcome, ManageOutcome, MembershipChange, NewMessage, Store, StoredUser};
+use crate::{
+    AppendOutcome, AppendRejection, ManageOutcome, MarkerUpdate, MembershipChange, NewMessage,
+    Store, StoredUser,
+};
 
 const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
 
@@ -40,6 +43,14 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
             managing_on_behalf_checks_the_actor,
         ),
         ("epoch_is_stable", epoch_is_stable),
+        ("edits_deletes_and_reactions", edits_deletes_and_reactions),
+        (
+            "events_refer_to_messages_only",
+            events_refer_to_messages_only,
+        ),
+        ("markers_only_move_forward", markers_only_move_forward),
+        ("settings_and_presence", settings_and_presence),
+        ("unread_count_saturates", unread_count_saturates),
     ];
     for (name, behaviour) in behaviours {
         eprintln!("conformance: {name}");
@@ -59,8 +70,39 @@ fn message(sender: &UserId, id: &str, conversation_id: ConversationId) -> NewMes
         sender_id: sender.clone(),
         client_msg_id: ClientMsgId::parse(id).expect("test ids are valid"),
         conversation_id,
-        body: format!("body of {id}"),
+        content: Content::Message {
+            body: format!("body of {id}"),
+            reply_to: None,
+        },
     }
+}
+
+fn event(
+    sender: &UserId,
+    id: &str,
+    conversation_id: ConversationId,
+    content: Content,
+) -> NewMessage {
+    NewMessage {
+        content,
+        ..message(sender, id, conversation_id)
+    }
+}
+
+fn append_one(store: &dyn Store, message: NewMessage) -> AppendOutcome {
+    let mut outcomes = store.append_batch(&[message], NOW).expect("append");
+    outcomes.pop().expect("one outcome")
+}
+
+fn history(
+    store: &dyn Store,
+    viewer: &UserId,
+    conversation_id: ConversationId,
+) -> Vec<lanes_protocol::MessageFrame> {
+    store
+        .messages_after(viewer, conversation_id, Seq::ZERO, 100)
+        .expect("read")
+        .expect("member")
 }
 
 fn appended_seqs(outcomes: &[AppendOutcome]) -> Vec<u64> {
@@ -542,4 +584,221 @@ pub fn unread_count_saturates(store: &dyn Store) {
         .expect("member");
     assert_eq!(view.head_seq, Seq(over));
     assert_eq!(view.unread_count, lanes_protocol::limits::UNREAD_COUNT_MAX);
+}
+
+/// Edits replace the text, deletes erase it (and the edits' texts) but keep the seq, reactions
+/// add and remove; each is a lane event with its own seq, and messages read back carry their
+/// current state.
+pub fn edits_deletes_and_reactions(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    store
+        .append_batch(&[message(&alice, "a1", ab), message(&bob, "b1", ab)], NOW)
+        .expect("append");
+    let edit = Content::Edit {
+        target_seq: Seq(1),
+        body: "edited".into(),
+    };
+    let edited = append_one(store, event(&alice, "e1", ab, edit.clone()));
+    assert!(
+        matches!(&edited, AppendOutcome::Appended(frame) if frame.seq == Seq(3) && frame.kind == EventKind::Edit && frame.target_seq == Some(Seq(1)))
+    );
+    assert!(
+        matches!(append_one(store, event(&alice, "e1", ab, edit)), AppendOutcome::Duplicate(frame) if frame.seq == Seq(3)),
+        "a retried edit is the original"
+    );
+    let thumbs = |add| Content::Reaction {
+        target_seq: Seq(1),
+        emoji: "👍".into(),
+        add,
+    };
+    assert!(
+        matches!(append_one(store, event(&bob, "r1", ab, thumbs(true))), AppendOutcome::Appended(frame) if frame.kind == EventKind::ReactionAdd && frame.emoji.as_deref() == Some("👍"))
+    );
+    assert_eq!(
+        append_one(store, event(&bob, "r2", ab, thumbs(true))),
+        AppendOutcome::Rejected(AppendRejection::ReactionUnchanged)
+    );
+    append_one(store, event(&alice, "r3", ab, thumbs(true)));
+    let reply = Content::Message {
+        body: "answer".into(),
+        reply_to: Some(Seq(1)),
+    };
+    assert!(
+        matches!(append_one(store, event(&bob, "b2", ab, reply)), AppendOutcome::Appended(frame) if frame.reply_to == Some(Seq(1)))
+    );
+    let read = history(store, &bob, ab);
+    assert_eq!(read.len(), 6);
+    assert_eq!(read[0].body, "edited");
+    assert!(read[0].edited_at.is_some());
+    assert_eq!(read[0].reactions.len(), 1);
+    assert_eq!(read[0].reactions[0].user_ids, [alice.clone(), bob.clone()]);
+    assert_eq!(read[5].reply_to, Some(Seq(1)));
+    append_one(store, event(&bob, "r4", ab, thumbs(false)));
+    assert!(
+        matches!(append_one(store, event(&alice, "d1", ab, Content::Delete { target_seq: Seq(1) })), AppendOutcome::Appended(frame) if frame.seq == Seq(8))
+    );
+    let read = history(store, &bob, ab);
+    assert_eq!(read.len(), 8, "deleting keeps every seq");
+    assert!(read[0].deleted && read[0].body.is_empty() && read[0].reactions.is_empty());
+    assert!(
+        read[2].deleted && read[2].body.is_empty(),
+        "the edit's text is gone too"
+    );
+    assert_eq!(read[7].kind, EventKind::Delete);
+    assert_eq!(
+        append_one(
+            store,
+            event(
+                &alice,
+                "e2",
+                ab,
+                Content::Edit {
+                    target_seq: Seq(1),
+                    body: "again".into()
+                }
+            )
+        ),
+        AppendOutcome::Rejected(AppendRejection::Deleted)
+    );
+    let list = store.conversations_of(&alice).expect("list");
+    assert_eq!(
+        list[0].last_message.as_ref().map(|m| m.seq),
+        Some(Seq(6)),
+        "the last message is the last text message"
+    );
+}
+
+/// Edits and deletes are the author's; targets must be messages of the conversation.
+pub fn events_refer_to_messages_only(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    append_one(store, message(&alice, "a1", ab));
+    let edit = |seq| Content::Edit {
+        target_seq: Seq(seq),
+        body: "x".into(),
+    };
+    assert_eq!(
+        append_one(store, event(&bob, "e1", ab, edit(1))),
+        AppendOutcome::Rejected(AppendRejection::NotAuthor)
+    );
+    assert_eq!(
+        append_one(
+            store,
+            event(&bob, "d1", ab, Content::Delete { target_seq: Seq(1) })
+        ),
+        AppendOutcome::Rejected(AppendRejection::NotAuthor)
+    );
+    assert_eq!(
+        append_one(store, event(&alice, "e2", ab, edit(9))),
+        AppendOutcome::Rejected(AppendRejection::NoSuchMessage),
+        "beyond the head"
+    );
+    append_one(store, event(&alice, "e3", ab, edit(1)));
+    assert_eq!(
+        append_one(store, event(&alice, "e4", ab, edit(2))),
+        AppendOutcome::Rejected(AppendRejection::NoSuchMessage),
+        "an edit is not a message"
+    );
+    assert_eq!(
+        append_one(store, event(&carol, "c1", ab, edit(1))),
+        AppendOutcome::NotMember
+    );
+    assert_eq!(
+        history(store, &alice, ab).len(),
+        2,
+        "nothing else was written"
+    );
+    assert_eq!(history(store, &alice, ab)[0].body, "x");
+}
+
+/// Receipt positions move forward only, never past the head, and reading implies receiving.
+pub fn markers_only_move_forward(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let batch: Vec<NewMessage> = (0..5)
+        .map(|i| message(&alice, &format!("m{i}"), ab))
+        .collect();
+    store.append_batch(&batch, NOW).expect("append");
+    let update = |user: &UserId, delivered, read| MarkerUpdate {
+        conversation_id: ab,
+        user_id: user.clone(),
+        delivered: Seq(delivered),
+        read: Seq(read),
+    };
+    let changed = store
+        .advance_markers(&[update(&bob, 3, 0)])
+        .expect("advance");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        (changed[0].delivered_seq, changed[0].read_seq),
+        (Seq(3), Seq::ZERO)
+    );
+    assert!(
+        store
+            .advance_markers(&[update(&bob, 2, 0)])
+            .expect("advance")
+            .is_empty(),
+        "backwards is a no-op"
+    );
+    let changed = store
+        .advance_markers(&[update(&bob, 0, 4)])
+        .expect("advance");
+    assert_eq!(
+        (changed[0].delivered_seq, changed[0].read_seq),
+        (Seq(4), Seq(4))
+    );
+    let changed = store
+        .advance_markers(&[update(&bob, 0, 99)])
+        .expect("advance");
+    assert_eq!(
+        (changed[0].delivered_seq, changed[0].read_seq),
+        (Seq(5), Seq(5)),
+        "clamped to the head"
+    );
+    assert!(
+        store
+            .advance_markers(&[update(&carol, 1, 1)])
+            .expect("advance")
+            .is_empty(),
+        "non-members have no positions"
+    );
+    let view = store
+        .conversation_for(ab, &bob)
+        .expect("view")
+        .expect("member");
+    assert_eq!((view.read_seq, view.unread_count), (Seq(5), 0));
+    let receipts = store.receipts_of(&alice).expect("receipts");
+    assert_eq!(receipts.len(), 1);
+    assert_eq!((&receipts[0].user_id, receipts[0].read_seq), (&bob, Seq(5)));
+}
+
+/// Settings round-trip; presence is visible only between users who share a conversation.
+pub fn settings_and_presence(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    store.create_direct(&alice, &bob, NOW).expect("create");
+    assert!(!store.settings(&alice).expect("settings").hide_read_receipts);
+    let hide = Settings {
+        hide_read_receipts: true,
+    };
+    store.set_settings(&alice, &hide).expect("set");
+    assert_eq!(store.settings(&alice).expect("settings"), hide);
+    store
+        .record_last_seen(&[(bob.clone(), UnixMillis(NOW.0 + 5))])
+        .expect("last seen");
+    let visible = store
+        .presence_visible(&alice, &[bob.clone(), carol.clone(), alice.clone()])
+        .expect("visible");
+    assert_eq!(
+        visible,
+        [(bob, Some(UnixMillis(NOW.0 + 5))), (alice, None)],
+        "carol shares nothing with alice"
+    );
 }

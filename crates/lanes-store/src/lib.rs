@@ -4,9 +4,9 @@
 
 pub mod conformance;
 
-use lanes_protocol::http::{Conversation, ConversationKind, Role};
+use lanes_protocol::http::{Conversation, ConversationKind, Role, Settings};
 use lanes_protocol::{
-    ClientMsgId, ConversationId, MessageFrame, Seq, StoreEpoch, UnixMillis, UserId,
+    ClientMsgId, Content, ConversationId, MessageFrame, Seq, StoreEpoch, UnixMillis, UserId,
 };
 
 /// Something outside our control failed. Rejections (the caller's fault) are not here.
@@ -18,7 +18,7 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// A message waiting to be committed.
+/// A lane event (message, edit, delete, reaction) waiting to be committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     /// Author.
@@ -27,8 +27,51 @@ pub struct NewMessage {
     pub client_msg_id: ClientMsgId,
     /// Target.
     pub conversation_id: ConversationId,
-    /// Text.
-    pub body: String,
+    /// What to append.
+    pub content: Content,
+}
+
+/// Why `append_batch` refused a lane event that refers to another message. Nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendRejection {
+    /// `target_seq` or `reply_to` names no message of the conversation (beyond the head, or
+    /// another kind of event).
+    NoSuchMessage,
+    /// Only the author may edit or delete a message.
+    NotAuthor,
+    /// The target message was deleted.
+    Deleted,
+    /// The reaction is already there (add) or is not there (remove).
+    ReactionUnchanged,
+}
+
+/// A member's receipt positions to move forward (never backwards; a seq beyond the head is
+/// clamped to the head).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerUpdate {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The member.
+    pub user_id: UserId,
+    /// Received up to here (`Seq::ZERO`: unchanged).
+    pub delivered: Seq,
+    /// Read up to here (`Seq::ZERO`: unchanged); implies received.
+    pub read: Seq,
+}
+
+/// A member's receipt positions as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The member.
+    pub user_id: UserId,
+    /// Received up to here.
+    pub delivered_seq: Seq,
+    /// Read up to here.
+    pub read_seq: Seq,
+    /// The member hides read positions from others.
+    pub hide_read: bool,
 }
 
 /// What `append_batch` did with one message.
@@ -40,6 +83,8 @@ pub enum AppendOutcome {
     Duplicate(MessageFrame),
     /// The sender is not a member of the conversation (or it does not exist): nothing written.
     NotMember,
+    /// The event refers to a message it may not apply to: nothing written.
+    Rejected(AppendRejection),
 }
 
 /// Result of changing membership.
@@ -126,6 +171,19 @@ pub trait Store: Send + Sync + 'static {
     fn ensure_user(&self, user_id: &UserId, now: UnixMillis) -> Result<(), StoreError>;
     /// Looks a user up.
     fn user(&self, user_id: &UserId) -> Result<Option<StoredUser>, StoreError>;
+    /// The user's settings (defaults for an unknown user).
+    fn settings(&self, user_id: &UserId) -> Result<Settings, StoreError>;
+    /// Replaces the user's settings.
+    fn set_settings(&self, user_id: &UserId, settings: &Settings) -> Result<(), StoreError>;
+    /// Records when users were last connected.
+    fn record_last_seen(&self, seen: &[(UserId, UnixMillis)]) -> Result<(), StoreError>;
+    /// Those of `candidates` who share a conversation with `viewer` (and `viewer` itself, if
+    /// listed), with when they were last seen.
+    fn presence_visible(
+        &self,
+        viewer: &UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<(UserId, Option<UnixMillis>)>, StoreError>;
 
     /// Records a session token by its hash.
     fn create_session(
@@ -216,12 +274,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ManageOutcome, StoreError>;
 
     /// `append_batch`: commits the batch in one transaction with one fsync, assigning each
-    /// conversation's next seqs in batch order. Outcomes are in batch order.
+    /// conversation's next seqs in batch order. Outcomes are in batch order. An edit replaces
+    /// its target's text; a delete erases the text of its target and of the target's edits;
+    /// reactions add or remove one (user, emoji) of their target. Events that refer to a message
+    /// are checked against it in the same transaction (`AppendRejection`).
     fn append_batch(
         &self,
         batch: &[NewMessage],
         now: UnixMillis,
     ) -> Result<Vec<AppendOutcome>, StoreError>;
+    /// Moves receipt positions forward in one transaction, for members only. Returns the rows
+    /// that changed, as they are now.
+    fn advance_markers(&self, updates: &[MarkerUpdate]) -> Result<Vec<ReceiptRow>, StoreError>;
+    /// Every member's receipt positions (members with `delivered_seq` > 0) in every
+    /// conversation of `user_id`, by conversation.
+    fn receipts_of(&self, user_id: &UserId) -> Result<Vec<ReceiptRow>, StoreError>;
+
     /// Up to `limit` messages with seq > `after`, ascending; `None` unless `viewer` is a member
     /// (checked in the same read transaction, so a removed member reads nothing after removal).
     fn messages_after(

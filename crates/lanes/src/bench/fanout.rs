@@ -102,6 +102,7 @@ pub(crate) async fn run(
                 "{body}{}",
                 "x".repeat(args.body_bytes.saturating_sub(body.len()))
             ),
+            reply_to: None,
         };
         sender.send(Message::text(encode_client(&send))).await?;
     }

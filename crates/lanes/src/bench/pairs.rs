@@ -223,6 +223,7 @@ impl User {
                         .map_err(|err| anyhow::anyhow!("{err}"))?,
                     conversation_id: self.conversation_id,
                     body: body(self.started, args.body_bytes),
+                    reply_to: None,
                 };
                 socket.feed(Message::text(encode_client(&send))).await?;
                 in_flight.push_back(Instant::now());

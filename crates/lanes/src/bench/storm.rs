@@ -304,6 +304,7 @@ async fn feed(
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
                 conversation_id: groups[group],
                 body: format!("storm {next}"),
+                reply_to: None,
             };
             next += 1;
             next_send_at += interval;

@@ -161,6 +161,7 @@ async fn send_spread(
                             .map_err(|e| anyhow::anyhow!("{e}"))?,
                         conversation_id: *conversation,
                         body: format!("message {sent} of a long history"),
+                        reply_to: None,
                     };
                     socket.feed(Message::text(encode_client(&frame))).await?;
                     sent += 1;

@@ -1,0 +1,256 @@
+//! Presence: online / away / offline with last-seen, in memory, driven by connections (whose
+//! liveness the heartbeat and idle timeout guarantee). A user with no connection left stays as
+//! they were for `presence_grace_ms`, so a quick reconnect does not flap offline→online. Clients
+//! watch only the users they show (`watch_presence`, at most `PRESENCE_WATCH_MAX`), and only
+//! users who share a conversation with them; changes are collected and sent every
+//! `presence_flush_ms`, one frame per watching connection, so a flapping user costs at most one
+//! update per flush. Last-seen times are stored when users go offline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use lanes_hub::{ConnectionId, Delivery, Hub};
+use lanes_protocol::codec::encode_server;
+use lanes_protocol::{PresenceState, ServerFrame, UnixMillis, UserId, UserPresence};
+use lanes_store::Store;
+
+use crate::metrics::Metrics;
+use crate::now_millis;
+
+#[derive(Default)]
+struct UserState {
+    /// Each live connection and whether it said it is away.
+    connections: HashMap<ConnectionId, bool>,
+    /// With no connection left: when the user becomes offline.
+    offline_at: Option<Instant>,
+    /// What watchers were last told (or would be).
+    shown: Option<PresenceState>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Users with a connection, or within their grace period.
+    users: HashMap<UserId, UserState>,
+    /// Watched user → the connections watching them.
+    watchers: HashMap<UserId, HashSet<(UserId, ConnectionId)>>,
+    /// Watching connection → whom it watches.
+    watching: HashMap<ConnectionId, Vec<UserId>>,
+    /// When users went offline since start (the store has older ones).
+    last_seen: HashMap<UserId, UnixMillis>,
+    /// Users whose shown state changed since the last flush.
+    changed: HashSet<UserId>,
+}
+
+/// The presence table.
+pub(crate) struct Presence {
+    hub: Arc<Hub<Utf8Bytes>>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+    inner: Mutex<Inner>,
+}
+
+impl Inner {
+    /// What `user_id` should be shown as now.
+    fn current(&self, user_id: &UserId) -> PresenceState {
+        match self.users.get(user_id) {
+            Some(user) if user.connections.is_empty() => {
+                user.shown.unwrap_or(PresenceState::Online)
+            }
+            Some(user) if user.connections.values().all(|away| *away) => PresenceState::Away,
+            Some(_) => PresenceState::Online,
+            None => PresenceState::Offline,
+        }
+    }
+
+    fn refresh(&mut self, user_id: &UserId) {
+        let state = self.current(user_id);
+        if let Some(user) = self.users.get_mut(user_id)
+            && user.shown != Some(state)
+        {
+            user.shown = Some(state);
+            self.changed.insert(user_id.clone());
+        }
+    }
+
+    fn unwatch(&mut self, connection_id: ConnectionId) {
+        for watched in self.watching.remove(&connection_id).unwrap_or_default() {
+            if let Some(watchers) = self.watchers.get_mut(&watched) {
+                watchers.retain(|(_, watcher)| *watcher != connection_id);
+                if watchers.is_empty() {
+                    self.watchers.remove(&watched);
+                }
+            }
+        }
+    }
+}
+
+impl Presence {
+    /// A presence table whose users go offline `grace` after their last connection.
+    pub(crate) fn new(
+        hub: Arc<Hub<Utf8Bytes>>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        grace: Duration,
+    ) -> Presence {
+        Presence {
+            hub,
+            store,
+            metrics,
+            grace,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every change below is a few map updates that cannot be left half-done.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection of `user_id` is live.
+    pub(crate) fn connected(&self, user_id: &UserId, connection_id: ConnectionId) {
+        let mut inner = self.lock();
+        let user = inner.users.entry(user_id.clone()).or_default();
+        user.connections.insert(connection_id, false);
+        user.offline_at = None;
+        inner.refresh(user_id);
+    }
+
+    /// A connection of `user_id` ended.
+    pub(crate) fn disconnected(&self, user_id: &UserId, connection_id: ConnectionId) {
+        let mut inner = self.lock();
+        inner.unwatch(connection_id);
+        if let Some(user) = inner.users.get_mut(user_id) {
+            user.connections.remove(&connection_id);
+            if user.connections.is_empty() {
+                user.offline_at = Some(Instant::now() + self.grace);
+            }
+        }
+        inner.refresh(user_id);
+    }
+
+    /// A connection said it is away (or back).
+    pub(crate) fn set_away(&self, user_id: &UserId, connection_id: ConnectionId, away: bool) {
+        let mut inner = self.lock();
+        if let Some(flag) = inner
+            .users
+            .get_mut(user_id)
+            .and_then(|user| user.connections.get_mut(&connection_id))
+        {
+            *flag = away;
+        }
+        inner.refresh(user_id);
+    }
+
+    /// Replaces what a connection watches with those of `candidates` who share a conversation
+    /// with `user_id`, and returns their presence now.
+    pub(crate) async fn watch(
+        &self,
+        user_id: &UserId,
+        connection_id: ConnectionId,
+        candidates: Vec<UserId>,
+    ) -> Result<ServerFrame, crate::error::ApiError> {
+        let viewer = user_id.clone();
+        let visible = crate::blocking(&self.store, move |store| {
+            store.presence_visible(&viewer, &candidates)
+        })
+        .await?;
+        let mut inner = self.lock();
+        inner.unwatch(connection_id);
+        let mut users = Vec::with_capacity(visible.len());
+        for (watched, stored_last_seen) in visible {
+            inner
+                .watchers
+                .entry(watched.clone())
+                .or_default()
+                .insert((user_id.clone(), connection_id));
+            let state = inner.current(&watched);
+            let last_seen = (state == PresenceState::Offline)
+                .then(|| inner.last_seen.get(&watched).copied().or(stored_last_seen))
+                .flatten();
+            users.push(UserPresence {
+                user_id: watched.clone(),
+                state,
+                last_seen,
+            });
+            inner
+                .watching
+                .entry(connection_id)
+                .or_default()
+                .push(watched);
+        }
+        Ok(ServerFrame::Presence { users })
+    }
+
+    /// Ends grace periods that ran out and sends each watching connection the changes since
+    /// the last flush, in one frame. Stores the last-seen times of users who went offline.
+    pub(crate) async fn flush(&self, now: Instant) {
+        let now_ms = now_millis();
+        let mut went_offline = Vec::new();
+        let mut frames: HashMap<(UserId, ConnectionId), Vec<UserPresence>> = HashMap::new();
+        {
+            let mut inner = self.lock();
+            let expired: Vec<UserId> = inner
+                .users
+                .iter()
+                .filter(|(_, user)| user.offline_at.is_some_and(|at| at <= now))
+                .map(|(user_id, _)| user_id.clone())
+                .collect();
+            for user_id in expired {
+                inner.users.remove(&user_id);
+                inner.last_seen.insert(user_id.clone(), now_ms);
+                inner.changed.insert(user_id.clone());
+                went_offline.push((user_id, now_ms));
+            }
+            let changed = std::mem::take(&mut inner.changed);
+            for user_id in changed {
+                let Some(watchers) = inner.watchers.get(&user_id) else {
+                    continue;
+                };
+                let state = inner.current(&user_id);
+                let presence = UserPresence {
+                    user_id: user_id.clone(),
+                    state,
+                    last_seen: (state == PresenceState::Offline)
+                        .then(|| inner.last_seen.get(&user_id).copied())
+                        .flatten(),
+                };
+                for watcher in watchers {
+                    frames
+                        .entry(watcher.clone())
+                        .or_default()
+                        .push(presence.clone());
+                }
+            }
+        }
+        for ((watcher, connection_id), users) in frames {
+            Metrics::add(&self.metrics.presence_updates, 1);
+            let payload = Utf8Bytes::from(encode_server(&ServerFrame::Presence { users }));
+            self.hub
+                .signal_connection(&watcher, connection_id, payload, Delivery::Droppable);
+        }
+        if !went_offline.is_empty() {
+            let stored = crate::blocking(&self.store, move |store| {
+                store.record_last_seen(&went_offline)
+            })
+            .await;
+            if let Err(err) = stored {
+                tracing::warn!("storing last-seen times failed: {}", err.message);
+            }
+        }
+    }
+}
+
+/// Flushes presence every `period` until the server stops.
+pub(crate) fn spawn_flusher(presence: Arc<Presence>, period: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            presence.flush(Instant::now()).await;
+        }
+    });
+}

@@ -1,0 +1,128 @@
+//! Delivery and read receipts: positions, not events. Connections hand `received`/`read`
+//! positions to one writer task, which merges what arrives within `receipts_flush_ms` (the
+//! highest position per member wins), stores it in one transaction (`Store::advance_markers`:
+//! monotonic, clamped to the head) and only then tells each conversation's online members, in
+//! one `receipts` frame per conversation. A member who hides read receipts has the read
+//! position left out of what the others receive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use lanes_hub::{Delivery, Hub};
+use lanes_protocol::codec::encode_server;
+use lanes_protocol::{ConversationId, Receipt, Seq, ServerFrame, UserId};
+use lanes_store::{MarkerUpdate, ReceiptRow, Store};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Positions queued for the writer before connections wait.
+const QUEUE_LEN_MAX: usize = 16 * 1024;
+
+/// Starts the writer task; positions sent to the returned channel are stored and announced.
+pub(crate) fn spawn(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub<Utf8Bytes>>,
+    metrics: Arc<Metrics>,
+    flush: Duration,
+) -> mpsc::Sender<MarkerUpdate> {
+    let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
+    tokio::spawn(run(receiver, store, hub, metrics, flush));
+    sender
+}
+
+async fn run(
+    mut updates: mpsc::Receiver<MarkerUpdate>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub<Utf8Bytes>>,
+    metrics: Arc<Metrics>,
+    flush: Duration,
+) {
+    while let Some(first) = updates.recv().await {
+        tokio::time::sleep(flush).await;
+        let mut merged: HashMap<(ConversationId, UserId), (Seq, Seq)> = HashMap::new();
+        let mut merge = |update: MarkerUpdate| {
+            let entry = merged
+                .entry((update.conversation_id, update.user_id))
+                .or_default();
+            entry.0 = entry.0.max(update.delivered);
+            entry.1 = entry.1.max(update.read);
+        };
+        merge(first);
+        while let Ok(update) = updates.try_recv() {
+            merge(update);
+        }
+        let batch: Vec<MarkerUpdate> = merged
+            .into_iter()
+            .map(
+                |((conversation_id, user_id), (delivered, read))| MarkerUpdate {
+                    conversation_id,
+                    user_id,
+                    delivered,
+                    read,
+                },
+            )
+            .collect();
+        let writer = Arc::clone(&store);
+        let stored = tokio::task::spawn_blocking(move || writer.advance_markers(&batch)).await;
+        match stored {
+            Ok(Ok(changed)) => {
+                Metrics::add(&metrics.receipt_commits, 1);
+                announce(&hub, changed);
+            }
+            // Positions are re-sent by clients with their next receipt; nothing acked is lost.
+            Ok(Err(err)) => tracing::error!("storing receipt positions failed: {err}"),
+            Err(err) => tracing::error!("receipt task failed: {err}"),
+        }
+    }
+}
+
+/// Tells each conversation's online members the positions that changed.
+fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>) {
+    let mut by_conversation: BTreeMap<ConversationId, Vec<ReceiptRow>> = BTreeMap::new();
+    for row in changed {
+        by_conversation
+            .entry(row.conversation_id)
+            .or_default()
+            .push(row);
+    }
+    for (conversation_id, rows) in by_conversation {
+        let encode = |viewer: Option<&UserId>| {
+            Utf8Bytes::from(encode_server(&frame(conversation_id, &rows, viewer)))
+        };
+        let public = encode(None);
+        // A member who hides read positions still sees their own (other devices sync by it).
+        let personal: HashMap<&UserId, Utf8Bytes> = rows
+            .iter()
+            .filter(|row| row.hide_read)
+            .map(|row| (&row.user_id, encode(Some(&row.user_id))))
+            .collect();
+        hub.signal(
+            conversation_id,
+            |user_id| Some(personal.get(user_id).unwrap_or(&public).clone()),
+            Delivery::Reliable,
+        );
+    }
+}
+
+/// The `receipts` frame of one conversation's rows as `viewer` may see them (`None`: as any
+/// other member sees them).
+pub(crate) fn frame(
+    conversation_id: ConversationId,
+    rows: &[ReceiptRow],
+    viewer: Option<&UserId>,
+) -> ServerFrame {
+    ServerFrame::Receipts {
+        conversation_id,
+        receipts: rows
+            .iter()
+            .map(|row| Receipt {
+                user_id: row.user_id.clone(),
+                delivered_seq: row.delivered_seq,
+                read_seq: (!row.hide_read || Some(&row.user_id) == viewer).then_some(row.read_seq),
+            })
+            .collect(),
+    }
+}

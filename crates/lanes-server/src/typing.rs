@@ -1,0 +1,145 @@
+//! Typing indicators: ephemeral, in memory only, never stored. A `start` is announced to the
+//! conversation's other online members when the user was not already typing there, and a
+//! `stop` when they say so, send a message, or let `typing_ttl_ms` pass without a refresh (a
+//! sweeper expires them). Starts are rate-limited per user; both are dropped first for busy
+//! connections.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use lanes_hub::{Delivery, Hub};
+use lanes_protocol::codec::encode_server;
+use lanes_protocol::{ConversationId, ErrorCode, ErrorFrame, ServerFrame, TypingState, UserId};
+
+use crate::metrics::Metrics;
+
+/// Who is typing where, until when.
+pub(crate) struct Typing {
+    hub: Arc<Hub<Utf8Bytes>>,
+    metrics: Arc<Metrics>,
+    ttl: Duration,
+    starts: DefaultKeyedRateLimiter<UserId>,
+    active: Mutex<HashMap<(ConversationId, UserId), Instant>>,
+}
+
+impl Typing {
+    /// Typing state that expires after `ttl`, with at most `per_sec` starts per second per user
+    /// (bursts of `burst`).
+    pub(crate) fn new(
+        hub: Arc<Hub<Utf8Bytes>>,
+        metrics: Arc<Metrics>,
+        ttl: Duration,
+        per_sec: NonZeroU32,
+        burst: NonZeroU32,
+    ) -> Typing {
+        Typing {
+            hub,
+            metrics,
+            ttl,
+            starts: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A `typing` frame from `user_id`.
+    pub(crate) fn update(
+        &self,
+        user_id: &UserId,
+        conversation_id: ConversationId,
+        state: TypingState,
+    ) -> Result<(), ErrorFrame> {
+        if !self.hub.is_online_member(user_id, conversation_id) {
+            return Err(ErrorFrame::new(
+                ErrorCode::NotFound,
+                "conversation not found",
+                None,
+            ));
+        }
+        match state {
+            TypingState::Start => {
+                if let Err(not_until) = self.starts.check_key(user_id) {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let mut error = ErrorFrame::new(
+                        ErrorCode::RateLimited,
+                        "too many typing events; slow down",
+                        None,
+                    );
+                    error.retry_after_ms =
+                        Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+                    return Err(error);
+                }
+                let key = (conversation_id, user_id.clone());
+                let fresh = self.lock().insert(key, Instant::now() + self.ttl).is_none();
+                if fresh {
+                    self.announce(conversation_id, user_id, TypingState::Start);
+                }
+            }
+            TypingState::Stop => self.stop(user_id, conversation_id),
+        }
+        Ok(())
+    }
+
+    /// The user stopped typing there (said so, or sent a message).
+    pub(crate) fn stop(&self, user_id: &UserId, conversation_id: ConversationId) {
+        let removed = self
+            .lock()
+            .remove(&(conversation_id, user_id.clone()))
+            .is_some();
+        if removed {
+            self.announce(conversation_id, user_id, TypingState::Stop);
+        }
+    }
+
+    /// Expires starts that were not refreshed in time.
+    pub(crate) fn sweep(&self, now: Instant) {
+        let mut expired = Vec::new();
+        self.lock().retain(|key, deadline| {
+            let keep = *deadline > now;
+            if !keep {
+                expired.push(key.clone());
+            }
+            keep
+        });
+        for (conversation_id, user_id) in expired {
+            self.announce(conversation_id, &user_id, TypingState::Stop);
+        }
+        self.starts.retain_recent();
+    }
+
+    fn announce(&self, conversation_id: ConversationId, user_id: &UserId, state: TypingState) {
+        Metrics::add(&self.metrics.typing_events, 1);
+        let payload = Utf8Bytes::from(encode_server(&ServerFrame::Typing {
+            conversation_id,
+            user_id: user_id.clone(),
+            state,
+        }));
+        self.hub.signal(
+            conversation_id,
+            |member| (member != user_id).then(|| payload.clone()),
+            Delivery::Droppable,
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(ConversationId, UserId), Instant>> {
+        // Inserts and removes cannot leave the map half-changed.
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs the sweeper every quarter TTL until the server stops.
+pub(crate) fn spawn_sweeper(typing: Arc<Typing>) {
+    let period = (typing.ttl / 4).max(Duration::from_millis(50));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            typing.sweep(Instant::now());
+        }
+    });
+}

@@ -1,0 +1,667 @@
+//! Messenger features over real sockets: edits, deletes, reactions and replies as lane events,
+//! delivery and read receipts, typing (provably never stored), presence, and a second device
+//! that was offline during all of it converging with the first.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Http, RawWs};
+use lanes_test_support::TestServer;
+use serde_json::{Value, json};
+
+fn start_with_config(toml: &str) -> (TestServer, Http, tempfile::NamedTempFile) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), toml).unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    let http = Http::new(&server.base_url());
+    (server, http, config)
+}
+
+/// Sends a lane event and returns its ack, or the error answering it.
+async fn append(ws: &mut RawWs, frame: Value) -> Value {
+    let id = frame["client_msg_id"].clone();
+    ws.send(frame).await;
+    loop {
+        let answer = ws.frame().await;
+        if (answer["type"] == "ack" && answer["client_msg_id"] == id)
+            || (answer["type"] == "error" && answer["request_id"] == id)
+        {
+            return answer;
+        }
+    }
+}
+
+async fn error_code(ws: &mut RawWs) -> String {
+    let (error, _) = ws.until("error").await;
+    error["code"].as_str().unwrap().to_owned()
+}
+
+/// The next `receipts` frame of `conversation`, as user → (delivered_seq, read_seq).
+async fn receipts(ws: &mut RawWs, conversation: u64) -> BTreeMap<String, (u64, Option<u64>)> {
+    loop {
+        let (frame, _) = ws.until("receipts").await;
+        if frame["conversation_id"] == conversation {
+            return positions(&frame);
+        }
+    }
+}
+
+fn positions(frame: &Value) -> BTreeMap<String, (u64, Option<u64>)> {
+    frame["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|receipt| {
+            (
+                receipt["user_id"].as_str().unwrap().to_owned(),
+                (
+                    receipt["delivered_seq"].as_u64().unwrap(),
+                    receipt["read_seq"].as_u64(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Bytes of every file of the store (the `-shm` index is shared memory, not storage).
+fn stored_files(server: &TestServer) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(server.data_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| !path.to_string_lossy().ends_with("-shm"))
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            (path.to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// A message as a client shows it: (body, deleted, edited, reactions emoji → users).
+type Shown = (String, bool, bool, BTreeMap<String, Vec<String>>);
+
+/// A client's view of a conversation, built only from frames in seq order: what every device
+/// must converge to.
+#[derive(Debug, Default, PartialEq)]
+struct View {
+    messages: BTreeMap<u64, Shown>,
+    head: u64,
+}
+
+impl View {
+    fn apply(&mut self, frame: &Value) {
+        // Live and catch-up frames say `"type": "message"`; history entries are bare.
+        assert!(
+            frame["type"] == "message" || frame["type"].is_null(),
+            "{frame}"
+        );
+        let seq = frame["seq"].as_u64().unwrap();
+        assert_eq!(seq, self.head + 1, "gap-free, in order: {frame}");
+        self.head = seq;
+        let target = frame["target_seq"].as_u64();
+        let sender = frame["sender_id"].as_str().unwrap().to_owned();
+        match frame["kind"].as_str().unwrap() {
+            "message" => {
+                let reactions = frame["reactions"]
+                    .as_array()
+                    .map(|all| {
+                        all.iter()
+                            .map(|reaction| {
+                                let users = reaction["user_ids"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .map(|user| user.as_str().unwrap().to_owned())
+                                    .collect();
+                                (reaction["emoji"].as_str().unwrap().to_owned(), users)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.messages.insert(
+                    seq,
+                    (
+                        frame["body"].as_str().unwrap().to_owned(),
+                        frame["deleted"] == true,
+                        frame["edited_at"].is_number(),
+                        reactions,
+                    ),
+                );
+            }
+            "edit" => {
+                let message = self.messages.get_mut(&target.unwrap()).unwrap();
+                if frame["deleted"] != true {
+                    message.0 = frame["body"].as_str().unwrap().to_owned();
+                }
+                message.2 = true;
+            }
+            "delete" => {
+                let message = self.messages.get_mut(&target.unwrap()).unwrap();
+                *message = (String::new(), true, message.2, BTreeMap::new());
+            }
+            kind @ ("reaction_add" | "reaction_remove") => {
+                let message = self.messages.get_mut(&target.unwrap()).unwrap();
+                let users = message
+                    .3
+                    .entry(frame["emoji"].as_str().unwrap().to_owned())
+                    .or_default();
+                users.retain(|user| *user != sender);
+                if kind == "reaction_add" {
+                    users.push(sender);
+                    users.sort();
+                } else if users.is_empty() {
+                    message.3.remove(frame["emoji"].as_str().unwrap());
+                }
+            }
+            other => panic!("unknown kind {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn edits_deletes_reactions_and_replies_are_lane_events() {
+    let (server, http, _config) = start_with_config("");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    // Bob's second device only watches: it receives his events as messages, not acks.
+    let (mut bob_tablet, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    let event = |id: &str, fields: Value| {
+        let mut frame = json!({"client_msg_id": id, "conversation_id": conversation});
+        frame
+            .as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        frame
+    };
+
+    let secret = "the secret plan is 42";
+    let sent = append(
+        &mut alice_ws,
+        event("a1", json!({"type": "send", "body": secret})),
+    )
+    .await;
+    assert_eq!(sent["seq"], 1);
+    let reply = append(
+        &mut bob_ws,
+        event(
+            "b1",
+            json!({"type": "send", "body": "really?", "reply_to": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(reply["seq"], 2);
+    let thumbs = json!({"type": "react", "target_seq": 1, "emoji": "👍"});
+    assert_eq!(
+        append(&mut bob_ws, event("b2", thumbs.clone())).await["seq"],
+        3
+    );
+    let edited_text = "the edited plan is 43";
+    let edit = json!({"type": "edit", "target_seq": 1, "body": edited_text});
+    assert_eq!(
+        append(&mut alice_ws, event("a2", edit.clone())).await["seq"],
+        4
+    );
+    // A retried edit is the same event.
+    assert_eq!(append(&mut alice_ws, event("a2", edit)).await["seq"], 4);
+
+    // Bad input: typed errors, nothing written.
+    let refused = [
+        (
+            false,
+            event(
+                "b3",
+                json!({"type": "edit", "target_seq": 1, "body": "mine now"}),
+            ),
+            "forbidden",
+        ),
+        (
+            false,
+            event("b4", json!({"type": "delete", "target_seq": 1})),
+            "forbidden",
+        ),
+        (
+            false,
+            event(
+                "b5",
+                json!({"type": "react", "target_seq": 1, "emoji": ":+1:"}),
+            ),
+            "invalid_field",
+        ),
+        (
+            false,
+            event(
+                "b6",
+                json!({"type": "react", "target_seq": 99, "emoji": "👍"}),
+            ),
+            "invalid_field",
+        ),
+        (
+            false,
+            event(
+                "b7",
+                json!({"type": "react", "target_seq": 3, "emoji": "👍"}),
+            ),
+            "invalid_field",
+        ),
+        (false, event("b8", thumbs.clone()), "conflict"),
+        (
+            false,
+            event("b9", json!({"type": "send", "body": "x", "reply_to": 50})),
+            "invalid_field",
+        ),
+        (
+            true,
+            event(
+                "c1",
+                json!({"type": "react", "target_seq": 1, "emoji": "👍"}),
+            ),
+            "not_found",
+        ),
+    ];
+    for (from_carol, frame, code) in refused {
+        let ws = if from_carol {
+            &mut carol_ws
+        } else {
+            &mut bob_ws
+        };
+        let answer = append(ws, frame.clone()).await;
+        assert_eq!(answer["type"], "error", "{frame} → {answer}");
+        assert_eq!(answer["code"], code, "{frame} → {answer}");
+    }
+    let deleted = append(
+        &mut alice_ws,
+        event("a3", json!({"type": "delete", "target_seq": 1})),
+    )
+    .await;
+    assert_eq!(deleted["seq"], 5);
+    let again = append(
+        &mut alice_ws,
+        event(
+            "a4",
+            json!({"type": "edit", "target_seq": 1, "body": "resurrect"}),
+        ),
+    )
+    .await;
+    assert_eq!(again["code"], "conflict");
+
+    // Bob's other device saw every event live, in seq order, each with its kind.
+    let mut live = Vec::new();
+    while live.len() < 5 {
+        let frame = bob_tablet.frame().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "message" {
+            live.push(frame);
+        }
+    }
+    let kinds: Vec<(u64, &str)> = live
+        .iter()
+        .map(|frame| {
+            (
+                frame["seq"].as_u64().unwrap(),
+                frame["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "message"),
+            (2, "message"),
+            (3, "reaction_add"),
+            (4, "edit"),
+            (5, "delete")
+        ]
+    );
+    assert_eq!(live[1]["reply_to"], 1);
+    assert_eq!(live[2]["emoji"], "👍");
+    assert_eq!(live[3]["target_seq"], 1);
+    assert_eq!(live[3]["body"], edited_text);
+
+    // History: every seq kept; the deleted message and its edit have no text left.
+    let (status, history) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let history = history["messages"].as_array().unwrap().clone();
+    let mut view = View::default();
+    for frame in &history {
+        view.apply(frame);
+    }
+    assert_eq!(view.head, 5);
+    assert_eq!(
+        view.messages[&1],
+        (String::new(), true, true, BTreeMap::new())
+    );
+    assert_eq!(history[1]["reply_to"], 1);
+    assert_eq!(history[3]["body"], "", "the edit's text is gone");
+    assert_eq!(history[3]["deleted"], true);
+
+    // And gone from the files on disk, not just from what the API shows.
+    for (path, bytes) in stored_files(&server) {
+        assert!(!contains(&bytes, secret), "{path} still holds the text");
+        assert!(
+            !contains(&bytes, edited_text),
+            "{path} still holds the edit"
+        );
+    }
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn receipts_show_delivered_and_read_and_hidden_reads_stay_hidden() {
+    let (server, http, _config) = start_with_config("[realtime]\nreceipts_flush_ms = 10\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    let direct = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    for i in 1..=3 {
+        alice_ws
+            .send_message(direct, &format!("m{i}"), &format!("hello {i}"))
+            .await;
+    }
+    bob_ws.until_message_seq(3).await;
+    let unread = |http: &Http, token: String| {
+        let http = Http::new(&http.base);
+        async move {
+            let (_, view) = http
+                .call(
+                    "GET",
+                    &format!("/v1/conversations/{direct}"),
+                    Some(&token),
+                    None,
+                )
+                .await;
+            (view["unread_count"].as_u64(), view["read_seq"].as_u64())
+        }
+    };
+    assert_eq!(unread(&http, bob.clone()).await, (Some(3), Some(0)));
+
+    // 1:1: sent → delivered → read.
+    bob_ws
+        .send(json!({"type": "received", "conversation_id": direct, "seq": 3}))
+        .await;
+    assert_eq!(
+        receipts(&mut alice_ws, direct).await,
+        BTreeMap::from([("bob".into(), (3, Some(0)))])
+    );
+    bob_ws
+        .send(json!({"type": "read", "conversation_id": direct, "seq": 2}))
+        .await;
+    assert_eq!(receipts(&mut alice_ws, direct).await["bob"], (3, Some(2)));
+    // Backwards is a no-op; beyond what bob holds is refused.
+    bob_ws
+        .send(json!({"type": "read", "conversation_id": direct, "seq": 1}))
+        .await;
+    bob_ws
+        .send(json!({"type": "read", "conversation_id": direct, "seq": 9}))
+        .await;
+    assert_eq!(error_code(&mut bob_ws).await, "invalid_field");
+    bob_ws
+        .send(json!({"type": "read", "conversation_id": direct, "seq": 3}))
+        .await;
+    assert_eq!(
+        receipts(&mut alice_ws, direct).await["bob"],
+        (3, Some(3)),
+        "the next change after the backwards read is the forward one"
+    );
+    assert_eq!(unread(&http, bob.clone()).await, (Some(0), Some(3)));
+
+    // A sender who reconnects sees where its messages stand now.
+    alice_ws.close().await;
+    let (mut alice_ws, caught_up) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let snapshot = caught_up
+        .iter()
+        .find(|frame| frame["type"] == "receipts")
+        .expect("receipts after catch-up");
+    assert_eq!(
+        positions(snapshot),
+        BTreeMap::from([("bob".into(), (3, Some(3)))])
+    );
+
+    // Groups: delivered counts, and a member who hides read receipts.
+    let (status, _) = http
+        .call(
+            "PUT",
+            "/v1/me/settings",
+            Some(&carol),
+            Some(json!({"hide_read_receipts": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let group = http
+        .group(&alice, "trio", &["bob".into(), "carol".into()])
+        .await;
+    alice_ws.until("joined").await;
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    let (mut carol_laptop, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    bob_ws.until("joined").await;
+    alice_ws.send_message(group, "g1", "team").await;
+    bob_ws.until_message_seq(1).await;
+    carol_ws.until_message_seq(1).await;
+    bob_ws
+        .send(json!({"type": "received", "conversation_id": group, "seq": 1}))
+        .await;
+    carol_ws
+        .send(json!({"type": "read", "conversation_id": group, "seq": 1}))
+        .await;
+    let mut seen = BTreeMap::new();
+    while seen.len() < 2 {
+        seen.extend(receipts(&mut alice_ws, group).await);
+    }
+    let delivered = seen
+        .values()
+        .filter(|(delivered, _)| *delivered >= 1)
+        .count();
+    assert_eq!(delivered, 2, "delivered to both others: {seen:?}");
+    assert_eq!(seen["carol"], (1, None), "carol's read position is hidden");
+    assert_eq!(seen["bob"], (1, Some(0)));
+    // Carol's own other device sees her read position (multi-device sync).
+    loop {
+        let mine = receipts(&mut carol_laptop, group).await;
+        if let Some(position) = mine.get("carol") {
+            assert_eq!(*position, (1, Some(1)));
+            break;
+        }
+    }
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn typing_is_announced_expires_is_rate_limited_and_never_stored() {
+    let (server, http, _config) = start_with_config(
+        "[realtime]\ntyping_ttl_ms = 400\ntyping_starts_per_sec = 1\ntyping_starts_burst = 3\n",
+    );
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    http.register("carol").await;
+    let direct = http.direct(&alice, "bob").await;
+    let other = http.direct(&bob, "carol").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let files_before = stored_files(&server);
+
+    let typing = |state: &str| json!({"type": "typing", "conversation_id": direct, "state": state});
+    alice_ws.send(typing("start")).await;
+    let (frame, _) = bob_ws.until("typing").await;
+    assert_eq!(
+        frame,
+        json!({"type": "typing", "conversation_id": direct, "user_id": "alice", "state": "start"})
+    );
+    alice_ws.send(typing("stop")).await;
+    assert_eq!(bob_ws.until("typing").await.0["state"], "stop");
+    // A start that is not refreshed expires by itself.
+    alice_ws.send(typing("start")).await;
+    assert_eq!(bob_ws.until("typing").await.0["state"], "start");
+    assert_eq!(bob_ws.until("typing").await.0["state"], "stop");
+    // The sender never hears its own typing.
+    alice_ws.assert_no_frames_before_pong().await;
+    // Not a member: nothing learned.
+    alice_ws
+        .send(json!({"type": "typing", "conversation_id": other, "state": "start"}))
+        .await;
+    assert_eq!(error_code(&mut alice_ws).await, "not_found");
+    // Bursts past the limit are refused with a hint.
+    for _ in 0..4 {
+        alice_ws.send(typing("start")).await;
+    }
+    let (limited, _) = alice_ws.until("error").await;
+    assert_eq!(limited["code"], "rate_limited");
+    assert!(limited["retry_after_ms"].as_u64().unwrap() > 0);
+
+    // None of it touched the store.
+    assert_eq!(stored_files(&server), files_before, "typing was written");
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn presence_is_watched_coalesced_private_and_does_not_flap() {
+    let (server, http, _config) =
+        start_with_config("[realtime]\npresence_grace_ms = 1500\npresence_flush_ms = 50\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    alice_ws
+        .send(json!({"type": "watch_presence", "user_ids": ["bob", "carol", "nobody"]}))
+        .await;
+    let (first, _) = alice_ws.until("presence").await;
+    assert_eq!(
+        first["users"],
+        json!([{"user_id": "bob", "state": "offline"}]),
+        "carol shares no conversation with alice; unknown users are not revealed"
+    );
+
+    let state = |frame: &Value| {
+        let users = frame["users"].as_array().unwrap();
+        assert_eq!(users.len(), 1, "{frame}");
+        assert_eq!(users[0]["user_id"], "bob");
+        users[0]["state"].as_str().unwrap().to_owned()
+    };
+    let (bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    assert_eq!(state(&alice_ws.until("presence").await.0), "online");
+    let mut bob_ws = bob_ws;
+    bob_ws
+        .send(json!({"type": "presence", "state": "away"}))
+        .await;
+    assert_eq!(state(&alice_ws.until("presence").await.0), "away");
+    // A quick reconnect within the grace period: no offline in between.
+    bob_ws.close().await;
+    let (bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    assert_eq!(state(&alice_ws.until("presence").await.0), "online");
+    // Gone for good: offline after the grace period, with a last-seen time.
+    bob_ws.close().await;
+    let (gone, _) = alice_ws.until("presence").await;
+    assert_eq!(state(&gone), "offline");
+    assert!(gone["users"][0]["last_seen"].as_i64().unwrap() > 0);
+
+    // Someone who shares nothing with bob learns nothing about him.
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    carol_ws
+        .send(json!({"type": "watch_presence", "user_ids": ["bob", "alice"]}))
+        .await;
+    assert_eq!(carol_ws.until("presence").await.0["users"], json!([]));
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_device_that_was_offline_converges_with_the_one_that_was_not() {
+    let (server, http, _config) = start_with_config("[realtime]\nreceipts_flush_ms = 10\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let direct = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut phone, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    alice_ws.send_message(direct, "a1", "first").await;
+    // The laptop has seq 1, then goes offline.
+    let (laptop, caught_up) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let mut laptop_view = View::default();
+    for frame in caught_up.iter().filter(|frame| frame["type"] == "message") {
+        laptop_view.apply(frame);
+    }
+    laptop.close().await;
+    let epoch = http.epoch().await;
+
+    // Meanwhile: messages, an edit, reactions from both sides, a delete, a read marker.
+    alice_ws.send_message(direct, "a2", "second").await;
+    alice_ws.send_message(direct, "a3", "third").await;
+    let edit = json!({"type": "edit", "client_msg_id": "a4", "conversation_id": direct, "target_seq": 2, "body": "second, edited"});
+    assert_eq!(append(&mut alice_ws, edit).await["type"], "ack");
+    for (id, emoji) in [("p1", "🎉"), ("p2", "❤️")] {
+        let react = json!({"type": "react", "client_msg_id": id, "conversation_id": direct, "target_seq": 2, "emoji": emoji});
+        assert_eq!(append(&mut phone, react).await["type"], "ack");
+    }
+    let unreact = json!({"type": "react", "client_msg_id": "p3", "conversation_id": direct, "target_seq": 2, "emoji": "🎉", "remove": true});
+    assert_eq!(append(&mut phone, unreact).await["type"], "ack");
+    let delete = json!({"type": "delete", "client_msg_id": "a5", "conversation_id": direct, "target_seq": 3});
+    assert_eq!(append(&mut alice_ws, delete).await["type"], "ack");
+    phone.until_message_seq(8).await;
+    phone
+        .send(json!({"type": "read", "conversation_id": direct, "seq": 8}))
+        .await;
+    assert_eq!(receipts(&mut alice_ws, direct).await["bob"], (8, Some(8)));
+
+    // The phone's view, from the whole history; the laptop's, from its cursor on.
+    let (_, history) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{direct}/messages"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    let mut phone_view = View::default();
+    for frame in history["messages"].as_array().unwrap() {
+        phone_view.apply(frame);
+    }
+    let (_, caught_up) = RawWs::hello(
+        &server.ws_url(),
+        &bob,
+        json!([{"conversation_id": direct, "seq": 1}]),
+        epoch.as_deref(),
+    )
+    .await;
+    for frame in caught_up.iter().filter(|frame| frame["type"] == "message") {
+        laptop_view.apply(frame);
+    }
+    assert_eq!(laptop_view, phone_view);
+    assert_eq!(laptop_view.head, 8);
+    let message = &laptop_view.messages[&2];
+    assert_eq!(message.0, "second, edited");
+    assert_eq!(
+        message.3,
+        BTreeMap::from([("❤️".to_owned(), vec!["bob".to_owned()])])
+    );
+    assert!(laptop_view.messages[&3].1, "deleted");
+    // And the read marker came along.
+    let snapshot = caught_up
+        .iter()
+        .find(|frame| frame["type"] == "receipts")
+        .expect("receipts after catch-up");
+    assert_eq!(positions(snapshot)["bob"], (8, Some(8)));
+    server.assert_clean_log();
+}
