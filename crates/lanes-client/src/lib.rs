@@ -1,5 +1,6 @@
 //! Rust client SDK for Lanes: the HTTP API ([`HttpApi`]) and a live WebSocket client
-//! ([`Client`]) that retries sends, resumes from cursors and dedupes deliveries.
+//! ([`Client`]) that retries sends (and replies, edits, deletes, reactions), resumes from cursors,
+//! dedupes deliveries, confirms receipt, and carries read markers, typing and presence.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lanes_client::ClientError> {
@@ -35,8 +36,11 @@ pub use backoff::full_jitter;
 pub use client::{Client, ClientConfig, Event, Events};
 pub use error::ClientError;
 pub use http_api::HttpApi;
-pub use lanes_protocol::http::{Conversation, ConversationKind, History, Member, Role, Session};
+pub use lanes_protocol::http::{
+    Conversation, ConversationKind, History, Member, Role, Session, Settings,
+};
 pub use lanes_protocol::{
-    AckFrame, ClientMsgId, ConversationId, Cursor, ErrorCode, ErrorFrame, MessageFrame, Seq,
-    StoreEpoch, UserId,
+    AckFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame, EventKind,
+    MessageFrame, PresenceState, Reaction, Receipt, Seq, StoreEpoch, TypingState, UserId,
+    UserPresence,
 };

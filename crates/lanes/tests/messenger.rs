@@ -571,12 +571,28 @@ async fn presence_is_watched_coalesced_private_and_does_not_flap() {
     assert_eq!(state(&alice_ws.until("presence").await.0), "away");
     // A quick reconnect within the grace period: no offline in between.
     bob_ws.close().await;
-    let (bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     assert_eq!(state(&alice_ws.until("presence").await.0), "online");
-    // Gone for good: offline after the grace period, with a last-seen time.
+    // Five changes within one flush interval reach alice coalesced; then bob goes for good:
+    // offline after the grace period (a later flush), with a last-seen time.
+    for flip in ["away", "online", "away", "online", "away"] {
+        bob_ws
+            .send(json!({"type": "presence", "state": flip}))
+            .await;
+    }
     bob_ws.close().await;
-    let (gone, _) = alice_ws.until("presence").await;
-    assert_eq!(state(&gone), "offline");
+    let mut burst = Vec::new();
+    let gone = loop {
+        let (frame, _) = alice_ws.until("presence").await;
+        if state(&frame) == "offline" {
+            break frame;
+        }
+        burst.push(state(&frame));
+    };
+    assert!(
+        !burst.is_empty() && burst.len() <= 2 && burst.last().unwrap() == "away",
+        "one burst of changes, coalesced: {burst:?}"
+    );
     assert!(gone["users"][0]["last_seen"].as_i64().unwrap() > 0);
 
     // Someone who shares nothing with bob learns nothing about him.

@@ -1,5 +1,6 @@
 //! The Rust SDK (`lanes-client`) against the real binary: delivery to every device, resume from
-//! cursors, sends across SIGKILL/SIGTERM restarts, membership events, definite errors.
+//! cursors, sends across SIGKILL/SIGTERM restarts, membership events, definite errors, and the
+//! messenger features (receipts, replies, reactions, edits, deletes, typing, presence).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,8 +9,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use lanes_client::{
-    AckFrame, Client, ClientConfig, ClientError, ConversationId, Cursor, ErrorCode, Event, Events,
-    HttpApi, MessageFrame, Seq, UserId,
+    AckFrame, Client, ClientConfig, ClientError, ConversationId, Cursor, ErrorCode, Event,
+    EventKind, Events, HttpApi, MessageFrame, PresenceState, Seq, TypingState, UserId,
 };
 use lanes_test_support::TestServer;
 use tokio::sync::mpsc;
@@ -581,5 +582,114 @@ async fn definite_errors_fail_the_send() {
         within("a refused connect", Client::connect(bad_token)).await,
         ErrorCode::Unauthorized,
     );
+    server.assert_clean_log();
+}
+
+/// The next event for which `pick` returns something, skipping others (receipts included).
+async fn next_matching<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    loop {
+        let event = within("an event", events.next())
+            .await
+            .expect("events ended while an event was expected");
+        if let Some(found) = pick(event) {
+            return found;
+        }
+    }
+}
+
+#[tokio::test]
+async fn messenger_features_over_the_sdk() {
+    let server = start();
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let conversation_id = within("create direct", alice.api.create_direct(&bob.id))
+        .await
+        .unwrap()
+        .conversation_id;
+    let (alice_client, mut alice_events, _) = connect_synced(config(&server, &alice), &alice).await;
+    let (bob_client, mut bob_events, _) = connect_synced(config(&server, &bob), &bob).await;
+
+    // Bob's SDK confirms receipt by itself: alice sees "delivered".
+    let first = send(&alice_client, conversation_id, "hello").await;
+    assert_eq!(next_message(&mut bob_events).await.seq, first.seq);
+    let delivered = next_matching(&mut alice_events, |event| match event {
+        Event::Receipts { receipts, .. } => receipts
+            .into_iter()
+            .find(|receipt| receipt.user_id == bob.id && receipt.delivered_seq >= first.seq),
+        _ => None,
+    })
+    .await;
+    assert_eq!(delivered.read_seq, Some(Seq::ZERO));
+    bob_client
+        .mark_read(conversation_id, first.seq)
+        .await
+        .unwrap();
+    next_matching(&mut alice_events, |event| match event {
+        Event::Receipts { receipts, .. } => receipts
+            .into_iter()
+            .find(|receipt| receipt.user_id == bob.id && receipt.read_seq == Some(first.seq)),
+        _ => None,
+    })
+    .await;
+
+    // Reply, reaction, edit and delete arrive at bob as events of their kinds, in order.
+    let reply = within("reply", bob_client.reply(conversation_id, first.seq, "hi!"))
+        .await
+        .unwrap();
+    within(
+        "react",
+        alice_client.react(conversation_id, reply.seq, "👍", true),
+    )
+    .await
+    .unwrap();
+    within(
+        "edit",
+        alice_client.edit(conversation_id, first.seq, "hello there"),
+    )
+    .await
+    .unwrap();
+    within("delete", alice_client.delete(conversation_id, first.seq))
+        .await
+        .unwrap();
+    let refused = within(
+        "edit after delete",
+        alice_client.edit(conversation_id, first.seq, "x"),
+    )
+    .await;
+    assert_api_error(refused, ErrorCode::Conflict);
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let message = next_message(&mut bob_events).await;
+        kinds.push((message.seq.0, message.kind));
+    }
+    assert_eq!(
+        kinds,
+        [
+            (2, EventKind::Message),
+            (3, EventKind::ReactionAdd),
+            (4, EventKind::Edit),
+            (5, EventKind::Delete)
+        ]
+    );
+
+    // Typing and presence.
+    alice_client
+        .watch_presence(vec![bob.id.clone()])
+        .await
+        .unwrap();
+    let presence = next_matching(&mut alice_events, |event| match event {
+        Event::Presence(users) => Some(users),
+        _ => None,
+    })
+    .await;
+    assert_eq!(presence.len(), 1);
+    assert_eq!(presence[0].state, PresenceState::Online);
+    bob_client.set_typing(conversation_id, true).await.unwrap();
+    let (who, state) = next_matching(&mut alice_events, |event| match event {
+        Event::Typing { user_id, state, .. } => Some((user_id, state)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((who, state), (bob.id.clone(), TypingState::Start));
     server.assert_clean_log();
 }
