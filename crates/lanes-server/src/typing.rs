@@ -24,7 +24,9 @@ pub(crate) struct Typing {
     metrics: Arc<Metrics>,
     ttl: Duration,
     starts: DefaultKeyedRateLimiter<UserId>,
-    active: Mutex<HashMap<(ConversationId, UserId), Instant>>,
+    /// Conversation → who types there, until when. Looked up on every send, so keyed to need no
+    /// allocation for the common "nobody is typing" case.
+    active: Mutex<HashMap<ConversationId, HashMap<UserId, Instant>>>,
 }
 
 impl Typing {
@@ -73,8 +75,12 @@ impl Typing {
                         Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
                     return Err(error);
                 }
-                let key = (conversation_id, user_id.clone());
-                let fresh = self.lock().insert(key, Instant::now() + self.ttl).is_none();
+                let fresh = self
+                    .lock()
+                    .entry(conversation_id)
+                    .or_default()
+                    .insert(user_id.clone(), Instant::now() + self.ttl)
+                    .is_none();
                 if fresh {
                     self.announce(conversation_id, user_id, TypingState::Start);
                 }
@@ -86,10 +92,17 @@ impl Typing {
 
     /// The user stopped typing there (said so, or sent a message).
     pub(crate) fn stop(&self, user_id: &UserId, conversation_id: ConversationId) {
-        let removed = self
-            .lock()
-            .remove(&(conversation_id, user_id.clone()))
-            .is_some();
+        let removed = {
+            let mut active = self.lock();
+            let Some(typing) = active.get_mut(&conversation_id) else {
+                return;
+            };
+            let removed = typing.remove(user_id).is_some();
+            if typing.is_empty() {
+                active.remove(&conversation_id);
+            }
+            removed
+        };
         if removed {
             self.announce(conversation_id, user_id, TypingState::Stop);
         }
@@ -98,12 +111,15 @@ impl Typing {
     /// Expires starts that were not refreshed in time.
     pub(crate) fn sweep(&self, now: Instant) {
         let mut expired = Vec::new();
-        self.lock().retain(|key, deadline| {
-            let keep = *deadline > now;
-            if !keep {
-                expired.push(key.clone());
-            }
-            keep
+        self.lock().retain(|conversation_id, typing| {
+            typing.retain(|user_id, deadline| {
+                let keep = *deadline > now;
+                if !keep {
+                    expired.push((*conversation_id, user_id.clone()));
+                }
+                keep
+            });
+            !typing.is_empty()
         });
         for (conversation_id, user_id) in expired {
             self.announce(conversation_id, &user_id, TypingState::Stop);
@@ -125,7 +141,7 @@ impl Typing {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(ConversationId, UserId), Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConversationId, HashMap<UserId, Instant>>> {
         // Inserts and removes cannot leave the map half-changed.
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -59,8 +59,7 @@ const MIGRATIONS: &[&str] = &[
     // Lane events besides messages (edits, deletes, reactions, replies), receipt positions,
     // per-user settings and last-seen times.
     "
-    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'
-        CHECK (kind IN ('message', 'edit', 'delete', 'reaction_add', 'reaction_remove'));
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
     ALTER TABLE messages ADD COLUMN target_seq INTEGER;
     ALTER TABLE messages ADD COLUMN reply_to INTEGER;
     ALTER TABLE messages ADD COLUMN emoji TEXT;
