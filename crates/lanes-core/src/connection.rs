@@ -1,7 +1,7 @@
 //! One client connection as a state machine: frames and timeouts in, frames to write, sends to
 //! commit and closes out. Both transports drive it; chat rules live here, not in the glue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use lanes_protocol::{
     PresenceState, Seq, ServerFrame, StoreEpoch, TypingState, UserId, limits,
 };
 
+use crate::cursors::{Admission, Cursors};
 use crate::validate::{self, Limits, ValidSend};
 
 /// Timing and limits of a connection.
@@ -52,17 +53,6 @@ pub enum Violation {
     Protocol,
     /// A text frame whose payload is not UTF-8.
     InvalidUtf8,
-}
-
-/// What to do with a live message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Write it.
-    Write,
-    /// The client already holds it: drop it.
-    Duplicate,
-    /// Messages before it are missing on this connection: catch up from the store.
-    Gap,
 }
 
 /// What the transport must do next.
@@ -179,8 +169,8 @@ pub struct Connection {
     config: Arc<ConnectionConfig>,
     state: State,
     /// Per conversation, the last seq the client holds: its cursor at `hello`, then advanced by
-    /// every message written. Costs ~24 bytes per conversation of the user.
-    delivered: HashMap<ConversationId, Seq>,
+    /// every message written.
+    delivered: Cursors,
     inflight_sends: usize,
     /// Shutting down: read nothing more, close once every pending ack is written.
     draining: bool,
@@ -197,7 +187,7 @@ impl Connection {
         Connection {
             config,
             state: State::AwaitingHello { deadline },
-            delivered: HashMap::new(),
+            delivered: Cursors::default(),
             inflight_sends: 0,
             draining: false,
             last_received_at: now,
@@ -401,12 +391,11 @@ impl Connection {
             return;
         }
         // Cursors from another store would skip messages that reuse their seqs: start over.
-        self.delivered.clear();
-        if epoch.as_ref() == Some(&self.config.epoch) {
-            for cursor in cursors {
-                self.delivered.insert(cursor.conversation_id, cursor.seq);
-            }
-        }
+        self.delivered = if epoch.as_ref() == Some(&self.config.epoch) {
+            Cursors::from_cursors(cursors)
+        } else {
+            Cursors::default()
+        };
         self.state = State::Authenticating { deadline };
         self.outputs.push_back(Output::Authenticate { token });
     }
@@ -435,37 +424,17 @@ impl Connection {
 
     /// Where catch-up of `conversation_id` starts: the last seq the client holds.
     pub fn delivered(&self, conversation_id: ConversationId) -> Seq {
-        self.delivered
-            .get(&conversation_id)
-            .copied()
-            .unwrap_or(Seq::ZERO)
+        self.delivered.held(conversation_id)
     }
 
-    /// Decides whether a live message may be written, and records it if so. At or below what
-    /// the client holds it is a duplicate (catch-up and live overlap). Past the next seq it
-    /// would leave a gap: the transport must catch the conversation up from the store instead
-    /// (the live frame is then read back from there).
+    /// See [`Cursors::admit_live`].
     pub fn admit_live(&mut self, conversation_id: ConversationId, seq: Seq) -> Admission {
-        let delivered = self.delivered.entry(conversation_id).or_insert(Seq::ZERO);
-        if seq <= *delivered {
-            Admission::Duplicate
-        } else if seq == delivered.next() {
-            *delivered = seq;
-            Admission::Write
-        } else {
-            Admission::Gap
-        }
+        self.delivered.admit_live(conversation_id, seq)
     }
 
-    /// Records a message read from the store during catch-up; false if the client holds it.
-    /// The store pages are contiguous from the cursor, so no gap check is needed here.
+    /// See [`Cursors::admit_caught_up`].
     pub fn admit_caught_up(&mut self, conversation_id: ConversationId, seq: Seq) -> bool {
-        let delivered = self.delivered.entry(conversation_id).or_insert(Seq::ZERO);
-        if seq <= *delivered {
-            return false;
-        }
-        *delivered = seq;
-        true
+        self.delivered.admit_caught_up(conversation_id, seq)
     }
 
     /// Catch-up after `hello` is complete; live frames follow.
@@ -499,12 +468,8 @@ impl Connection {
             Ok(ack) => {
                 // The ack is this connection's copy of its own message: it counts as delivered
                 // when it is the next seq (an older seq is a retried send's original).
-                let delivered = self
-                    .delivered
-                    .entry(ack.conversation_id)
-                    .or_insert(Seq::ZERO);
-                if ack.seq == delivered.next() {
-                    *delivered = ack.seq;
+                if ack.seq == self.delivered(ack.conversation_id).next() {
+                    self.delivered.admit_caught_up(ack.conversation_id, ack.seq);
                 }
                 ServerFrame::Ack(ack)
             }

@@ -3,9 +3,11 @@
 
 pub mod commit_queue;
 pub mod connection;
+pub mod cursors;
 pub mod membership;
 pub mod validate;
 
 pub use commit_queue::CommitQueue;
-pub use connection::{Admission, Connection, ConnectionConfig, Output, Violation};
+pub use connection::{Connection, ConnectionConfig, Output, Violation};
+pub use cursors::{Admission, Cursors};
 pub use validate::{Limits, Rejection, ValidSend};

@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frames::{ErrorCode, MessageFrame};
-use crate::ids::{ConversationId, Seq, UnixMillis, UserId};
+use crate::frames::{
+    Cursor, ErrorCode, MessageFrame, PresenceState, Receipt, ServerFrame, TypingState, UserPresence,
+};
+use crate::ids::{ClientMsgId, ConversationId, Seq, StoreEpoch, UnixMillis, UserId};
 
 /// `POST /v1/register` and `POST /v1/login`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +177,119 @@ pub struct History {
 pub struct Settings {
     /// Other members do not see how far this user has read (they still see delivery).
     pub hide_read_receipts: bool,
+}
+
+/// `POST /v1/conversations/{id}/messages`: send a message (acked after the commit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// Makes the send idempotent.
+    pub client_msg_id: ClientMsgId,
+    /// Text.
+    pub body: String,
+    /// The seq of the message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Seq>,
+}
+
+/// `POST /v1/conversations/{id}/messages/{seq}/edit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    /// Makes the edit idempotent.
+    pub client_msg_id: ClientMsgId,
+    /// The new text.
+    pub body: String,
+}
+
+/// `POST /v1/conversations/{id}/messages/{seq}/delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteMessage {
+    /// Makes the delete idempotent.
+    pub client_msg_id: ClientMsgId,
+}
+
+/// `POST /v1/conversations/{id}/messages/{seq}/reactions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct React {
+    /// Makes the reaction idempotent.
+    pub client_msg_id: ClientMsgId,
+    /// One emoji.
+    pub emoji: String,
+    /// Take the reaction back instead of adding it.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// `POST /v1/conversations/{id}/received` and `/read`: a receipt position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// Up to here.
+    pub seq: Seq,
+}
+
+/// `GET /v1/conversations/{id}/receipts`: every member's positions, as the caller may see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptList {
+    /// Members with any position.
+    pub receipts: Vec<Receipt>,
+}
+
+/// `POST /v1/conversations/{id}/typing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTyping {
+    /// Start or stop.
+    pub state: TypingState,
+}
+
+/// `POST /v1/presence`: the state of every current connection of the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPresence {
+    /// `online` or `away`.
+    pub state: PresenceState,
+}
+
+/// `GET /v1/presence?user_ids=…`: those of the users who share a conversation with the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceList {
+    /// Their presence now.
+    pub users: Vec<UserPresence>,
+}
+
+/// `POST /v1/events`: the long-poll request as a body (for clients with many cursors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// The client's cursors (as in `hello`).
+    #[serde(default)]
+    pub cursors: Vec<Cursor>,
+    /// The epoch the cursors came from.
+    #[serde(default)]
+    pub epoch: Option<StoreEpoch>,
+    /// Longest wait for an event, in milliseconds (default 25,000, at most 60,000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// This client's presence while it polls (`online` by default).
+    #[serde(default)]
+    pub presence: Option<PresenceState>,
+}
+
+/// `GET`/`POST /v1/events`: what happened since the cursors, in the order a WebSocket would
+/// have delivered it, and the cursors to poll with next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsPage {
+    /// `message`, `joined`, `left`, `receipts`, `typing` and `presence` frames; empty when the
+    /// poll timed out.
+    pub events: Vec<ServerFrame>,
+    /// The server's store epoch: send it back with the cursors.
+    pub epoch: StoreEpoch,
+    /// The client's cursors after these events.
+    pub cursors: Vec<Cursor>,
 }
 
 /// Every HTTP error body.

@@ -17,12 +17,36 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::now_millis;
 
+/// Where the answer to a send goes.
+pub(crate) enum Origin {
+    /// A WebSocket connection of the sender: the answer goes into its hub queue, and the ack
+    /// stands in for its copy of the message.
+    Connection(ConnectionId),
+    /// An HTTP request waiting for the answer.
+    Http(oneshot::Sender<Result<AckFrame, ErrorFrame>>),
+}
+
 /// One send waiting to be committed.
 pub(crate) struct CommitRequest {
     pub(crate) message: NewMessage,
-    /// The connection (of `message.sender_id`) that sent it: it gets the answer, and the ack
-    /// stands in for its copy of the message.
-    pub(crate) origin: ConnectionId,
+    pub(crate) origin: Origin,
+}
+
+fn answer(
+    hub: &Hub<Utf8Bytes>,
+    message: &NewMessage,
+    origin: Origin,
+    outcome: Result<AckFrame, ErrorFrame>,
+) {
+    match origin {
+        // The sender may have disconnected; its message is stored and it sees it on resume.
+        Origin::Connection(connection_id) => {
+            hub.reply(&message.sender_id, connection_id, outcome);
+        }
+        Origin::Http(responder) => {
+            let _ = responder.send(outcome);
+        }
+    }
 }
 
 fn ack_of(frame: &MessageFrame) -> AckFrame {
@@ -96,7 +120,7 @@ fn run(
 }
 
 fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, metrics: &Metrics) {
-    let (messages, origins): (Vec<NewMessage>, Vec<ConnectionId>) = batch
+    let (messages, origins): (Vec<NewMessage>, Vec<Origin>) = batch
         .into_iter()
         .map(|request| (request.message, request.origin))
         .unzip();
@@ -111,7 +135,7 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
                     "storage is unavailable; retry with the same client_msg_id",
                     Some(message.client_msg_id.to_string()),
                 ));
-                hub.reply(&message.sender_id, origin, answer);
+                self::answer(hub, message, origin, answer);
             }
             return;
         }
@@ -126,7 +150,11 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
                 let ack = ack_of(&frame);
                 let (conversation_id, seq) = (frame.conversation_id, frame.seq);
                 let payload = Utf8Bytes::from(encode_server(&ServerFrame::Message(frame)));
-                hub.publish(conversation_id, seq, payload, Some(origin));
+                let connection = match &origin {
+                    Origin::Connection(connection_id) => Some(*connection_id),
+                    Origin::Http(_) => None,
+                };
+                hub.publish(conversation_id, seq, payload, connection);
                 Ok(ack)
             }
             AppendOutcome::Duplicate(frame) => {
@@ -161,7 +189,6 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
                 ))
             }
         };
-        // The sender may have disconnected; its message is stored and it sees it on resume.
-        hub.reply(&message.sender_id, origin, answer);
+        self::answer(hub, message, origin, answer);
     }
 }

@@ -29,6 +29,12 @@ impl ApiError {
     }
 }
 
+impl From<lanes_protocol::ErrorFrame> for ApiError {
+    fn from(error: lanes_protocol::ErrorFrame) -> ApiError {
+        ApiError::new(error.code, error.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         tracing::error!("store failed: {err}");

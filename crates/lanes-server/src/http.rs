@@ -19,7 +19,7 @@ use serde::Deserialize;
 use lanes_core::membership::may_manage;
 
 use crate::error::ApiError;
-use crate::{AppState, blocking, now_millis, ws};
+use crate::{AppState, actions, blocking, longpoll, now_millis, ws};
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -39,7 +39,34 @@ pub(crate) fn router(state: AppState) -> Router {
             delete(remove_member),
         )
         .route("/v1/conversations/{id}/leave", post(leave))
-        .route("/v1/conversations/{id}/messages", get(history))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(history).post(actions::send),
+        )
+        .route(
+            "/v1/conversations/{id}/messages/{seq}/edit",
+            post(actions::edit),
+        )
+        .route(
+            "/v1/conversations/{id}/messages/{seq}/delete",
+            post(actions::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/messages/{seq}/reactions",
+            post(actions::react),
+        )
+        .route("/v1/conversations/{id}/received", post(actions::received))
+        .route("/v1/conversations/{id}/read", post(actions::read))
+        .route("/v1/conversations/{id}/receipts", get(actions::receipts))
+        .route("/v1/conversations/{id}/typing", post(actions::typing))
+        .route(
+            "/v1/presence",
+            get(actions::get_presence).post(actions::set_presence),
+        )
+        .route(
+            "/v1/events",
+            get(longpoll::poll_get).post(longpoll::poll_post),
+        )
         .route("/v1/ws", get(ws::upgrade))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))

@@ -2,14 +2,17 @@
 //! group-commits sends), authentication and configuration. `serve(config, shutdown)` runs it.
 //! The only crate that knows HTTP.
 
+mod actions;
 mod auth;
 mod committer;
 pub mod config;
 mod error;
 mod http;
+mod longpoll;
 mod metrics;
 mod presence;
 mod receipts;
+mod subscribe;
 mod typing;
 mod ws;
 

@@ -131,6 +131,17 @@ impl Presence {
         inner.refresh(user_id);
     }
 
+    /// Every current connection of `user_id` is away (or back): the HTTP `POST /v1/presence`.
+    pub(crate) fn set_away_all(&self, user_id: &UserId, away: bool) {
+        let mut inner = self.lock();
+        if let Some(user) = inner.users.get_mut(user_id) {
+            for flag in user.connections.values_mut() {
+                *flag = away;
+            }
+        }
+        inner.refresh(user_id);
+    }
+
     /// A connection said it is away (or back).
     pub(crate) fn set_away(&self, user_id: &UserId, connection_id: ConnectionId, away: bool) {
         let mut inner = self.lock();
@@ -152,20 +163,29 @@ impl Presence {
         connection_id: ConnectionId,
         candidates: Vec<UserId>,
     ) -> Result<ServerFrame, crate::error::ApiError> {
+        let users = self.peek(user_id, candidates, Some(connection_id)).await?;
+        Ok(ServerFrame::Presence { users })
+    }
+
+    /// The presence now of those of `candidates` who share a conversation with `user_id`;
+    /// with `watcher`, that connection watches them from now on (replacing what it watched).
+    pub(crate) async fn peek(
+        &self,
+        user_id: &UserId,
+        candidates: Vec<UserId>,
+        watcher: Option<ConnectionId>,
+    ) -> Result<Vec<UserPresence>, crate::error::ApiError> {
         let viewer = user_id.clone();
         let visible = crate::blocking(&self.store, move |store| {
             store.presence_visible(&viewer, &candidates)
         })
         .await?;
         let mut inner = self.lock();
-        inner.unwatch(connection_id);
+        if let Some(connection_id) = watcher {
+            inner.unwatch(connection_id);
+        }
         let mut users = Vec::with_capacity(visible.len());
         for (watched, stored_last_seen) in visible {
-            inner
-                .watchers
-                .entry(watched.clone())
-                .or_default()
-                .insert((user_id.clone(), connection_id));
             let state = inner.current(&watched);
             let last_seen = (state == PresenceState::Offline)
                 .then(|| inner.last_seen.get(&watched).copied().or(stored_last_seen))
@@ -175,13 +195,20 @@ impl Presence {
                 state,
                 last_seen,
             });
-            inner
-                .watching
-                .entry(connection_id)
-                .or_default()
-                .push(watched);
+            if let Some(connection_id) = watcher {
+                inner
+                    .watchers
+                    .entry(watched.clone())
+                    .or_default()
+                    .insert((user_id.clone(), connection_id));
+                inner
+                    .watching
+                    .entry(connection_id)
+                    .or_default()
+                    .push(watched);
+            }
         }
-        Ok(ServerFrame::Presence { users })
+        Ok(users)
     }
 
     /// Ends grace periods that ran out and sends each watching connection the changes since

@@ -48,7 +48,7 @@ impl Typing {
         }
     }
 
-    /// A `typing` frame from `user_id`.
+    /// A `typing` frame from `user_id`, whose connection the hub knows.
     pub(crate) fn update(
         &self,
         user_id: &UserId,
@@ -62,6 +62,16 @@ impl Typing {
                 None,
             ));
         }
+        self.update_member(user_id, conversation_id, state)
+    }
+
+    /// A typing change from a member (checked by the caller, e.g. against the store).
+    pub(crate) fn update_member(
+        &self,
+        user_id: &UserId,
+        conversation_id: ConversationId,
+        state: TypingState,
+    ) -> Result<(), ErrorFrame> {
         match state {
             TypingState::Start => {
                 if let Err(not_until) = self.starts.check_key(user_id) {

@@ -20,7 +20,7 @@ use lanes_protocol::{
 };
 use lanes_store::{MarkerUpdate, NewMessage};
 
-use crate::committer::CommitRequest;
+use crate::committer::{CommitRequest, Origin};
 use crate::metrics::Metrics;
 use crate::{AppState, blocking};
 
@@ -33,8 +33,6 @@ const READ_BUFFER_BYTES: usize = 1024;
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// Attempts to list a user's conversations while membership keeps changing under the listing.
-const LISTING_ATTEMPTS_MAX: usize = 16;
 
 /// `GET /v1/ws`
 pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
@@ -255,7 +253,7 @@ impl Session {
                             conversation_id: send.conversation_id,
                             content: send.content,
                         },
-                        origin,
+                        origin: Origin::Connection(origin),
                     };
                     // Waits when the committer is saturated: backpressure, not an error.
                     if self.state.commits.send(request).await.is_err() {
@@ -379,37 +377,8 @@ impl Session {
             .connected(&user_id, subscription.connection_id);
         let version = subscription.version;
         self.subscription = Some(subscription);
-        // One trip to the blocking pool for the whole listing: connect storms are bound by these
-        // hand-offs more than by the queries.
-        let hub = Arc::clone(&self.state.hub);
-        let listed = user_id.clone();
-        let heads = blocking(&self.state.store, move |store| {
-            let mut version = version;
-            for _ in 0..LISTING_ATTEMPTS_MAX {
-                let listing = store.heads_of(&listed)?;
-                let ids: Vec<ConversationId> = listing.iter().map(|(id, _)| *id).collect();
-                match hub.set_conversations(&listed, version, &ids) {
-                    // The heads must be read again now that the hub delivers this user's
-                    // conversations: a message committed between the listing and
-                    // `set_conversations` was published to nobody here, and only a read taken
-                    // after subscribing is sure to include it.
-                    Ok(()) => return Ok(Some(store.heads_of(&listed)?)),
-                    Err(current) => version = current,
-                }
-            }
-            Ok(None)
-        })
-        .await;
-        let heads = match heads {
-            Ok(Some(heads)) => heads,
-            Ok(None) => {
-                return self
-                    .fail(
-                        ErrorCode::Internal,
-                        "membership kept changing; reconnect".into(),
-                    )
-                    .await;
-            }
+        let heads = match crate::subscribe::listing(&self.state, &user_id, version).await {
+            Ok(heads) => heads,
             Err(err) => return self.fail(err.code, err.message).await,
         };
         for (conversation_id, head) in heads {

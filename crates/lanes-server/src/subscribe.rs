@@ -1,0 +1,44 @@
+//! What both transports do after registering a user's connection with the hub: tell the hub
+//! the user's conversations and read their heads, so that catch-up and live delivery meet
+//! without a gap (the argument is in ARCHITECTURE.md, "Catch-up without a gap or a duplicate").
+
+use std::sync::Arc;
+
+use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId};
+
+use crate::error::ApiError;
+use crate::{AppState, blocking};
+
+/// Attempts to list a user's conversations while membership keeps changing under the listing.
+const LISTING_ATTEMPTS_MAX: usize = 16;
+
+/// Records the user's conversations in the hub (registered at `version`), then returns every
+/// conversation with its head, read after the hub delivers them.
+pub(crate) async fn listing(
+    state: &AppState,
+    user_id: &UserId,
+    version: u64,
+) -> Result<Vec<(ConversationId, Seq)>, ApiError> {
+    // One trip to the blocking pool for the whole listing: connect storms are bound by these
+    // hand-offs more than by the queries.
+    let hub = Arc::clone(&state.hub);
+    let listed = user_id.clone();
+    let heads = blocking(&state.store, move |store| {
+        let mut version = version;
+        for _ in 0..LISTING_ATTEMPTS_MAX {
+            let listing = store.heads_of(&listed)?;
+            let ids: Vec<ConversationId> = listing.iter().map(|(id, _)| *id).collect();
+            match hub.set_conversations(&listed, version, &ids) {
+                // The heads must be read again now that the hub delivers this user's
+                // conversations: a message committed between the listing and
+                // `set_conversations` was published to nobody here, and only a read taken
+                // after subscribing is sure to include it.
+                Ok(()) => return Ok(Some(store.heads_of(&listed)?)),
+                Err(current) => version = current,
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    heads.ok_or_else(|| ApiError::new(ErrorCode::Internal, "membership kept changing; retry"))
+}

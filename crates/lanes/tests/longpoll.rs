@@ -1,0 +1,494 @@
+//! Long-polling and the HTTP actions, over real HTTP: a WebSocket user and a long-polling user in
+//! one conversation, a client switching transports mid-stream, polls answered the moment a
+//! message arrives, and typed errors with proper HTTP statuses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Http, RawWs};
+use lanes_test_support::TestServer;
+use serde_json::{Value, json};
+
+fn start() -> (TestServer, Http) {
+    let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    let http = Http::new(&server.base_url());
+    (server, http)
+}
+
+/// A long-polling client: its cursors and epoch, as the last poll returned them.
+struct Poller {
+    http: Http,
+    token: String,
+    cursors: Value,
+    epoch: Option<String>,
+}
+
+impl Poller {
+    fn new(base: &str, token: &str) -> Poller {
+        Poller {
+            http: Http::new(base),
+            token: token.to_owned(),
+            cursors: json!([]),
+            epoch: None,
+        }
+    }
+
+    /// One `POST /v1/events`; returns the events and remembers the new cursors.
+    async fn poll(&mut self, timeout_ms: u64) -> Vec<Value> {
+        let body = json!({"cursors": self.cursors, "epoch": self.epoch, "timeout_ms": timeout_ms});
+        let (status, page) = self
+            .http
+            .call("POST", "/v1/events", Some(&self.token), Some(body))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        self.cursors = page["cursors"].clone();
+        self.epoch = page["epoch"].as_str().map(str::to_owned);
+        page["events"].as_array().unwrap().clone()
+    }
+
+    /// Polls until a message with `seq` of `conversation` arrived; returns every event seen.
+    async fn until_seq(&mut self, conversation: u64, seq: u64) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let events = self.poll(5_000).await;
+            let done = events.iter().any(|event| {
+                event["type"] == "message"
+                    && event["conversation_id"] == conversation
+                    && event["seq"] == seq
+            });
+            seen.extend(events);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn message_seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|event| event["type"] == "message")
+        .map(|event| event["seq"].as_u64().unwrap())
+        .collect()
+}
+
+async fn http_send(http: &Http, token: &str, conversation: u64, id: &str, body: &str) -> Value {
+    let (status, ack) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(token),
+            Some(json!({"client_msg_id": id, "body": body})),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    ack
+}
+
+#[tokio::test]
+async fn a_websocket_user_and_a_long_polling_user_talk() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let mut bob_poll = Poller::new(&http.base, &bob);
+
+    alice_ws.send_message(conversation, "a1", "hi bob").await;
+    let events = bob_poll.until_seq(conversation, 1).await;
+    assert_eq!(message_seqs(&events), [1]);
+    assert_eq!(events[0]["body"], "hi bob");
+    assert_eq!(
+        bob_poll.cursors,
+        json!([{"conversation_id": conversation, "seq": 1}])
+    );
+
+    // Bob sends over HTTP: the answer is the ack, after the commit; a retry is the same ack.
+    let ack = http_send(&http, &bob, conversation, "b1", "hi alice").await;
+    assert_eq!(ack["seq"], 2);
+    assert_eq!(
+        http_send(&http, &bob, conversation, "b1", "hi alice").await,
+        ack
+    );
+    let (live, _) = alice_ws.until_message_seq(2).await;
+    assert_eq!(
+        (live["sender_id"].as_str(), live["body"].as_str()),
+        (Some("bob"), Some("hi alice"))
+    );
+    // Bob's own send reaches his poll too (HTTP sends have no connection to stand in for).
+    assert_eq!(
+        message_seqs(&bob_poll.until_seq(conversation, 2).await),
+        [2]
+    );
+
+    // Reactions, receipts and typing over HTTP reach the WebSocket user.
+    let (status, reacted) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages/1/reactions"),
+            Some(&bob),
+            Some(json!({"client_msg_id": "b2", "emoji": "🎉"})),
+        )
+        .await;
+    assert_eq!((status, reacted["seq"].as_u64()), (200, Some(3)));
+    let (reaction, _) = alice_ws.until_message_seq(3).await;
+    assert_eq!(reaction["kind"], "reaction_add");
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/read"),
+            Some(&bob),
+            Some(json!({"seq": 1})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (receipts, _) = alice_ws.until("receipts").await;
+    assert_eq!(
+        receipts["receipts"],
+        json!([{"user_id": "bob", "delivered_seq": 1, "read_seq": 1}])
+    );
+    let (status, listed) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}/receipts"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["receipts"], receipts["receipts"]);
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/typing"),
+            Some(&bob),
+            Some(json!({"state": "start"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(alice_ws.until("typing").await.0["user_id"], "bob");
+
+    // And the WebSocket user's typing reaches a waiting poll.
+    let waiting = {
+        let mut poller = Poller::new(&http.base, &bob);
+        poller.cursors = bob_poll.cursors.clone();
+        poller.epoch = bob_poll.epoch.clone();
+        tokio::spawn(async move {
+            loop {
+                let events = poller.poll(5_000).await;
+                if let Some(typing) = events.iter().find(|event| event["type"] == "typing") {
+                    return typing.clone();
+                }
+            }
+        })
+    };
+    // Until the poll is waiting, typing is announced to nobody: repeat stop/start.
+    let typing = loop {
+        for state in ["stop", "start"] {
+            alice_ws
+                .send(json!({"type": "typing", "conversation_id": conversation, "state": state}))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if waiting.is_finished() {
+            break waiting.await.unwrap();
+        }
+    };
+    assert_eq!(typing["user_id"], "alice");
+
+    // Presence over HTTP: bob (polling) is online to alice, and unknown to a stranger.
+    let (status, presence) = http
+        .call("GET", "/v1/presence?user_ids=alice,carol", Some(&bob), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        presence["users"],
+        json!([{"user_id": "alice", "state": "online"}])
+    );
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_client_switches_transports_mid_stream_without_loss_or_duplicates() {
+    const TOTAL: u64 = 60;
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let epoch = http.epoch().await;
+    let sender = {
+        let http = Http::new(&http.base);
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            for i in 1..=TOTAL {
+                http_send(
+                    &http,
+                    &alice,
+                    conversation,
+                    &format!("m{i}"),
+                    &format!("n{i}"),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    // Bob alternates: a WebSocket for a few frames, then a few polls, from the cursor he holds.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut round = 0;
+    while seen.last().copied() != Some(TOTAL) {
+        let cursor = seen.last().copied().unwrap_or(0);
+        let cursors = json!([{"conversation_id": conversation, "seq": cursor}]);
+        if round % 2 == 0 {
+            let (mut ws, caught_up) =
+                RawWs::hello(&server.ws_url(), &bob, cursors, epoch.as_deref()).await;
+            seen.extend(message_seqs(&caught_up));
+            for _ in 0..5 {
+                if seen.last().copied() == Some(TOTAL) {
+                    break;
+                }
+                let frame = ws.frame().await;
+                seen.extend(message_seqs(std::slice::from_ref(&frame)));
+            }
+            ws.close().await;
+        } else {
+            let mut poller = Poller::new(&http.base, &bob);
+            poller.cursors = cursors;
+            poller.epoch = epoch.clone();
+            for _ in 0..2 {
+                let events = poller.poll(2_000).await;
+                seen.extend(message_seqs(&events));
+                let returned = poller.cursors[0]["seq"].as_u64().unwrap_or(0);
+                assert_eq!(Some(returned), seen.last().copied().or(Some(0)));
+            }
+        }
+        round += 1;
+    }
+    sender.await.unwrap();
+    assert_eq!(
+        seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "after {round} switches"
+    );
+    assert!(round >= 4, "the test switched only {round} times");
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_poll_answers_at_once_when_behind_the_moment_a_message_arrives_or_empty_at_timeout() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    for i in 1..=3 {
+        http_send(&http, &alice, conversation, &format!("m{i}"), "missed").await;
+    }
+    let mut bob_poll = Poller::new(&http.base, &bob);
+    // Behind: answered at once, though the poll could wait 20 s.
+    let started = Instant::now();
+    assert_eq!(message_seqs(&bob_poll.poll(20_000).await), [1, 2, 3]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Nothing new: empty at the timeout, cursors unchanged.
+    let before = bob_poll.cursors.clone();
+    assert!(bob_poll.poll(300).await.is_empty());
+    assert_eq!(bob_poll.cursors, before);
+    // Waiting: answered when the message arrives, long before the 20 s timeout.
+    let mut waiting_poll = Poller::new(&http.base, &bob);
+    waiting_poll.cursors = bob_poll.cursors.clone();
+    waiting_poll.epoch = bob_poll.epoch.clone();
+    let waiting = tokio::spawn(async move {
+        let events = waiting_poll.poll(20_000).await;
+        (events, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the poll did not wait");
+    let sent_at = Instant::now();
+    http_send(&http, &alice, conversation, "m4", "live").await;
+    let (events, answered_at) = waiting.await.unwrap();
+    assert_eq!(message_seqs(&events), [4]);
+    assert!(answered_at.duration_since(sent_at) < Duration::from_secs(10));
+    // The GET form, with cursors in the query, says the same.
+    let (status, page) = http
+        .call(
+            "GET",
+            &format!(
+                "/v1/events?cursors={conversation}:2&epoch={}&timeout_ms=0",
+                bob_poll.epoch.as_deref().unwrap()
+            ),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(message_seqs(page["events"].as_array().unwrap()), [3, 4]);
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn http_errors_carry_codes_and_statuses() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    let conversation = http.direct(&alice, "bob").await;
+    http_send(&http, &alice, conversation, "a1", "hello").await;
+    let react = json!({"client_msg_id": "b1", "emoji": "👍"});
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages/1/reactions"),
+            Some(&bob),
+            Some(react.clone()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let path = |suffix: &str| format!("/v1/conversations/{conversation}{suffix}");
+    // (method, path, token, body, status, code)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<Value>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            path("/messages"),
+            Some(&alice),
+            Some(json!({"client_msg_id": "x1", "body": " "})),
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            path("/messages"),
+            Some(&alice),
+            Some(json!({"body": "no id"})),
+            400,
+            "bad_frame",
+        ),
+        (
+            "POST",
+            path("/messages"),
+            None,
+            Some(json!({"client_msg_id": "x2", "body": "hi"})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "POST",
+            path("/messages/1/edit"),
+            Some(&bob),
+            Some(json!({"client_msg_id": "x3", "body": "mine"})),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            path("/messages"),
+            Some(&carol),
+            Some(json!({"client_msg_id": "x4", "body": "hi"})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            path("/read"),
+            Some(&carol),
+            Some(json!({"seq": 1})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            path("/messages/1/reactions"),
+            Some(&bob),
+            Some(json!({"client_msg_id": "x5", "emoji": "👍"})),
+            409,
+            "conflict",
+        ),
+        (
+            "POST",
+            path("/messages"),
+            Some(&alice),
+            Some(json!({"client_msg_id": "x6", "body": "x".repeat(20_000)})),
+            413,
+            "message_too_large",
+        ),
+        (
+            "POST",
+            path("/read"),
+            Some(&bob),
+            Some(json!({"seq": 5})),
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            path("/messages/1/reactions"),
+            Some(&bob),
+            Some(json!({"client_msg_id": "x7", "emoji": "+1"})),
+            400,
+            "invalid_field",
+        ),
+        (
+            "GET",
+            "/v1/events?cursors=oops".into(),
+            Some(&bob),
+            None,
+            400,
+            "invalid_field",
+        ),
+        (
+            "GET",
+            "/v1/events?timeout_ms=600000".into(),
+            Some(&bob),
+            None,
+            400,
+            "invalid_field",
+        ),
+        ("GET", "/v1/events".into(), None, None, 401, "unauthorized"),
+        (
+            "POST",
+            "/v1/presence".into(),
+            Some(&bob),
+            Some(json!({"state": "offline"})),
+            400,
+            "invalid_field",
+        ),
+    ];
+    for (method, path, token, body, status, code) in cases {
+        let (got, error) = http.call(method, &path, token, body).await;
+        assert_eq!(
+            (got, error["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {error}"
+        );
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Typing starts past the per-user limit: 429.
+    let mut limited = false;
+    for _ in 0..30 {
+        let (status, error) = http
+            .call(
+                "POST",
+                &path("/typing"),
+                Some(&bob),
+                Some(json!({"state": "start"})),
+            )
+            .await;
+        if status == 429 {
+            assert_eq!(error["code"], "rate_limited");
+            limited = true;
+            break;
+        }
+        assert_eq!(status, 204);
+    }
+    assert!(limited, "30 typing starts in a row were never limited");
+    server.assert_clean_log();
+}
