@@ -264,8 +264,16 @@ impl Client {
         client_msg_id: ClientMsgId,
         content: Content,
     ) -> Result<AckFrame, ClientError> {
-        if let Content::Message { body, .. } | Content::Edit { body, .. } = &content {
-            check_body_len(body)?;
+        match &content {
+            Content::Message { body, .. } | Content::Edit { body, .. } => check_body_len(body)?,
+            Content::System { .. } => {
+                return Err(ClientError::Api {
+                    status: 0,
+                    code: ErrorCode::InvalidField,
+                    message: "system messages are posted with the admin API".into(),
+                });
+            }
+            Content::Delete { .. } | Content::Reaction { .. } => {}
         }
         let (responder, outcome) = oneshot::channel();
         self.commands

@@ -228,6 +228,8 @@ impl<R: Responder> PendingSends<R> {
                 message.target_seq = Some(target_seq);
             }
             Content::Delete { target_seq } => message.target_seq = Some(target_seq),
+            // Never pending: `Client::append` refuses system content.
+            Content::System { body } => message.body = body,
             Content::Reaction {
                 target_seq, emoji, ..
             } => {
@@ -362,6 +364,13 @@ fn frame_of(
             client_msg_id,
             conversation_id,
             target_seq,
+        },
+        // Never pending: `Client::append` refuses system content (only the admin API posts it).
+        Content::System { body } => ClientFrame::Send {
+            client_msg_id,
+            conversation_id,
+            body,
+            reply_to: None,
         },
         Content::Reaction {
             target_seq,

@@ -129,6 +129,7 @@ pub fn send(
     limits: &Limits,
 ) -> Result<ValidSend, Rejection> {
     match &content {
+        Content::System { body: text } => body(text, limits)?,
         Content::Message {
             body: text,
             reply_to,

@@ -133,7 +133,12 @@ pub enum EventKind {
     ReactionAdd,
     /// The sender took `emoji` back from the message at `target_seq`.
     ReactionRemove,
+    /// A message from the application (admin API), sent as `SYSTEM_USER_ID`.
+    System,
 }
+
+/// The sender of `system` events. User ids starting with `@` are reserved for the server.
+pub const SYSTEM_USER_ID: &str = "@system";
 
 impl EventKind {
     /// The kind as stored and on the wire.
@@ -144,6 +149,7 @@ impl EventKind {
             EventKind::Delete => "delete",
             EventKind::ReactionAdd => "reaction_add",
             EventKind::ReactionRemove => "reaction_remove",
+            EventKind::System => "system",
         }
     }
 
@@ -155,6 +161,7 @@ impl EventKind {
             EventKind::Delete,
             EventKind::ReactionAdd,
             EventKind::ReactionRemove,
+            EventKind::System,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == name)
@@ -183,6 +190,12 @@ pub enum Content {
         /// The message deleted.
         target_seq: Seq,
     },
+    /// A message from the application, stored as from `SYSTEM_USER_ID` without membership.
+    /// Only the admin API creates it.
+    System {
+        /// Text.
+        body: String,
+    },
     /// Adds or removes the sender's `emoji` reaction on the message at `target_seq`.
     Reaction {
         /// The message reacted to.
@@ -203,6 +216,7 @@ impl Content {
             Content::Delete { .. } => EventKind::Delete,
             Content::Reaction { add: true, .. } => EventKind::ReactionAdd,
             Content::Reaction { add: false, .. } => EventKind::ReactionRemove,
+            Content::System { .. } => EventKind::System,
         }
     }
 }

@@ -292,6 +292,53 @@ pub struct EventsPage {
     pub cursors: Vec<Cursor>,
 }
 
+/// `POST /v1/admin/users` (API key): create a user for the application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCreateUser {
+    /// The user id (ids starting with `@` are reserved).
+    pub user_id: UserId,
+    /// A password, for users who also log in with one; absent for users who only use the
+    /// application's JWTs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// The answer to `POST /v1/admin/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUser {
+    /// The user created.
+    pub user_id: UserId,
+}
+
+/// `POST /v1/admin/conversations` (API key): a direct conversation of exactly two `members`, or
+/// a group named `name` owned by `owner` with `members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCreateConversation {
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Direct: the two users. Group: the members besides the owner.
+    #[serde(default)]
+    pub members: Vec<UserId>,
+    /// Group only: its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Group only: its owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserId>,
+}
+
+/// `POST /v1/admin/conversations/{id}/messages` (API key): a `system` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminPost {
+    /// Makes the post idempotent (per server: every system message shares one sender).
+    pub client_msg_id: ClientMsgId,
+    /// Text.
+    pub body: String,
+}
+
 /// Every HTTP error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -9,6 +9,6 @@ pub mod limits;
 
 pub use frames::{
     AckFrame, ClientFrame, Content, Cursor, ErrorCode, ErrorFrame, EventKind, MessageFrame,
-    PresenceState, Reaction, Receipt, ServerFrame, TypingState, UserPresence,
+    PresenceState, Reaction, Receipt, SYSTEM_USER_ID, ServerFrame, TypingState, UserPresence,
 };
 pub use ids::{ClientMsgId, ConversationId, MessageId, Seq, StoreEpoch, UnixMillis, UserId};

@@ -37,7 +37,7 @@ fn conversation(path: Result<Path<u64>, PathRejection>) -> Result<ConversationId
 }
 
 /// Validates, commits and waits for the outcome of one lane event.
-async fn append(
+pub(crate) async fn append(
     state: &AppState,
     sender_id: UserId,
     client_msg_id: ClientMsgId,

@@ -183,18 +183,15 @@ impl Authenticator {
                 tracing::debug!("jwt refused: {err}");
                 unauthorized("token is invalid or expired")
             })?;
-        UserId::parse(&data.claims.sub).map_err(|err| unauthorized(&format!("token sub: {err}")))
+        let user_id = UserId::parse(&data.claims.sub)
+            .map_err(|err| unauthorized(&format!("token sub: {err}")))?;
+        check_user_id(&user_id)
+            .map_err(|err| unauthorized(&format!("token sub: {}", err.message)))?;
+        Ok(user_id)
     }
 
-    /// `POST /v1/register`.
-    pub(crate) async fn register(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<Session, ApiError> {
-        self.require_password_mode()?;
-        let user_id = UserId::parse(username)
-            .map_err(|err| ApiError::new(ErrorCode::InvalidField, format!("username: {err}")))?;
+    /// Checks a new password's length and hashes it (argon2id, bounded concurrency).
+    pub(crate) async fn hash_new_password(&self, password: String) -> Result<String, ApiError> {
         if password.chars().count() < limits::PASSWORD_CHARS_MIN
             || password.len() > limits::PASSWORD_BYTES_MAX
         {
@@ -207,11 +204,23 @@ impl Authenticator {
                 ),
             ));
         }
-        let password = password.to_owned();
         let _permit = self.hashing_permit().await?;
-        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        tokio::task::spawn_blocking(move || hash_password(&password))
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "hashing failed"))??;
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "hashing failed"))?
+    }
+
+    /// `POST /v1/register`.
+    pub(crate) async fn register(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Session, ApiError> {
+        self.require_password_mode()?;
+        let user_id = UserId::parse(username)
+            .map_err(|err| ApiError::new(ErrorCode::InvalidField, format!("username: {err}")))?;
+        check_user_id(&user_id)?;
+        let password_hash = self.hash_new_password(password.to_owned()).await?;
         let user = StoredUser {
             user_id: user_id.clone(),
             password_hash: Some(password_hash),
@@ -300,6 +309,17 @@ impl Authenticator {
             ))
         }
     }
+}
+
+/// User ids starting with `@` are the server's (`@system`): no user may take one.
+pub(crate) fn check_user_id(user_id: &UserId) -> Result<(), ApiError> {
+    if user_id.as_str().starts_with('@') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "user ids starting with @ are reserved",
+        ));
+    }
+    Ok(())
 }
 
 fn hash_password(password: &str) -> Result<String, ApiError> {

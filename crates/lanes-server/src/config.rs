@@ -100,6 +100,15 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The admin API for application backends (`/v1/admin/...`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keys accepted as `Authorization: Bearer <key>` on `/v1/admin/...`; at least 32 bytes
+    /// each. Empty (the default): the admin API is off.
+    pub api_keys: Vec<String>,
+}
+
 /// Receipts, typing and presence.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -153,6 +162,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Receipts, typing and presence.
     pub realtime: RealtimeConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -166,6 +177,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),
             realtime: RealtimeConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -194,6 +206,9 @@ impl Config {
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
             return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());
+        }
+        if self.admin.api_keys.iter().any(|key| key.len() < 32) {
+            return Err("admin.api_keys must be at least 32 bytes each".into());
         }
         let realtime = &self.realtime;
         if realtime.receipts_flush_ms > 10_000 || realtime.presence_flush_ms > 10_000 {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use lanes_core::membership::may_manage;
 
 use crate::error::ApiError;
-use crate::{AppState, actions, blocking, longpoll, now_millis, ws};
+use crate::{AppState, actions, admin, blocking, longpoll, now_millis, ws};
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -68,6 +68,13 @@ pub(crate) fn router(state: AppState) -> Router {
             get(longpoll::poll_get).post(longpoll::poll_post),
         )
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/admin/users", post(admin::create_user))
+        .route("/v1/admin/conversations", post(admin::create_conversation))
+        .route(
+            "/v1/admin/conversations/{id}/members",
+            post(admin::add_member),
+        )
+        .route("/v1/admin/conversations/{id}/messages", post(admin::post))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(state)
@@ -244,24 +251,31 @@ async fn create_direct(
     body: Result<Json<CreateDirect>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
-    if request.user_id == caller.user_id {
+    direct_of(&state, caller.user_id, request.user_id).await
+}
+
+/// The direct conversation of `me` and `other`, created if needed (`201`), as `me` sees it.
+pub(crate) async fn direct_of(
+    state: &AppState,
+    me: UserId,
+    other: UserId,
+) -> Result<Response, ApiError> {
+    if other == me {
         return Err(ApiError::new(
             ErrorCode::InvalidField,
             "a direct conversation needs another user",
         ));
     }
-    require_users(&state, vec![request.user_id.clone()]).await?;
-    let (me, other) = (caller.user_id.clone(), request.user_id.clone());
+    require_users(state, vec![me.clone(), other.clone()]).await?;
+    let (a, b) = (me.clone(), other.clone());
     let now = now_millis();
-    let (conversation_id, created) = blocking(&state.store, move |store| {
-        store.create_direct(&me, &other, now)
-    })
-    .await?;
+    let (conversation_id, created) =
+        blocking(&state.store, move |store| store.create_direct(&a, &b, now)).await?;
     if created {
-        state.hub.member_added(conversation_id, &caller.user_id);
-        state.hub.member_added(conversation_id, &request.user_id);
+        state.hub.member_added(conversation_id, &me);
+        state.hub.member_added(conversation_id, &other);
     }
-    let mut response = view(&state, conversation_id, caller.user_id).await?;
+    let mut response = view(state, conversation_id, me).await?;
     if created {
         *response.status_mut() = StatusCode::CREATED;
     }
@@ -275,6 +289,15 @@ async fn create_group(
     body: Result<Json<CreateGroup>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
+    group_of(&state, caller.user_id, request).await
+}
+
+/// A new group owned by `owner` (`201`), as the owner sees it.
+pub(crate) async fn group_of(
+    state: &AppState,
+    owner: UserId,
+    request: CreateGroup,
+) -> Result<Response, ApiError> {
     let name = request.name.trim().to_owned();
     if name.is_empty() || name.len() > limits::GROUP_NAME_BYTES_MAX {
         return Err(ApiError::new(
@@ -285,7 +308,7 @@ async fn create_group(
     let mut members: Vec<UserId> = request
         .members
         .into_iter()
-        .filter(|member| *member != caller.user_id)
+        .filter(|member| *member != owner)
         .collect();
     members.sort();
     members.dedup();
@@ -296,19 +319,20 @@ async fn create_group(
             format!("a group has at most {group_members_max} members"),
         ));
     }
-    require_users(&state, members.clone()).await?;
-    let owner = caller.user_id.clone();
-    let stored = members.clone();
+    let mut everyone = members.clone();
+    everyone.push(owner.clone());
+    require_users(state, everyone).await?;
+    let (creator, stored) = (owner.clone(), members.clone());
     let now = now_millis();
     let conversation_id = blocking(&state.store, move |store| {
-        store.create_group(&owner, &name, &stored, now)
+        store.create_group(&creator, &name, &stored, now)
     })
     .await?;
-    state.hub.member_added(conversation_id, &caller.user_id);
+    state.hub.member_added(conversation_id, &owner);
     for member in &members {
         state.hub.member_added(conversation_id, member);
     }
-    let mut response = view(&state, conversation_id, caller.user_id).await?;
+    let mut response = view(state, conversation_id, owner).await?;
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
 }

@@ -3,6 +3,7 @@
 //! The only crate that knows HTTP.
 
 mod actions;
+mod admin;
 mod auth;
 mod committer;
 pub mod config;

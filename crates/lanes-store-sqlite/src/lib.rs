@@ -205,6 +205,14 @@ impl SqliteStore {
                  WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3)
                  ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
             )?;
+            // The application's system messages need no membership (the conversation must exist:
+            // its head is read first).
+            let mut insert_system = transaction.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body,
+                                       server_ts, target_seq, reply_to, emoji)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
+            )?;
             let mut find_duplicate = transaction.prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
             ))?;
@@ -227,7 +235,8 @@ impl SqliteStore {
                         outcomes.push(AppendOutcome::Duplicate(original));
                         continue;
                     }
-                    if !is_member(transaction, conversation_id, &message.sender_id)? {
+                    let system = matches!(message.content, Content::System { .. });
+                    if !system && !is_member(transaction, conversation_id, &message.sender_id)? {
                         outcomes.push(AppendOutcome::NotMember);
                         continue;
                     }
@@ -249,8 +258,12 @@ impl SqliteStore {
                     }
                 };
                 let (kind, body, target_seq, reply_to, emoji) = event_columns(&message.content);
+                let statement = match message.content {
+                    Content::System { .. } => &mut insert_system,
+                    _ => &mut insert,
+                };
                 let inserted = match head {
-                    Some(head) => insert.execute(params![
+                    Some(head) => statement.execute(params![
                         sql_i64(conversation_id.0),
                         sql_i64(head + 1),
                         message.sender_id.as_str(),
@@ -489,7 +502,7 @@ fn apply_to_target(
 ) -> rusqlite::Result<Result<(), AppendRejection>> {
     let conversation_id = message.conversation_id;
     let (target_seq, must_be_author) = match &message.content {
-        Content::Message { reply_to: None, .. } => return Ok(Ok(())),
+        Content::Message { reply_to: None, .. } | Content::System { .. } => return Ok(Ok(())),
         Content::Message {
             reply_to: Some(seq),
             ..
@@ -515,7 +528,7 @@ fn apply_to_target(
     }
     let target = params![sql_i64(conversation_id.0), sql_i64(target_seq.0)];
     match &message.content {
-        Content::Message { .. } => {}
+        Content::Message { .. } | Content::System { .. } => {}
         Content::Edit { body, .. } => {
             transaction
                 .prepare_cached(
@@ -571,6 +584,7 @@ fn event_columns(content: &Content) -> (EventKind, &str, Option<Seq>, Option<Seq
             (EventKind::Edit, body, Some(*target_seq), None, None)
         }
         Content::Delete { target_seq } => (EventKind::Delete, "", Some(*target_seq), None, None),
+        Content::System { body } => (EventKind::System, body, None, None, None),
         Content::Reaction {
             target_seq, emoji, ..
         } => (

@@ -51,6 +51,10 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
         ("markers_only_move_forward", markers_only_move_forward),
         ("settings_and_presence", settings_and_presence),
         ("unread_count_saturates", unread_count_saturates),
+        (
+            "system_messages_need_no_membership",
+            system_messages_need_no_membership,
+        ),
     ];
     for (name, behaviour) in behaviours {
         eprintln!("conformance: {name}");
@@ -801,4 +805,43 @@ pub fn settings_and_presence(store: &dyn Store) {
         [(bob, Some(UnixMillis(NOW.0 + 5))), (alice, None)],
         "carol shares nothing with alice"
     );
+}
+
+/// The application's system messages go into any existing conversation, idempotently.
+pub fn system_messages_need_no_membership(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let system = UserId::parse(lanes_protocol::SYSTEM_USER_ID).expect("valid");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let post = |conversation_id| {
+        event(
+            &system,
+            "s1",
+            conversation_id,
+            Content::System {
+                body: "welcome".into(),
+            },
+        )
+    };
+    let first = append_one(store, post(ab));
+    assert!(
+        matches!(&first, AppendOutcome::Appended(frame) if frame.kind == EventKind::System && frame.seq == Seq(1))
+    );
+    assert!(
+        matches!(append_one(store, post(ab)), AppendOutcome::Duplicate(frame) if frame.seq == Seq(1))
+    );
+    assert_eq!(
+        append_one(
+            store,
+            event(
+                &system,
+                "s2",
+                ConversationId(999),
+                Content::System { body: "x".into() }
+            )
+        ),
+        AppendOutcome::NotMember,
+        "the conversation must exist"
+    );
+    assert_eq!(history(store, &alice, ab)[0].sender_id, system);
 }

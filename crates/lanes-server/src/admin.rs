@@ -1,0 +1,195 @@
+//! The admin API for an application's backend, authenticated with an API key from
+//! `[admin] api_keys`: create users and conversations, add members, post system messages,
+//! without a user session. Each action runs the same code as its user-facing twin.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use lanes_protocol::http::{
+    AddMember, AdminCreateConversation, AdminCreateUser, AdminPost, AdminUser, ConversationKind,
+    CreateGroup, Role,
+};
+use lanes_protocol::{AckFrame, Content, ConversationId, ErrorCode, SYSTEM_USER_ID, UserId};
+use lanes_store::{MembershipChange, StoredUser};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::{AppState, actions, blocking, http, now_millis};
+
+/// A request that carried a configured API key.
+pub(crate) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        let keys = &state.config.admin.api_keys;
+        if keys.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the admin API is off: set [admin] api_keys",
+            ));
+        }
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "missing Authorization: Bearer <api key>",
+                )
+            })?;
+        // Digests are compared, so the time taken says nothing about the keys.
+        let digest = Sha256::digest(presented.as_bytes());
+        if keys
+            .iter()
+            .any(|key| Sha256::digest(key.as_bytes()) == digest)
+        {
+            Ok(Admin)
+        } else {
+            Err(ApiError::new(ErrorCode::Unauthorized, "unknown API key"))
+        }
+    }
+}
+
+/// `POST /v1/admin/users`
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Result<Json<AdminCreateUser>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    crate::auth::check_user_id(&request.user_id)?;
+    let password_hash = match request.password {
+        Some(password) => Some(state.auth.hash_new_password(password).await?),
+        None => None,
+    };
+    let user = StoredUser {
+        user_id: request.user_id.clone(),
+        password_hash,
+    };
+    let now = now_millis();
+    let created = blocking(&state.store, move |store| store.create_user(&user, now)).await?;
+    if !created {
+        return Err(ApiError::new(ErrorCode::Conflict, "the user exists"));
+    }
+    let body = AdminUser {
+        user_id: request.user_id,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `POST /v1/admin/conversations`
+pub(crate) async fn create_conversation(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Result<Json<AdminCreateConversation>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    match request.kind {
+        ConversationKind::Direct => {
+            let [a, b]: [UserId; 2] = request.members.try_into().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidField,
+                    "a direct conversation has exactly two members",
+                )
+            })?;
+            if request.name.is_some() || request.owner.is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    "a direct conversation has no name and no owner",
+                ));
+            }
+            http::direct_of(&state, a, b).await
+        }
+        ConversationKind::Group => {
+            let (Some(name), Some(owner)) = (request.name, request.owner) else {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    "a group needs a name and an owner",
+                ));
+            };
+            let group = CreateGroup {
+                name,
+                members: request.members,
+            };
+            http::group_of(&state, owner, group).await
+        }
+    }
+}
+
+/// `POST /v1/admin/conversations/{id}/members`
+pub(crate) async fn add_member(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<u64>, PathRejection>,
+    body: Result<Json<AddMember>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = path?;
+    let conversation_id = ConversationId(id);
+    let Json(request) = body?;
+    let role = request.role.unwrap_or(Role::Member);
+    if role == Role::Owner {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "a conversation has one owner",
+        ));
+    }
+    let (added, members_max) = (
+        request.user_id.clone(),
+        state.config.limits.group_members_max,
+    );
+    let now = now_millis();
+    let outcome = blocking(&state.store, move |store| {
+        let Some(info) = store.conversation_info(conversation_id)? else {
+            return Ok(Err(ApiError::not_found()));
+        };
+        if info.kind == ConversationKind::Direct {
+            return Ok(Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "direct conversations have fixed members",
+            )));
+        }
+        if store.user(&added)?.is_none() {
+            return Ok(Err(ApiError::new(ErrorCode::NotFound, "user not found")));
+        }
+        if info.members.len() >= members_max
+            && !info.members.iter().any(|(member, _)| *member == added)
+        {
+            return Ok(Err(ApiError::new(ErrorCode::Conflict, "the group is full")));
+        }
+        Ok(Ok(store.add_member(conversation_id, &added, role, now)?))
+    })
+    .await??;
+    if outcome == MembershipChange::Changed {
+        state.hub.member_added(conversation_id, &request.user_id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/admin/conversations/{id}/messages`
+pub(crate) async fn post(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<u64>, PathRejection>,
+    body: Result<Json<AdminPost>, JsonRejection>,
+) -> Result<Json<AckFrame>, ApiError> {
+    let Path(id) = path?;
+    let Json(request) = body?;
+    let sender = UserId::parse(SYSTEM_USER_ID)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the system user id is invalid"))?;
+    actions::append(
+        &state,
+        sender,
+        request.client_msg_id,
+        ConversationId(id),
+        Content::System { body: request.body },
+    )
+    .await
+}

@@ -1,0 +1,215 @@
+//! The admin API over real HTTP, as an application backend uses it: API-key authentication,
+//! users, conversations, members and system messages, without any user session.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Http, RawWs};
+use lanes_test_support::TestServer;
+use serde_json::json;
+
+const KEY: &str = "test-admin-key-0123456789abcdef0123456789";
+
+fn start() -> (TestServer, Http, tempfile::NamedTempFile) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("[admin]\napi_keys = [\"{KEY}\"]\n")).unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    let http = Http::new(&server.base_url());
+    (server, http, config)
+}
+
+#[tokio::test]
+async fn an_application_backend_sets_up_users_and_conversations_and_posts() {
+    let (server, http, _config) = start();
+    let admin = Some(KEY);
+    for (user, password) in [
+        ("alice", Some("alice-password")),
+        ("bob", None),
+        ("carol", None),
+    ] {
+        let (status, body) = http
+            .call(
+                "POST",
+                "/v1/admin/users",
+                admin,
+                Some(json!({"user_id": user, "password": password})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["user_id"].as_str()),
+            (201, Some(user)),
+            "{body}"
+        );
+    }
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            admin,
+            Some(json!({"user_id": "bob"})),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")));
+    // A user created with a password logs in with it.
+    let (status, session) = http
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"username": "alice", "password": "alice-password"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{session}");
+    let alice = session["token"].as_str().unwrap().to_owned();
+
+    let (status, group) = http
+        .call(
+            "POST",
+            "/v1/admin/conversations",
+            admin,
+            Some(json!({"kind": "group", "name": "support", "owner": "alice", "members": ["bob"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let group_id = group["conversation_id"].as_u64().unwrap();
+    assert_eq!(
+        group["members"][0],
+        json!({"user_id": "alice", "role": "owner"})
+    );
+    let (status, direct) = http
+        .call(
+            "POST",
+            "/v1/admin/conversations",
+            admin,
+            Some(json!({"kind": "direct", "members": ["alice", "carol"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{direct}");
+
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/admin/conversations/{group_id}/members"),
+            admin,
+            Some(json!({"user_id": "carol"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let post = json!({"client_msg_id": "welcome-1", "body": "Welcome to support!"});
+    let (status, ack) = http
+        .call(
+            "POST",
+            &format!("/v1/admin/conversations/{group_id}/messages"),
+            admin,
+            Some(post.clone()),
+        )
+        .await;
+    assert_eq!((status, ack["seq"].as_u64()), (200, Some(1)), "{ack}");
+    // Idempotent like any send.
+    let (_, again) = http
+        .call(
+            "POST",
+            &format!("/v1/admin/conversations/{group_id}/messages"),
+            admin,
+            Some(post),
+        )
+        .await;
+    assert_eq!(again, ack);
+    let (message, _) = alice_ws.until_message_seq(1).await;
+    assert_eq!(message["kind"], "system");
+    assert_eq!(message["sender_id"], "@system");
+    assert_eq!(message["body"], "Welcome to support!");
+    let history = http.history(&alice, group_id).await;
+    assert_eq!(history, [(1, "Welcome to support!".to_owned())]);
+
+    // Refused: bad keys, user tokens, reserved ids, malformed conversations.
+    let no_key = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            None,
+            Some(json!({"user_id": "dave"})),
+        )
+        .await;
+    assert_eq!(
+        (no_key.0, no_key.1["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let user_token = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            Some(&alice),
+            Some(json!({"user_id": "dave"})),
+        )
+        .await;
+    assert_eq!(user_token.0, 401);
+    let reserved = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            admin,
+            Some(json!({"user_id": "@system"})),
+        )
+        .await;
+    assert_eq!(
+        (reserved.0, reserved.1["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
+    let lonely = http
+        .call(
+            "POST",
+            "/v1/admin/conversations",
+            admin,
+            Some(json!({"kind": "direct", "members": ["alice"]})),
+        )
+        .await;
+    assert_eq!(lonely.0, 400);
+    let missing = http
+        .call(
+            "POST",
+            "/v1/admin/conversations/999/messages",
+            admin,
+            Some(json!({"client_msg_id": "x", "body": "hi"})),
+        )
+        .await;
+    assert_eq!(
+        (missing.0, missing.1["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"username": "@admin", "password": "long enough password"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
+    server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_without_keys() {
+    let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    let http = Http::new(&server.base_url());
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            Some(KEY),
+            Some(json!({"user_id": "dave"})),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    server.assert_clean_log();
+}
