@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanes_protocol::http::{
-    AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials, ErrorBody,
-    History, Role, Session,
+    AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials,
+    DeleteMessage, EditMessage, ErrorBody, EventsPage, History, PollRequest, Position,
+    PresenceList, React, ReceiptList, Role, SendMessage, Session, SetPresence, SetTyping, Settings,
 };
-use lanes_protocol::{ConversationId, Seq, UserId};
+use lanes_protocol::{
+    AckFrame, ClientMsgId, Content, ConversationId, PresenceState, Receipt, Seq, TypingState,
+    UserId, UserPresence,
+};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -203,6 +207,138 @@ impl HttpApi {
             Some(token) => request.bearer_auth(token),
             None => request,
         }
+    }
+
+    /// A lane event over HTTP (`POST /v1/conversations/{id}/messages…`): answered with its ack
+    /// after the commit, like over the WebSocket. The admin API's system content is refused.
+    pub async fn append(
+        &self,
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        content: Content,
+    ) -> Result<AckFrame, ClientError> {
+        let base = format!("/v1/conversations/{conversation_id}/messages");
+        let request = match content {
+            Content::Message { body, reply_to } => {
+                self.request(Method::POST, &base).json(&SendMessage {
+                    client_msg_id,
+                    body,
+                    reply_to,
+                })
+            }
+            Content::Edit { target_seq, body } => self
+                .request(Method::POST, &format!("{base}/{target_seq}/edit"))
+                .json(&EditMessage {
+                    client_msg_id,
+                    body,
+                }),
+            Content::Delete { target_seq } => self
+                .request(Method::POST, &format!("{base}/{target_seq}/delete"))
+                .json(&DeleteMessage { client_msg_id }),
+            Content::Reaction {
+                target_seq,
+                emoji,
+                add,
+            } => self
+                .request(Method::POST, &format!("{base}/{target_seq}/reactions"))
+                .json(&React {
+                    client_msg_id,
+                    emoji,
+                    remove: !add,
+                }),
+            Content::System { .. } => {
+                return Err(ClientError::Api {
+                    status: 0,
+                    code: lanes_protocol::ErrorCode::InvalidField,
+                    message: "system messages are posted with the admin API".into(),
+                });
+            }
+        };
+        decode(&self.execute(request).await?)
+    }
+
+    /// `POST /v1/conversations/{id}/received` or `/read`.
+    pub async fn mark(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+        read: bool,
+    ) -> Result<(), ClientError> {
+        let which = if read { "read" } else { "received" };
+        let request = self
+            .request(
+                Method::POST,
+                &format!("/v1/conversations/{conversation_id}/{which}"),
+            )
+            .json(&Position { seq });
+        self.execute(request).await.map(drop)
+    }
+
+    /// `GET /v1/conversations/{id}/receipts`.
+    pub async fn receipts(
+        &self,
+        conversation_id: ConversationId,
+    ) -> Result<Vec<Receipt>, ClientError> {
+        let request = self.request(
+            Method::GET,
+            &format!("/v1/conversations/{conversation_id}/receipts"),
+        );
+        Ok(decode::<ReceiptList>(&self.execute(request).await?)?.receipts)
+    }
+
+    /// `POST /v1/conversations/{id}/typing`.
+    pub async fn set_typing(
+        &self,
+        conversation_id: ConversationId,
+        state: TypingState,
+    ) -> Result<(), ClientError> {
+        let request = self
+            .request(
+                Method::POST,
+                &format!("/v1/conversations/{conversation_id}/typing"),
+            )
+            .json(&SetTyping { state });
+        self.execute(request).await.map(drop)
+    }
+
+    /// `POST /v1/presence`.
+    pub async fn set_presence(&self, state: PresenceState) -> Result<(), ClientError> {
+        let request = self
+            .request(Method::POST, "/v1/presence")
+            .json(&SetPresence { state });
+        self.execute(request).await.map(drop)
+    }
+
+    /// `GET /v1/presence`: those of `user_ids` who share a conversation with us.
+    pub async fn presence(&self, user_ids: &[UserId]) -> Result<Vec<UserPresence>, ClientError> {
+        let ids: Vec<&str> = user_ids.iter().map(UserId::as_str).collect();
+        let request = self
+            .request(Method::GET, "/v1/presence")
+            .query(&[("user_ids", ids.join(","))]);
+        Ok(decode::<PresenceList>(&self.execute(request).await?)?.users)
+    }
+
+    /// `GET /v1/me/settings`.
+    pub async fn settings(&self) -> Result<Settings, ClientError> {
+        let request = self.request(Method::GET, "/v1/me/settings");
+        decode(&self.execute(request).await?)
+    }
+
+    /// `PUT /v1/me/settings`.
+    pub async fn set_settings(&self, settings: &Settings) -> Result<Settings, ClientError> {
+        let request = self.request(Method::PUT, "/v1/me/settings").json(settings);
+        decode(&self.execute(request).await?)
+    }
+
+    /// `POST /v1/events`: one long poll. Waits up to the request's timeout (plus slack for the
+    /// network) for the server's answer.
+    pub async fn poll(&self, poll: &PollRequest) -> Result<EventsPage, ClientError> {
+        let wait = Duration::from_millis(poll.timeout_ms.unwrap_or(25_000));
+        let request = self
+            .request(Method::POST, "/v1/events")
+            .timeout(wait + HTTP_TIMEOUT)
+            .json(poll);
+        decode(&self.execute(request).await?)
     }
 
     /// Sends the request and returns the body of a success, or the error it maps to.

@@ -118,3 +118,11 @@ fn sync() {
     ]);
     assert!(report["resync_ms_median"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn longpoll() {
+    let report = bench(&["longpoll", "--waiters", "20", "--hold-secs", "0.1"]);
+    assert_eq!(report["answered"], 20);
+    assert_eq!(report["still_waiting_before_wake"], 20);
+    assert!(report["server_bytes_per_waiter"].as_u64().is_some());
+}

@@ -4,6 +4,7 @@
 
 mod fanout;
 mod idle;
+mod longpoll;
 mod net;
 mod pairs;
 mod report;
@@ -63,6 +64,8 @@ enum Scenario {
     Storm(storm::StormArgs),
     /// A user offline while K messages arrive, in a store pre-filled with H: resync time.
     Sync(sync::SyncArgs),
+    /// W long-poll waiters held at once: server memory per waiter, then all woken by one message.
+    Longpoll(longpoll::LongpollArgs),
 }
 
 /// A `lanes serve` started by the bench.
@@ -189,6 +192,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Fanout(fanout) => fanout::run(&target, spawned.as_ref(), fanout).await,
             Scenario::Storm(storm) => storm::run(&target, spawned.as_mut(), storm).await,
             Scenario::Sync(sync) => sync::run(&target, spawned.as_ref(), sync).await,
+            Scenario::Longpoll(longpoll) => {
+                longpoll::run(&target, spawned.as_ref(), longpoll).await
+            }
         }
     };
     let report = tokio::time::timeout(time_limit, work)
@@ -196,7 +202,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("the run hit --time-limit-secs")??;
     report.print();
     if report.failed() {
-        bail!("lost or duplicated messages: see the report above");
+        bail!("lost or duplicated messages (or unanswered waiters): see the report above");
     }
     Ok(())
 }
