@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::Delivery;
 use crate::driver::{
-    BUFFERED_FRAMES_MAX, COMMANDS_LEN_MAX, Command, Driver, EVENTS_LEN_MAX, Settings, handshake,
-    hello_text, ws_url,
+    BUFFERED_FRAMES_MAX, COMMANDS_LEN_MAX, Command, Driver, EVENTS_LEN_MAX, Settings, connect_once,
+    ws_url,
 };
 use crate::error::ClientError;
 use crate::http_api::HttpApi;
@@ -43,6 +43,23 @@ pub struct ClientConfig {
     /// Confirm receipt (`received`) of every message delivered to this device, batched per
     /// conversation, so senders see "delivered" (default true).
     pub auto_receipts: bool,
+    /// WebSocket, long-polling, or (default) WebSocket with a fall back to long-polling when
+    /// the upgrade is refused (a proxy or network that blocks WebSockets).
+    pub transport: Transport,
+}
+
+/// How the client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// A WebSocket; if the upgrade is answered with plain HTTP (blocked), long-polling instead,
+    /// for the rest of the client's life.
+    #[default]
+    Auto,
+    /// Only a WebSocket.
+    WebSocket,
+    /// Only long-polling (`POST /v1/events`, and HTTP for everything sent). Presence is not
+    /// pushed to long-polling clients (`watch_presence` is ignored; use `HttpApi::presence`).
+    LongPoll,
 }
 
 impl ClientConfig {
@@ -57,6 +74,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(10),
             auto_receipts: true,
+            transport: Transport::Auto,
         }
     }
 }
@@ -72,6 +90,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff_max", &self.backoff_max)
             .field("ack_timeout", &self.ack_timeout)
             .field("auto_receipts", &self.auto_receipts)
+            .field("transport", &self.transport)
             .finish()
     }
 }
@@ -186,20 +205,31 @@ impl Client {
             backoff_max: config.backoff_max,
             ack_timeout: config.ack_timeout,
             auto_receipts: config.auto_receipts,
+            transport: config.transport,
         };
         let http = HttpApi::new(&config.base_url).with_token(&config.token);
         let resume = ResumePoint::new(&config.cursors, config.epoch.clone());
         let delivery = Delivery::new(config.cursors, config.epoch, BUFFERED_FRAMES_MAX);
-        let hello = hello_text(
-            &settings.token,
+        let (welcomed, polling) = connect_once(
+            settings.clone(),
+            http.clone(),
             delivery.cursors(),
             delivery.epoch().cloned(),
-        );
-        let welcomed = handshake(settings.ws_url.clone(), hello).await?;
+            config.transport == Transport::LongPoll,
+        )
+        .await?;
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMANDS_LEN_MAX);
         let (events_tx, events_rx) = mpsc::channel(EVENTS_LEN_MAX);
-        let driver = Driver::new(settings, http, delivery, welcomed, commands_rx, events_tx);
+        let driver = Driver::new(
+            settings,
+            http,
+            delivery,
+            welcomed,
+            polling,
+            commands_rx,
+            events_tx,
+        );
         tokio::spawn(driver.run());
         let resume = Arc::new(Mutex::new(resume));
         let client = Client {

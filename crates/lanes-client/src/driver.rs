@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use lanes_protocol::codec::{decode_server, encode_client};
-use lanes_protocol::http::History;
+use lanes_protocol::http::{EventsPage, History, PollRequest};
 use lanes_protocol::limits::{HELLO_CURSORS_MAX, INFLIGHT_SENDS_MAX, PAGE_LEN_MAX};
 use lanes_protocol::{
     AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame,
@@ -31,12 +31,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_conf
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, ReconnectBackoff};
-use crate::client::Event;
+use crate::client::{Event, Transport};
 use crate::delivery::{Delivery, DeliveryOutput, Fetch};
 use crate::error::{ClientError, error_chain};
 use crate::http_api::HttpApi;
 use crate::pending::{Acked, ErrorMatch, PendingSends, PendingSettings, Responder};
 
+/// How long one long poll waits for events.
+const POLL_TIMEOUT_MS: u64 = 25_000;
 /// Longest wait from starting a connect to its `welcome`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often we send a `ping` frame, so the server's idle timer (60 s) never fires.
@@ -60,7 +62,8 @@ pub(crate) const EVENTS_LEN_MAX: usize = 1024;
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Where a send's outcome goes.
 pub(crate) type AckResponder = oneshot::Sender<Result<AckFrame, ClientError>>;
-type Handshake = Pin<Box<dyn Future<Output = Result<Welcomed, ClientError>> + Send>>;
+type Handshake = Pin<Box<dyn Future<Output = Result<(Welcomed, bool), ClientError>> + Send>>;
+type PollRequestFuture = Pin<Box<dyn Future<Output = Result<EventsPage, ClientError>> + Send>>;
 type Fetched = (Fetch, Result<History, ClientError>);
 
 /// What `Client` handles ask of the task.
@@ -90,13 +93,69 @@ pub(crate) struct Settings {
     pub(crate) ack_timeout: Duration,
     /// Confirm receipt of every message delivered to us (`received` frames).
     pub(crate) auto_receipts: bool,
+    /// Which transport to use.
+    pub(crate) transport: Transport,
 }
 
-/// A connection that got its `welcome`.
+/// How a welcomed connection carries frames.
+pub(crate) enum Channel {
+    /// A WebSocket.
+    WebSocket(Box<WsStream>),
+    /// Long-polling over HTTP; the first poll's page (the catch-up) is still to be handled.
+    Poll(Box<EventsPage>),
+}
+
+/// A connection that got its `welcome` (for long-polling: its first page).
 pub(crate) struct Welcomed {
-    ws: WsStream,
+    channel: Channel,
     pub(crate) user_id: UserId,
     pub(crate) epoch: StoreEpoch,
+}
+
+/// Marks a WebSocket handshake answered by HTTP without an upgrade (a proxy or network that
+/// blocks WebSockets), after which `Transport::Auto` falls back to long-polling.
+const UPGRADE_REFUSED: &str = "websocket upgrade refused";
+
+/// One connect attempt with the transport in use (`polling`); with `Transport::Auto`, a
+/// refused upgrade falls back to long-polling. Returns the welcome and whether it is a poll.
+pub(crate) async fn connect_once(
+    settings: Settings,
+    http: HttpApi,
+    cursors: Vec<Cursor>,
+    epoch: Option<StoreEpoch>,
+    polling: bool,
+) -> Result<(Welcomed, bool), ClientError> {
+    if !polling {
+        let hello = hello_text(&settings.token, cursors.clone(), epoch.clone());
+        match handshake(settings.ws_url.clone(), hello).await {
+            Err(ClientError::Transport(reason))
+                if settings.transport == Transport::Auto && reason.starts_with(UPGRADE_REFUSED) =>
+            {
+                info!(%reason, "falling back to long-polling");
+            }
+            other => return other.map(|welcomed| (welcomed, false)),
+        }
+    }
+    let request = PollRequest {
+        cursors: hello_cursors(cursors, HELLO_CURSORS_MAX),
+        epoch,
+        timeout_ms: Some(0),
+        presence: None,
+    };
+    let page = match timeout(HANDSHAKE_TIMEOUT, http.poll(&request)).await {
+        Ok(page) => page?,
+        Err(_) => {
+            return Err(ClientError::Transport(format!(
+                "no first poll answer within {HANDSHAKE_TIMEOUT:?}"
+            )));
+        }
+    };
+    let welcomed = Welcomed {
+        user_id: page.user_id.clone(),
+        epoch: page.epoch.clone(),
+        channel: Channel::Poll(Box::new(page)),
+    };
+    Ok((welcomed, true))
 }
 
 /// `http://host` -> `ws://host/v1/ws`, `https://` -> `wss://`; `ws://` and `wss://` are kept.
@@ -171,7 +230,12 @@ async fn handshake_untimed(url: &str, hello: String) -> Result<Welcomed, ClientE
         .max_frame_size(Some(lanes_protocol::limits::FRAME_BYTES_MAX));
     let (mut ws, _) = connect_async_with_config(url, Some(config), true)
         .await
-        .map_err(|err| ClientError::Transport(error_chain(&err)))?;
+        .map_err(|err| match &err {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                ClientError::Transport(format!("{UPGRADE_REFUSED}: HTTP {}", response.status()))
+            }
+            _ => ClientError::Transport(error_chain(&err)),
+        })?;
     ws.send(Message::text(hello))
         .await
         .map_err(|err| ClientError::Transport(error_chain(&err)))?;
@@ -195,7 +259,11 @@ async fn handshake_untimed(url: &str, hello: String) -> Result<Welcomed, ClientE
         };
         match decode_server(text.as_str()) {
             Ok(ServerFrame::Welcome { user_id, epoch }) => {
-                return Ok(Welcomed { ws, user_id, epoch });
+                return Ok(Welcomed {
+                    channel: Channel::WebSocket(Box::new(ws)),
+                    user_id,
+                    epoch,
+                });
             }
             Ok(ServerFrame::Error(error)) => {
                 return Err(ClientError::Api {
@@ -236,13 +304,23 @@ enum Link {
     Handshaking(Handshake),
     /// Welcomed: frames flow.
     Up(Box<Up>),
+    /// Long-polling: one poll open at a time.
+    Polling(Box<Polling>),
+}
+
+/// The open long poll.
+struct Polling {
+    request: PollRequestFuture,
+    /// `Event::Synced` was given for this connection.
+    synced: bool,
 }
 
 /// What happened on the link.
 enum LinkStep {
     BackoffDone,
-    Handshake(Box<Result<Welcomed, ClientError>>),
+    Handshake(Box<Result<(Welcomed, bool), ClientError>>),
     Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Polled(Box<Result<EventsPage, ClientError>>),
 }
 
 async fn link_step(link: &mut Link, read_allowed: bool) -> LinkStep {
@@ -253,7 +331,10 @@ async fn link_step(link: &mut Link, read_allowed: bool) -> LinkStep {
         }
         Link::Handshaking(handshake) => LinkStep::Handshake(Box::new(handshake.as_mut().await)),
         Link::Up(up) if read_allowed => LinkStep::Read(up.ws.next().await),
-        Link::Up(_) => std::future::pending().await,
+        Link::Polling(polling) if read_allowed => {
+            LinkStep::Polled(Box::new(polling.request.as_mut().await))
+        }
+        Link::Up(_) | Link::Polling(_) => std::future::pending().await,
     }
 }
 
@@ -292,6 +373,20 @@ pub(crate) struct Driver {
     watching: Option<Vec<UserId>>,
     /// Per conversation, the highest seq received on this connection not yet confirmed.
     unconfirmed: HashMap<ConversationId, Seq>,
+    /// Long-polling instead of a WebSocket (chosen, or fallen back to).
+    polling: bool,
+    /// Frames written over HTTP while long-polling, answered as frames.
+    http_writes: JoinSet<HttpWritten>,
+}
+
+/// The answer to a frame written over HTTP.
+enum HttpWritten {
+    /// Handle it as if the server had sent it.
+    Frame(ServerFrame),
+    /// Nothing to handle.
+    Nothing,
+    /// The connection failed: the outcome is unknown.
+    Lost(String),
 }
 
 impl Driver {
@@ -301,6 +396,7 @@ impl Driver {
         http: HttpApi,
         delivery: Delivery,
         welcomed: Welcomed,
+        polling: bool,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
     ) -> Driver {
@@ -328,6 +424,8 @@ impl Driver {
             signals: Vec::new(),
             watching: None,
             unconfirmed: HashMap::new(),
+            polling,
+            http_writes: JoinSet::new(),
         };
         driver.on_welcome(welcomed);
         driver
@@ -356,12 +454,12 @@ impl Driver {
                         self.pending.insert(client_msg_id, conversation_id, content, responder);
                     }
                     Some(Command::Signal(frame)) => {
-                        if matches!(self.link, Link::Up(_)) {
+                        if self.connected() {
                             self.signals.push(frame);
                         }
                     }
                     Some(Command::Watch(user_ids)) => {
-                        if matches!(self.link, Link::Up(_)) {
+                        if self.connected() {
                             self.signals.push(ClientFrame::WatchPresence { user_ids: user_ids.clone() });
                         }
                         self.watching = Some(user_ids);
@@ -392,6 +490,14 @@ impl Driver {
                 Some(fetched) = self.fetches.join_next(), if !self.fetches.is_empty() => {
                     self.on_fetched(fetched);
                 }
+                Some(written) = self.http_writes.join_next(), if !self.http_writes.is_empty() => {
+                    match written {
+                        Ok(HttpWritten::Frame(frame)) => self.on_frame(frame),
+                        Ok(HttpWritten::Nothing) => {}
+                        Ok(HttpWritten::Lost(reason)) => self.lose(reason),
+                        Err(err) => debug!(%err, "an HTTP write task ended early"),
+                    }
+                }
                 () = sleep_until_some(deadline) => self.on_timeout(),
             }
         }
@@ -403,9 +509,13 @@ impl Driver {
         }
     }
 
+    fn connected(&self) -> bool {
+        matches!(self.link, Link::Up(_) | Link::Polling(_))
+    }
+
     /// Writes the sends that may go now, and a ping when one is due.
     async fn write_pending(&mut self) -> Result<(), String> {
-        if !matches!(self.link, Link::Up(_)) {
+        if !self.connected() {
             return Ok(());
         }
         let receipts =
@@ -416,6 +526,15 @@ impl Driver {
                     seq,
                 });
         let signals: Vec<ClientFrame> = self.signals.drain(..).chain(receipts).collect();
+        if matches!(self.link, Link::Polling(_)) {
+            let now = now_std();
+            let sends = std::iter::from_fn(|| self.pending.poll_write(now)).collect::<Vec<_>>();
+            for frame in signals.into_iter().chain(sends) {
+                self.http_writes
+                    .spawn(write_over_http(self.http.clone(), frame));
+            }
+            return Ok(());
+        }
         let Link::Up(up) = &mut self.link else {
             return Ok(());
         };
@@ -457,7 +576,7 @@ impl Driver {
         let pending = self.pending.poll_timeout().map(Instant::from_std);
         let link = match &self.link {
             Link::Up(up) => Some((up.last_read + IDLE_TIMEOUT).min(up.next_ping)),
-            Link::Waiting(_) | Link::Handshaking(_) => None,
+            Link::Waiting(_) | Link::Handshaking(_) | Link::Polling(_) => None,
         };
         match (pending, link) {
             (Some(pending), Some(link)) => Some(pending.min(link)),
@@ -482,7 +601,9 @@ impl Driver {
 
     /// The connection (or an attempt) is over: back off, then try again.
     fn lose(&mut self, reason: String) {
-        if matches!(self.link, Link::Up(_)) {
+        // Answers to writes of the lost connection are unknown outcomes: sends are written again.
+        self.http_writes.abort_all();
+        if self.connected() {
             info!(%reason, "disconnected; reconnecting");
             self.pending.handle_disconnected();
             // Positions are only valid on the connection that received them; the next one
@@ -498,7 +619,11 @@ impl Driver {
     }
 
     fn on_welcome(&mut self, welcomed: Welcomed) {
-        let Welcomed { ws, user_id, epoch } = welcomed;
+        let Welcomed {
+            channel,
+            user_id,
+            epoch,
+        } = welcomed;
         if self.delivery.handle_welcome(epoch.clone()) {
             info!(epoch = %epoch.0, "store epoch changed; cursors reset");
             self.fetches.abort_all();
@@ -512,28 +637,78 @@ impl Driver {
                 user_ids: user_ids.clone(),
             });
         }
-        let now = Instant::now();
-        self.link = Link::Up(Box::new(Up {
-            ws,
-            last_read: now,
-            next_ping: now + PING_INTERVAL,
-        }));
+        match channel {
+            Channel::WebSocket(ws) => {
+                let now = Instant::now();
+                self.link = Link::Up(Box::new(Up {
+                    ws: *ws,
+                    last_read: now,
+                    next_ping: now + PING_INTERVAL,
+                }));
+            }
+            Channel::Poll(page) => {
+                self.link = Link::Polling(Box::new(Polling {
+                    request: Box::pin(std::future::pending()),
+                    synced: false,
+                }));
+                self.on_polled(*page);
+            }
+        }
+    }
+
+    /// A long poll answered: its events, as if a WebSocket had delivered them, then the next
+    /// poll from the cursors we now hold.
+    fn on_polled(&mut self, page: EventsPage) {
+        if self.delivery.epoch() != Some(&page.epoch) {
+            // The store changed between polls: start over like a reconnect does.
+            self.lose("the server's store epoch changed".into());
+            return;
+        }
+        let complete = page.events.len() < PAGE_LEN_MAX;
+        for event in page.events {
+            self.on_frame(event);
+        }
+        let request = PollRequest {
+            cursors: hello_cursors(self.delivery.cursors(), HELLO_CURSORS_MAX),
+            epoch: self.delivery.epoch().cloned(),
+            timeout_ms: Some(POLL_TIMEOUT_MS),
+            presence: None,
+        };
+        let http = self.http.clone();
+        let mut synced_now = false;
+        if let Link::Polling(polling) = &mut self.link {
+            polling.request = Box::pin(async move { http.poll(&request).await });
+            if complete && !polling.synced {
+                polling.synced = true;
+                synced_now = true;
+            }
+        }
+        if synced_now {
+            self.push_event(Event::Synced);
+        }
     }
 
     fn on_link_step(&mut self, step: LinkStep) {
         match step {
             LinkStep::BackoffDone => {
-                let hello = hello_text(
-                    &self.settings.token,
+                self.link = Link::Handshaking(Box::pin(connect_once(
+                    self.settings.clone(),
+                    self.http.clone(),
                     self.delivery.cursors(),
                     self.delivery.epoch().cloned(),
-                );
-                let url = self.settings.ws_url.clone();
-                self.link = Link::Handshaking(Box::pin(handshake(url, hello)));
+                    self.polling,
+                )));
             }
             LinkStep::Handshake(result) => match *result {
-                Ok(welcomed) => self.on_welcome(welcomed),
+                Ok((welcomed, polling)) => {
+                    self.polling = polling;
+                    self.on_welcome(welcomed);
+                }
                 Err(err) => self.on_refused(err),
+            },
+            LinkStep::Polled(result) => match *result {
+                Ok(page) => self.on_polled(page),
+                Err(err) => self.lose(err.to_string()),
             },
             LinkStep::Read(None) => self.lose("connection closed".into()),
             LinkStep::Read(Some(Err(err))) => self.lose(error_chain(&err)),
@@ -745,6 +920,96 @@ impl Driver {
         if let Link::Up(up) = &mut self.link {
             let _ = timeout(CLOSE_TIMEOUT, up.ws.close(None)).await;
         }
+    }
+}
+
+/// Writes one frame over HTTP (long-polling) and turns the answer into the frame a WebSocket
+/// would have carried: a lane event's ack or error.
+async fn write_over_http(http: HttpApi, frame: ClientFrame) -> HttpWritten {
+    let (client_msg_id, conversation_id, content) = match frame {
+        ClientFrame::Send {
+            client_msg_id,
+            conversation_id,
+            body,
+            reply_to,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Message { body, reply_to },
+        ),
+        ClientFrame::Edit {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+            body,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Edit { target_seq, body },
+        ),
+        ClientFrame::Delete {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Delete { target_seq },
+        ),
+        ClientFrame::React {
+            client_msg_id,
+            conversation_id,
+            target_seq,
+            emoji,
+            remove,
+        } => (
+            client_msg_id,
+            conversation_id,
+            Content::Reaction {
+                target_seq,
+                emoji,
+                add: !remove,
+            },
+        ),
+        signal => {
+            let done = match signal {
+                ClientFrame::Received {
+                    conversation_id,
+                    seq,
+                } => http.mark(conversation_id, seq, false).await,
+                ClientFrame::Read {
+                    conversation_id,
+                    seq,
+                } => http.mark(conversation_id, seq, true).await,
+                ClientFrame::Typing {
+                    conversation_id,
+                    state,
+                } => http.set_typing(conversation_id, state).await,
+                ClientFrame::Presence { state } => http.set_presence(state).await,
+                ClientFrame::WatchPresence { .. } => {
+                    debug!("presence is not pushed to long-polling clients; use HttpApi::presence");
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if let Err(err) = done {
+                debug!(%err, "a signal over HTTP failed");
+            }
+            return HttpWritten::Nothing;
+        }
+    };
+    let request_id = Some(client_msg_id.to_string());
+    match http.append(conversation_id, client_msg_id, content).await {
+        Ok(ack) => HttpWritten::Frame(ServerFrame::Ack(ack)),
+        Err(ClientError::Api { code, message, .. }) => {
+            HttpWritten::Frame(ServerFrame::Error(ErrorFrame {
+                code,
+                message,
+                request_id,
+                retry_after_ms: None,
+            }))
+        }
+        Err(err) => HttpWritten::Lost(format!("a send over HTTP failed: {err}")),
     }
 }
 

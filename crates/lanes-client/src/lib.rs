@@ -33,7 +33,7 @@ mod pending;
 mod resume;
 
 pub use backoff::full_jitter;
-pub use client::{Client, ClientConfig, Event, Events};
+pub use client::{Client, ClientConfig, Event, Events, Transport};
 pub use error::ClientError;
 pub use http_api::HttpApi;
 pub use lanes_protocol::http::{

@@ -290,6 +290,8 @@ pub struct EventsPage {
     pub epoch: StoreEpoch,
     /// The client's cursors after these events.
     pub cursors: Vec<Cursor>,
+    /// Who the poll is (the `welcome` of this transport).
+    pub user_id: UserId,
 }
 
 /// `POST /v1/admin/users` (API key): create a user for the application.

@@ -50,6 +50,7 @@ pub(crate) struct Page {
     events: Vec<Box<RawValue>>,
     epoch: StoreEpoch,
     cursors: Vec<Cursor>,
+    user_id: UserId,
 }
 
 fn parse_cursors(text: &str) -> Result<Vec<Cursor>, ApiError> {
@@ -212,6 +213,7 @@ async fn poll(state: AppState, user_id: UserId, request: PollRequest) -> Result<
         events: collected.events,
         epoch: state.epoch.clone(),
         cursors: collected.cursors.to_cursors(),
+        user_id,
     })
 }
 

@@ -6,11 +6,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lanes_client::{
     AckFrame, Client, ClientConfig, ClientError, ConversationId, Cursor, ErrorCode, Event,
-    EventKind, Events, HttpApi, MessageFrame, PresenceState, Seq, TypingState, UserId,
+    EventKind, Events, HttpApi, MessageFrame, PresenceState, Seq, Transport, TypingState, UserId,
 };
 use lanes_test_support::TestServer;
 use tokio::sync::mpsc;
@@ -325,6 +327,10 @@ enum Outage {
 /// history holds each body once at seqs 1..=TOTAL, and bob, connected throughout, sees each
 /// message once, in seq order.
 async fn sends_survive_a_restart(outage: Outage) {
+    sends_survive_a_restart_over(outage, Transport::Auto).await;
+}
+
+async fn sends_survive_a_restart_over(outage: Outage, transport: Transport) {
     const TOTAL: usize = 200;
     const WHILE_DOWN: usize = 40;
     let mut server = start();
@@ -334,8 +340,13 @@ async fn sends_survive_a_restart(outage: Outage) {
         .await
         .unwrap()
         .conversation_id;
-    let (alice_client, _alice_events, _) = connect_synced(config(&server, &alice), &alice).await;
-    let (_bob_client, mut bob_events, _) = connect_synced(config(&server, &bob), &bob).await;
+    let configure = |user: &User| {
+        let mut config = config(&server, user);
+        config.transport = transport;
+        config
+    };
+    let (alice_client, _alice_events, _) = connect_synced(configure(&alice), &alice).await;
+    let (_bob_client, mut bob_events, _) = connect_synced(configure(&bob), &bob).await;
 
     let (resolved_sender, mut resolved) = mpsc::unbounded_channel();
     let spawn_send = |i: usize| {
@@ -418,6 +429,12 @@ async fn sends_survive_a_restart(outage: Outage) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_survive_a_server_restart_without_duplicates() {
     sends_survive_a_restart(Outage::Kill).await;
+}
+
+// Both users long-poll (and send over HTTP) while the server is killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_sends_survive_a_server_restart_without_duplicates() {
+    sends_survive_a_restart_over(Outage::Kill, Transport::LongPoll).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,5 +708,122 @@ async fn messenger_features_over_the_sdk() {
     })
     .await;
     assert_eq!((who, state), (bob.id.clone(), TypingState::Start));
+    server.assert_clean_log();
+}
+
+/// An HTTP proxy that forwards plain requests to `upstream` and refuses every WebSocket upgrade
+/// (403), as some corporate proxies do. Returns its base URL and how many upgrades it refused.
+async fn websocket_blocking_proxy(upstream: String) -> (String, Arc<AtomicUsize>) {
+    use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, UPGRADE};
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (client, upstream, counter) = (client.clone(), upstream.clone(), Arc::clone(&counter));
+        async move {
+            if request.headers().contains_key(UPGRADE) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                return (
+                    axum::http::StatusCode::FORBIDDEN,
+                    "websockets are blocked here",
+                )
+                    .into_response();
+            }
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+            let mut forward = client
+                .request(parts.method, format!("{upstream}{path}"))
+                .body(body);
+            for name in [AUTHORIZATION, CONTENT_TYPE] {
+                if let Some(value) = parts.headers.get(&name) {
+                    forward = forward.header(name, value);
+                }
+            }
+            let Ok(response) = forward.send().await else {
+                return axum::http::StatusCode::BAD_GATEWAY.into_response();
+            };
+            let status = response.status();
+            let content_type = response.headers().get(CONTENT_TYPE).cloned();
+            let body = response.bytes().await.unwrap_or_default();
+            let mut answer = (status, body).into_response();
+            if let Some(content_type) = content_type {
+                answer.headers_mut().insert(CONTENT_TYPE, content_type);
+            }
+            answer
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base_url, refused)
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_blocks_websockets_the_sdk_falls_back_to_long_polling() {
+    let server = start();
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let conversation_id = within("create direct", alice.api.create_direct(&bob.id))
+        .await
+        .unwrap()
+        .conversation_id;
+    let (proxy_url, refused) = websocket_blocking_proxy(server.base_url()).await;
+
+    // Only a WebSocket: the refusal is an error.
+    let mut websocket_only = ClientConfig::new(&proxy_url, &bob.token);
+    websocket_only.transport = Transport::WebSocket;
+    let error = within("connect", Client::connect(websocket_only))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("upgrade refused"), "{error}");
+
+    // Auto: tries the WebSocket, falls back to long-polling through the same proxy.
+    let mut auto = config(&server, &bob);
+    auto.base_url = proxy_url;
+    let (bob_client, mut bob_events, _) = connect_synced(auto, &bob).await;
+    assert!(
+        refused.load(Ordering::SeqCst) >= 2,
+        "a WebSocket was tried first"
+    );
+    let (alice_client, mut alice_events, _) = connect_synced(config(&server, &alice), &alice).await;
+
+    let first = send(&alice_client, conversation_id, "can you hear me?").await;
+    let received = next_message(&mut bob_events).await;
+    assert_eq!(
+        (received.seq, received.body.as_str()),
+        (first.seq, "can you hear me?")
+    );
+    let answer = send(&bob_client, conversation_id, "loud and clear").await;
+    assert_eq!(answer.seq.0, first.seq.0 + 1);
+    assert_eq!(
+        next_message(&mut bob_events).await.seq,
+        answer.seq,
+        "own message, once"
+    );
+    // Alice's events: her own message (from its ack), then bob's.
+    assert_eq!(next_message(&mut alice_events).await.seq, first.seq);
+    assert_eq!(next_message(&mut alice_events).await.body, "loud and clear");
+    // Bob's receipts travel over HTTP too.
+    next_matching(&mut alice_events, |event| match event {
+        Event::Receipts { receipts, .. } => receipts
+            .into_iter()
+            .find(|receipt| receipt.user_id == bob.id && receipt.delivered_seq >= first.seq),
+        _ => None,
+    })
+    .await;
+    // And an edit from the long-polling side arrives as an edit.
+    within(
+        "edit",
+        bob_client.edit(conversation_id, answer.seq, "loud and clear!"),
+    )
+    .await
+    .unwrap();
+    let edit = next_message(&mut alice_events).await;
+    assert_eq!(
+        (edit.kind, edit.target_seq),
+        (EventKind::Edit, Some(answer.seq))
+    );
     server.assert_clean_log();
 }
