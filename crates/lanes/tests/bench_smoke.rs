@@ -126,3 +126,29 @@ fn longpoll() {
     assert_eq!(report["still_waiting_before_wake"], 20);
     assert!(report["server_bytes_per_waiter"].as_u64().is_some());
 }
+
+/// The short version of the crash-safety proof (docs/RELIABILITY.md records a long run).
+#[test]
+fn crash() {
+    let report = bench(&[
+        "crash",
+        "--kills",
+        "3",
+        "--clients",
+        "8",
+        "--group-size",
+        "4",
+    ]);
+    for finding in [
+        "lost",
+        "duplicated",
+        "misplaced",
+        "gaps",
+        "out_of_order",
+        "not_resumed",
+    ] {
+        assert_eq!(report[finding], 0, "{finding}: {report}");
+    }
+    assert_eq!(report["integrity"], "ok");
+    assert!(report["acked"].as_u64().unwrap() > 0);
+}

@@ -2,6 +2,7 @@
 //! server over real sockets (starting one itself with `--spawn`), mints its users' tokens as an
 //! application backend would (HS256 JWTs), and prints a human summary plus one JSON line per run.
 
+mod crash;
 mod fanout;
 mod idle;
 mod longpoll;
@@ -64,6 +65,9 @@ enum Scenario {
     Storm(storm::StormArgs),
     /// A user offline while K messages arrive, in a store pre-filled with H: resync time.
     Sync(sync::SyncArgs),
+    /// Clients send while the spawned server is SIGKILLed and restarted N times; an independent
+    /// checker then verifies every acked message against the store.
+    Crash(crash::CrashArgs),
     /// W long-poll waiters held at once: server memory per waiter, then all woken by one message.
     Longpoll(longpoll::LongpollArgs),
 }
@@ -137,6 +141,19 @@ impl SpawnedServer {
         Ok((child, addr.to_owned()))
     }
 
+    /// Stops the server (SIGKILL, as a crash) and runs the store's integrity check on its data.
+    pub(crate) fn stop_and_check_integrity(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("SIGKILL server")?;
+        self.child.wait().context("reap server")?;
+        let store = lanes_store_sqlite::SqliteStore::open(
+            self.data_dir.path(),
+            lanes_store_sqlite::Durability::Full,
+        )
+        .context("reopen the store")?;
+        store.integrity_check().context("integrity check")?;
+        Ok(())
+    }
+
     /// The server's resident memory, from /proc.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
         rss_kib(self.child.id())
@@ -192,6 +209,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Fanout(fanout) => fanout::run(&target, spawned.as_ref(), fanout).await,
             Scenario::Storm(storm) => storm::run(&target, spawned.as_mut(), storm).await,
             Scenario::Sync(sync) => sync::run(&target, spawned.as_ref(), sync).await,
+            Scenario::Crash(crash) => crash::run(&target, spawned.as_mut(), crash).await,
             Scenario::Longpoll(longpoll) => {
                 longpoll::run(&target, spawned.as_ref(), longpoll).await
             }
