@@ -21,7 +21,9 @@ pub struct TestServer {
     binary: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    data_dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    /// The temporary directory behind `data_dir`, unless the caller chose the directory.
+    _temp_dir: Option<tempfile::TempDir>,
     addr: SocketAddr,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
@@ -36,7 +38,29 @@ impl TestServer {
 
     /// Starts `binary serve` with extra arguments and environment variables.
     pub fn start_with(binary: &str, args: &[&str], env: &[(&str, &str)]) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("create temp data dir");
+        let temp_dir = tempfile::tempdir().expect("create temp data dir");
+        let data_dir = temp_dir.path().to_owned();
+        TestServer::start_in(binary, data_dir, Some(temp_dir), args, env)
+    }
+
+    /// Starts `binary serve` on the data directory `data_dir` (for example on a filesystem the
+    /// test mounted), which the caller cleans up.
+    pub fn start_with_data_dir(
+        binary: &str,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        TestServer::start_in(binary, data_dir.to_owned(), None, args, env)
+    }
+
+    fn start_in(
+        binary: &str,
+        data_dir: PathBuf,
+        temp_dir: Option<tempfile::TempDir>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mut server = TestServer {
             binary: PathBuf::from(binary),
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
@@ -45,6 +69,7 @@ impl TestServer {
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
             data_dir,
+            _temp_dir: temp_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             log: Arc::new(Mutex::new(Vec::new())),
@@ -61,7 +86,7 @@ impl TestServer {
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data-dir")
-            .arg(self.data_dir.path())
+            .arg(&self.data_dir)
             .args(&self.args)
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("NO_COLOR", "1")
@@ -121,7 +146,7 @@ impl TestServer {
 
     /// The data directory (survives restarts).
     pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
+        &self.data_dir
     }
 
     /// The process id, while running.
