@@ -4,6 +4,7 @@
 pub mod commit_queue;
 pub mod connection;
 pub mod cursors;
+pub mod fuzz;
 pub mod membership;
 pub mod validate;
 
