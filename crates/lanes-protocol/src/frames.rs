@@ -6,6 +6,7 @@ use crate::ids::{ClientMsgId, ConversationId, MessageId, Seq, StoreEpoch, UnixMi
 
 /// Where a client's copy of one conversation ends: it has every message up to and including `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cursor {
     /// The conversation.
     pub conversation_id: ConversationId,
@@ -120,6 +121,7 @@ pub enum ClientFrame {
 
 /// What a lane event is. Every one has its own seq in its conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A text message (possibly a reply).
@@ -223,6 +225,7 @@ impl Content {
 
 /// The users who reacted to a message with one emoji.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reaction {
     /// The emoji.
     pub emoji: String,
@@ -235,6 +238,7 @@ pub struct Reaction {
 /// (`body` after edits, `edited_at`, `deleted`, `reactions`); the events that changed it follow
 /// in seq order, and applying them again leaves the same state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageFrame {
     /// The conversation.
     pub conversation_id: ConversationId,
@@ -305,6 +309,7 @@ impl MessageFrame {
 
 /// Typing started or stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TypingState {
     /// Typing; expires by itself unless refreshed.
@@ -315,6 +320,7 @@ pub enum TypingState {
 
 /// A user's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceState {
     /// Connected, and at least one device is in use.
@@ -327,6 +333,7 @@ pub enum PresenceState {
 
 /// One member's receipt position in a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     /// The member.
     pub user_id: UserId,
@@ -339,6 +346,7 @@ pub struct Receipt {
 
 /// One user's presence as a watcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserPresence {
     /// The user.
     pub user_id: UserId,
@@ -351,6 +359,7 @@ pub struct UserPresence {
 
 /// Confirms that a send is durably stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckFrame {
     /// The send this acknowledges.
     pub client_msg_id: ClientMsgId,
@@ -367,6 +376,7 @@ pub struct AckFrame {
 /// A typed error. `request_id` echoes the `client_msg_id` of a send, or the `request_id` of
 /// another frame, when the request carried one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorFrame {
     /// Stable machine-readable code.
     pub code: ErrorCode,
@@ -394,6 +404,7 @@ impl ErrorFrame {
 
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Authentication succeeded; catch-up follows, then `synced`.
@@ -456,6 +467,7 @@ pub enum ServerFrame {
 
 /// Stable error codes, shared by WebSocket error frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame or body is not valid JSON, has an unknown type, or misses a field.

@@ -9,6 +9,7 @@ use crate::ids::{ClientMsgId, ConversationId, Seq, StoreEpoch, UnixMillis, UserI
 
 /// `POST /v1/register` and `POST /v1/login`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// The username, which becomes the user id.
@@ -19,6 +20,7 @@ pub struct Credentials {
 
 /// A new session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Session {
     /// Who logged in.
     pub user_id: UserId,
@@ -30,6 +32,7 @@ pub struct Session {
 
 /// `POST /v1/conversations/direct`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateDirect {
     /// The other user.
@@ -38,6 +41,7 @@ pub struct CreateDirect {
 
 /// `POST /v1/conversations/group`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     /// Display name.
@@ -49,6 +53,7 @@ pub struct CreateGroup {
 
 /// `POST /v1/conversations/{id}/members`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// Who to add.
@@ -60,6 +65,7 @@ pub struct AddMember {
 
 /// What a member may do in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Created the group; manages members and admins.
@@ -93,6 +99,7 @@ impl Role {
 
 /// Direct (two users, fixed) or group (named, managed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     /// Exactly two users; the same pair always gets the same conversation.
@@ -122,6 +129,7 @@ impl ConversationKind {
 
 /// A member of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     /// The user.
     pub user_id: UserId,
@@ -131,6 +139,7 @@ pub struct Member {
 
 /// A conversation as one member sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conversation {
     /// Its id.
     pub conversation_id: ConversationId,
@@ -157,6 +166,7 @@ pub struct Conversation {
 
 /// `GET /v1/conversations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationList {
     /// Newest activity first.
     pub conversations: Vec<Conversation>,
@@ -164,6 +174,7 @@ pub struct ConversationList {
 
 /// `GET /v1/conversations/{id}/messages`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct History {
     /// Ascending by seq, whichever direction was asked.
     pub messages: Vec<MessageFrame>,
@@ -173,6 +184,7 @@ pub struct History {
 
 /// `GET`/`PUT /v1/me/settings`: the user's preferences.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Other members do not see how far this user has read (they still see delivery).
@@ -181,6 +193,7 @@ pub struct Settings {
 
 /// `POST /v1/conversations/{id}/messages`: send a message (acked after the commit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// Makes the send idempotent.
@@ -194,6 +207,7 @@ pub struct SendMessage {
 
 /// `POST /v1/conversations/{id}/messages/{seq}/edit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EditMessage {
     /// Makes the edit idempotent.
@@ -204,6 +218,7 @@ pub struct EditMessage {
 
 /// `POST /v1/conversations/{id}/messages/{seq}/delete`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeleteMessage {
     /// Makes the delete idempotent.
@@ -212,6 +227,7 @@ pub struct DeleteMessage {
 
 /// `POST /v1/conversations/{id}/messages/{seq}/reactions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct React {
     /// Makes the reaction idempotent.
@@ -225,6 +241,7 @@ pub struct React {
 
 /// `POST /v1/conversations/{id}/received` and `/read`: a receipt position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Position {
     /// Up to here.
@@ -233,6 +250,7 @@ pub struct Position {
 
 /// `GET /v1/conversations/{id}/receipts`: every member's positions, as the caller may see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReceiptList {
     /// Members with any position.
     pub receipts: Vec<Receipt>,
@@ -240,6 +258,7 @@ pub struct ReceiptList {
 
 /// `POST /v1/conversations/{id}/typing`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetTyping {
     /// Start or stop.
@@ -248,6 +267,7 @@ pub struct SetTyping {
 
 /// `POST /v1/presence`: the state of every current connection of the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetPresence {
     /// `online` or `away`.
@@ -256,6 +276,7 @@ pub struct SetPresence {
 
 /// `GET /v1/presence?user_ids=…`: those of the users who share a conversation with the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceList {
     /// Their presence now.
     pub users: Vec<UserPresence>,
@@ -263,6 +284,7 @@ pub struct PresenceList {
 
 /// `POST /v1/events`: the long-poll request as a body (for clients with many cursors).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     /// The client's cursors (as in `hello`).
@@ -282,6 +304,7 @@ pub struct PollRequest {
 /// `GET`/`POST /v1/events`: what happened since the cursors, in the order a WebSocket would
 /// have delivered it, and the cursors to poll with next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsPage {
     /// `message`, `joined`, `left`, `receipts`, `typing` and `presence` frames; empty when the
     /// poll timed out.
@@ -296,6 +319,7 @@ pub struct EventsPage {
 
 /// `POST /v1/admin/users` (API key): create a user for the application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreateUser {
     /// The user id (ids starting with `@` are reserved).
@@ -308,6 +332,7 @@ pub struct AdminCreateUser {
 
 /// The answer to `POST /v1/admin/users`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminUser {
     /// The user created.
     pub user_id: UserId,
@@ -316,6 +341,7 @@ pub struct AdminUser {
 /// `POST /v1/admin/conversations` (API key): a direct conversation of exactly two `members`, or
 /// a group named `name` owned by `owner` with `members`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreateConversation {
     /// Direct or group.
@@ -333,6 +359,7 @@ pub struct AdminCreateConversation {
 
 /// `POST /v1/admin/conversations/{id}/messages` (API key): a `system` message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdminPost {
     /// Makes the post idempotent (per server: every system message shares one sender).
@@ -343,6 +370,7 @@ pub struct AdminPost {
 
 /// Every HTTP error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Stable code (same set as WebSocket error frames).
     pub code: ErrorCode,

@@ -7,11 +7,13 @@ use crate::limits::{CLIENT_MSG_ID_BYTES_MAX, USER_ID_BYTES_MAX};
 
 /// A conversation (a lane): a direct pair or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct ConversationId(pub u64);
 
 /// A stored message's global id. Unique, but says nothing about order across conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct MessageId(pub u64);
 
@@ -19,6 +21,7 @@ pub struct MessageId(pub u64);
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -34,17 +37,26 @@ impl Seq {
 
 /// Milliseconds since the Unix epoch, as the server's clock saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct UnixMillis(pub i64);
 
 /// Identity of a store: changes when the store is replaced, so cursors from another store are
 /// recognised instead of silently skipping messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String))]
 #[serde(transparent)]
 pub struct StoreEpoch(pub String);
 
 /// A user: for password accounts the username, for JWT users the token's `sub`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The pattern restates `UserId::parse`.
+#[cfg_attr(
+    feature = "openapi",
+    schema(value_type = String, pattern = r"^[A-Za-z0-9_.@-]{1,64}$")
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
 
@@ -104,6 +116,12 @@ impl fmt::Display for UserId {
 
 /// A client-generated id that makes a send idempotent: one message per (sender, id), forever.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The pattern restates `ClientMsgId::parse`: printable ASCII, 0x21 to 0x7E.
+#[cfg_attr(
+    feature = "openapi",
+    schema(value_type = String, pattern = r"^[!-~]{1,64}$")
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct ClientMsgId(String);
 
@@ -183,5 +201,17 @@ mod tests {
         assert!(ClientMsgId::parse(&"x".repeat(65)).is_err());
         let decoded: Result<ClientMsgId, _> = serde_json::from_str("\"\"");
         assert!(decoded.is_err());
+    }
+
+    /// The schemas' patterns are written out by hand: they must keep saying what `parse` checks.
+    #[cfg(feature = "openapi")]
+    #[test]
+    fn schema_patterns_restate_the_limits() {
+        fn pattern<T: utoipa::PartialSchema>() -> String {
+            let schema = serde_json::to_value(T::schema()).unwrap();
+            schema["pattern"].as_str().unwrap().to_owned()
+        }
+        assert!(pattern::<UserId>().ends_with(&format!("{{1,{USER_ID_BYTES_MAX}}}$")));
+        assert!(pattern::<ClientMsgId>().ends_with(&format!("{{1,{CLIENT_MSG_ID_BYTES_MAX}}}$")));
     }
 }

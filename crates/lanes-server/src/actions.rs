@@ -8,7 +8,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use lanes_protocol::http::{
-    DeleteMessage, EditMessage, Position, PresenceList, React, ReceiptList, SendMessage,
+    DeleteMessage, EditMessage, ErrorBody, Position, PresenceList, React, ReceiptList, SendMessage,
     SetPresence, SetTyping,
 };
 use lanes_protocol::{
@@ -22,6 +22,9 @@ use tokio::sync::oneshot;
 use crate::committer::{CommitRequest, Origin};
 use crate::error::ApiError;
 use crate::http::Caller;
+use crate::openapi::{
+    BadRequest, NotFound, PayloadTooLarge, RateLimited, Unauthorized, Unavailable,
+};
 use crate::{AppState, blocking};
 
 fn conversation_and_seq(
@@ -79,6 +82,27 @@ pub(crate) async fn append(
 }
 
 /// `POST /v1/conversations/{id}/messages`
+///
+/// A lane event: validated and committed like a WebSocket `send`; a retry with the same
+/// `client_msg_id` gets the original ack.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages",
+    tag = "actions",
+    operation_id = "send",
+    summary = "Send a message",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    request_body = SendMessage,
+    responses(
+        (status = 200, description = "The ack, after the commit", body = AckFrame),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,6 +126,35 @@ pub(crate) async fn send(
 }
 
 /// `POST /v1/conversations/{id}/messages/{seq}/edit`
+///
+/// A lane event with its own seq that replaces the text of the message at `seq`.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages/{seq}/edit",
+    tag = "actions",
+    operation_id = "edit",
+    summary = "Edit one of the caller's messages",
+    security(("user_token" = [])),
+    params(
+        ("id" = ConversationId, Path, description = "The conversation"),
+        ("seq" = Seq, Path, description = "The message it applies to"),
+    ),
+    request_body = EditMessage,
+    responses(
+        (status = 200, description = "The ack, after the commit", body = AckFrame),
+        BadRequest,
+        Unauthorized,
+        (
+            status = 403,
+            description = "`forbidden`: not the author of the message",
+            body = ErrorBody
+        ),
+        NotFound,
+        (status = 409, description = "`conflict`: the message was deleted", body = ErrorBody),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn edit(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,6 +178,36 @@ pub(crate) async fn edit(
 }
 
 /// `POST /v1/conversations/{id}/messages/{seq}/delete`
+///
+/// A lane event with its own seq: the text of the message at `seq` and of its edits is erased; its
+/// seq stays as a tombstone.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages/{seq}/delete",
+    tag = "actions",
+    operation_id = "delete",
+    summary = "Delete one of the caller's messages",
+    security(("user_token" = [])),
+    params(
+        ("id" = ConversationId, Path, description = "The conversation"),
+        ("seq" = Seq, Path, description = "The message it applies to"),
+    ),
+    request_body = DeleteMessage,
+    responses(
+        (status = 200, description = "The ack, after the commit", body = AckFrame),
+        BadRequest,
+        Unauthorized,
+        (
+            status = 403,
+            description = "`forbidden`: not the author of the message",
+            body = ErrorBody
+        ),
+        NotFound,
+        (status = 409, description = "`conflict`: the message was deleted", body = ErrorBody),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -144,6 +227,36 @@ pub(crate) async fn delete(
 }
 
 /// `POST /v1/conversations/{id}/messages/{seq}/reactions`
+///
+/// A lane event with its own seq that adds (or, with `remove`, takes back) the caller's emoji on
+/// the message at `seq`.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages/{seq}/reactions",
+    tag = "actions",
+    operation_id = "react",
+    summary = "Add or remove a reaction",
+    security(("user_token" = [])),
+    params(
+        ("id" = ConversationId, Path, description = "The conversation"),
+        ("seq" = Seq, Path, description = "The message it applies to"),
+    ),
+    request_body = React,
+    responses(
+        (status = 200, description = "The ack, after the commit", body = AckFrame),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        (
+            status = 409,
+            description = "`conflict`: the message was deleted, or the reaction is already \
+                           there (or, removing, not there)",
+            body = ErrorBody
+        ),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn react(
     State(state): State<AppState>,
     caller: Caller,
@@ -212,6 +325,27 @@ async fn mark(
 }
 
 /// `POST /v1/conversations/{id}/received`
+///
+/// A delivery receipt, like the WebSocket `received` frame: `seq` is 1 to the head; positions never
+/// move backwards.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/received",
+    tag = "actions",
+    operation_id = "received",
+    summary = "Confirm delivery up to a seq",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    request_body = Position,
+    responses(
+        (status = 204, description = "Queued; stored and fanned out with the next receipts flush"),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn received(
     State(state): State<AppState>,
     caller: Caller,
@@ -224,6 +358,27 @@ pub(crate) async fn received(
 }
 
 /// `POST /v1/conversations/{id}/read`
+///
+/// A read marker, like the WebSocket `read` frame (implies received): `seq` is 1 to the head;
+/// positions never move backwards.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/read",
+    tag = "actions",
+    operation_id = "read",
+    summary = "Mark read up to a seq",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    request_body = Position,
+    responses(
+        (status = 204, description = "Queued; stored and fanned out with the next receipts flush"),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,6 +391,28 @@ pub(crate) async fn read(
 }
 
 /// `GET /v1/conversations/{id}/receipts`
+///
+/// Members who hide read receipts have no `read_seq` here, except for the caller.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/receipts",
+    tag = "actions",
+    operation_id = "receipts",
+    summary = "Every member's receipt positions",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    responses(
+        (
+            status = 200,
+            description = "The positions as the caller may see them",
+            body = ReceiptList
+        ),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    )
+)]
 pub(crate) async fn receipts(
     State(state): State<AppState>,
     caller: Caller,
@@ -258,6 +435,27 @@ pub(crate) async fn receipts(
 }
 
 /// `POST /v1/conversations/{id}/typing`
+///
+/// Ephemeral, like the WebSocket `typing` frame: sent to the other online members, never stored.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/typing",
+    tag = "actions",
+    operation_id = "typing",
+    summary = "Start or stop typing",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    request_body = SetTyping,
+    responses(
+        (status = 204, description = "Announced to the other online members"),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        RateLimited,
+        Unavailable,
+    )
+)]
 pub(crate) async fn typing(
     State(state): State<AppState>,
     caller: Caller,
@@ -275,6 +473,24 @@ pub(crate) async fn typing(
 }
 
 /// `POST /v1/presence`
+///
+/// Applies to every current connection and poll of the caller; `offline` is the server's to
+/// decide (`400 invalid_field`).
+#[utoipa::path(
+    post,
+    path = "/v1/presence",
+    tag = "actions",
+    operation_id = "set_presence",
+    summary = "Set the caller's presence",
+    security(("user_token" = [])),
+    request_body = SetPresence,
+    responses(
+        (status = 204, description = "Applied"),
+        BadRequest,
+        Unauthorized,
+        PayloadTooLarge,
+    )
+)]
 pub(crate) async fn set_presence(
     State(state): State<AppState>,
     caller: Caller,
@@ -294,13 +510,34 @@ pub(crate) async fn set_presence(
 }
 
 /// `GET /v1/presence?user_ids=bob,carol`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PresenceQuery {
+    /// Comma-separated user ids, at most 256.
+    #[param(example = "bob,carol")]
     user_ids: String,
 }
 
 /// `GET /v1/presence`
+///
+/// Only users who share a conversation with the caller are listed; nothing is learned about
+/// the others.
+#[utoipa::path(
+    get,
+    path = "/v1/presence",
+    tag = "actions",
+    operation_id = "get_presence",
+    summary = "The presence of some users",
+    security(("user_token" = [])),
+    params(PresenceQuery),
+    responses(
+        (status = 200, description = "Their presence now", body = PresenceList),
+        BadRequest,
+        Unauthorized,
+        Unavailable,
+    )
+)]
 pub(crate) async fn get_presence(
     State(state): State<AppState>,
     caller: Caller,

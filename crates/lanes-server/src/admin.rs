@@ -9,14 +9,15 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use lanes_protocol::http::{
-    AddMember, AdminCreateConversation, AdminCreateUser, AdminPost, AdminUser, ConversationKind,
-    CreateGroup, Role,
+    AddMember, AdminCreateConversation, AdminCreateUser, AdminPost, AdminUser, Conversation,
+    ConversationKind, CreateGroup, ErrorBody, Role,
 };
 use lanes_protocol::{AckFrame, Content, ConversationId, ErrorCode, SYSTEM_USER_ID, UserId};
 use lanes_store::{MembershipChange, StoredUser};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::openapi::{AdminOff, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use crate::{AppState, actions, blocking, http, now_millis};
 
 /// A request that carried a configured API key.
@@ -59,6 +60,27 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// `POST /v1/admin/users`
+///
+/// A user for the application, with a password for users who also log in with one. Ids starting
+/// with `@` are reserved.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users",
+    tag = "admin",
+    operation_id = "admin_create_user",
+    summary = "Create a user",
+    security(("admin_api_key" = [])),
+    request_body = AdminCreateUser,
+    responses(
+        (status = 201, description = "Created", body = AdminUser),
+        BadRequest,
+        Unauthorized,
+        AdminOff,
+        (status = 409, description = "`conflict`: the user exists", body = ErrorBody),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     _admin: Admin,
@@ -86,6 +108,35 @@ pub(crate) async fn create_user(
 }
 
 /// `POST /v1/admin/conversations`
+///
+/// A direct conversation of exactly two `members`, or a group named `name` owned by `owner`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/conversations",
+    tag = "admin",
+    operation_id = "admin_create_conversation",
+    summary = "Create a conversation",
+    security(("admin_api_key" = [])),
+    request_body = AdminCreateConversation,
+    responses(
+        (
+            status = 201,
+            description = "Created, as its first member or owner sees it",
+            body = Conversation
+        ),
+        (
+            status = 200,
+            description = "The direct conversation already existed",
+            body = Conversation
+        ),
+        BadRequest,
+        Unauthorized,
+        AdminOff,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn create_conversation(
     State(state): State<AppState>,
     _admin: Admin,
@@ -125,6 +176,32 @@ pub(crate) async fn create_conversation(
 }
 
 /// `POST /v1/admin/conversations/{id}/members`
+///
+/// As `member` (the default) or `admin`. Adding a member again changes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/conversations/{id}/members",
+    tag = "admin",
+    operation_id = "admin_add_member",
+    summary = "Add a member to a group",
+    security(("admin_api_key" = [])),
+    params(("id" = ConversationId, Path, description = "The group")),
+    request_body = AddMember,
+    responses(
+        (status = 204, description = "The user is a member"),
+        BadRequest,
+        Unauthorized,
+        (
+            status = 403,
+            description = "`forbidden`: the admin API is off, or the conversation is direct",
+            body = ErrorBody
+        ),
+        NotFound,
+        (status = 409, description = "`conflict`: the group is full", body = ErrorBody),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn add_member(
     State(state): State<AppState>,
     _admin: Admin,
@@ -174,6 +251,27 @@ pub(crate) async fn add_member(
 }
 
 /// `POST /v1/admin/conversations/{id}/messages`
+///
+/// A lane event of kind `system` from the reserved user `@system`, who needs no membership.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/conversations/{id}/messages",
+    tag = "admin",
+    operation_id = "admin_post",
+    summary = "Post a system message",
+    security(("admin_api_key" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    request_body = AdminPost,
+    responses(
+        (status = 200, description = "The ack, after the commit", body = AckFrame),
+        BadRequest,
+        Unauthorized,
+        AdminOff,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn post(
     State(state): State<AppState>,
     _admin: Admin,

@@ -3,80 +3,75 @@
 //! reads and writes to the store, which checks it in the same transaction.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use std::sync::Arc;
+
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use lanes_protocol::http::{
-    AddMember, ConversationList, CreateDirect, CreateGroup, Credentials, History, Role, Settings,
+    AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials, ErrorBody,
+    History, Role, Session, Settings,
 };
-use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId, limits};
+use lanes_protocol::{ConversationId, ErrorCode, Seq, StoreEpoch, UserId, limits};
 use lanes_store::{ManageOutcome, decide_removal};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use lanes_core::membership::may_manage;
 
 use crate::error::ApiError;
+use crate::openapi::{
+    ApiDoc, BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+};
 use crate::{AppState, actions, admin, blocking, longpoll, now_millis, ws};
 
+/// Every route, each registered together with its OpenAPI operation: `routes!` takes only
+/// handlers annotated with `#[utoipa::path]` and serves each on the method and path of its
+/// annotation, so the document can neither miss a route nor describe one wrongly. Handlers of
+/// one path share a `routes!`. Never add a plain axum route beside them.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_document))
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(list_conversations))
+        .routes(routes!(create_direct))
+        .routes(routes!(create_group))
+        .routes(routes!(get_conversation))
+        .routes(routes!(add_member))
+        .routes(routes!(remove_member))
+        .routes(routes!(leave))
+        .routes(routes!(history, actions::send))
+        .routes(routes!(actions::edit))
+        .routes(routes!(actions::delete))
+        .routes(routes!(actions::react))
+        .routes(routes!(actions::received))
+        .routes(routes!(actions::read))
+        .routes(routes!(actions::receipts))
+        .routes(routes!(actions::typing))
+        .routes(routes!(actions::get_presence, actions::set_presence))
+        .routes(routes!(longpoll::poll_get, longpoll::poll_post))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(admin::create_user))
+        .routes(routes!(admin::create_conversation))
+        .routes(routes!(admin::add_member))
+        .routes(routes!(admin::post))
+}
+
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/register", post(register))
-        .route("/v1/login", post(login))
-        .route("/v1/logout", post(logout))
-        .route("/v1/me/settings", get(get_settings).put(put_settings))
-        .route("/v1/conversations", get(list_conversations))
-        .route("/v1/conversations/direct", post(create_direct))
-        .route("/v1/conversations/group", post(create_group))
-        .route("/v1/conversations/{id}", get(get_conversation))
-        .route("/v1/conversations/{id}/members", post(add_member))
-        .route(
-            "/v1/conversations/{id}/members/{user_id}",
-            delete(remove_member),
-        )
-        .route("/v1/conversations/{id}/leave", post(leave))
-        .route(
-            "/v1/conversations/{id}/messages",
-            get(history).post(actions::send),
-        )
-        .route(
-            "/v1/conversations/{id}/messages/{seq}/edit",
-            post(actions::edit),
-        )
-        .route(
-            "/v1/conversations/{id}/messages/{seq}/delete",
-            post(actions::delete),
-        )
-        .route(
-            "/v1/conversations/{id}/messages/{seq}/reactions",
-            post(actions::react),
-        )
-        .route("/v1/conversations/{id}/received", post(actions::received))
-        .route("/v1/conversations/{id}/read", post(actions::read))
-        .route("/v1/conversations/{id}/receipts", get(actions::receipts))
-        .route("/v1/conversations/{id}/typing", post(actions::typing))
-        .route(
-            "/v1/presence",
-            get(actions::get_presence).post(actions::set_presence),
-        )
-        .route(
-            "/v1/events",
-            get(longpoll::poll_get).post(longpoll::poll_post),
-        )
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/admin/users", post(admin::create_user))
-        .route("/v1/admin/conversations", post(admin::create_conversation))
-        .route(
-            "/v1/admin/conversations/{id}/members",
-            post(admin::add_member),
-        )
-        .route("/v1/admin/conversations/{id}/messages", post(admin::post))
+    let (router, openapi) = api().split_for_parts();
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
+        .layer(Extension(Arc::new(openapi)))
         .with_state(state)
 }
 
@@ -119,17 +114,52 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
+/// The answer of `GET /healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`: a server that answers is serving.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// `full` (every ack is fsync'd) or `normal` (acked messages may be lost on power loss).
+    #[schema(example = "full")]
+    durability: &'static str,
+    /// The store's epoch (see `hello`).
+    epoch: StoreEpoch,
+}
+
 /// `GET /healthz`
-async fn healthz(State(state): State<AppState>) -> Response {
-    Json(serde_json::json!({
-        "status": "ok",
-        "durability": state.durability,
-        "epoch": state.epoch,
-    }))
-    .into_response()
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    operation_id = "healthz",
+    summary = "Health and durability",
+    responses((status = 200, description = "The server is serving", body = Health))
+)]
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        durability: state.durability,
+        epoch: state.epoch.clone(),
+    })
 }
 
 /// `GET /metrics`
+///
+/// Counters and gauges in the Prometheus text format; docs/PROTOCOL.md lists them.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format",
+        body = String,
+        content_type = "text/plain; version=0.0.4"
+    ))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(
         state.durability == "full",
@@ -146,7 +176,43 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /openapi.json`
+///
+/// This document: every route the server serves. The same is kept in docs/openapi.json.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "server",
+    operation_id = "openapi",
+    summary = "This OpenAPI document",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi_document(
+    Extension(openapi): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    Json(openapi.as_ref()).into_response()
+}
+
 /// `POST /v1/register`
+///
+/// Creates a password account (the username becomes the user id) and a session for it.
+/// `403 forbidden` when the server has `auth.password = false`.
+#[utoipa::path(
+    post,
+    path = "/v1/register",
+    tag = "accounts",
+    operation_id = "register",
+    summary = "Create a password account",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The account and its first session", body = Session),
+        BadRequest,
+        Forbidden,
+        (status = 409, description = "`conflict`: the username is taken", body = ErrorBody),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     body: Result<Json<Credentials>, JsonRejection>,
@@ -160,6 +226,28 @@ async fn register(
 }
 
 /// `POST /v1/login`
+///
+/// `403 forbidden` when the server has `auth.password = false`.
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "accounts",
+    operation_id = "login",
+    summary = "Log in with a password",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A new session", body = Session),
+        BadRequest,
+        (
+            status = 401,
+            description = "`unauthorized`: wrong username or password",
+            body = ErrorBody
+        ),
+        Forbidden,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     body: Result<Json<Credentials>, JsonRejection>,
@@ -173,12 +261,42 @@ async fn login(
 }
 
 /// `POST /v1/logout`
+///
+/// The token stops working. An application JWT cannot be revoked here (`400 invalid_field`): it
+/// expires.
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "accounts",
+    operation_id = "logout",
+    summary = "Revoke the session token",
+    security(("user_token" = [])),
+    responses(
+        (status = 204, description = "The token is revoked"),
+        BadRequest,
+        Unauthorized,
+        Unavailable,
+    )
+)]
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
     state.auth.logout(&caller.token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/conversations`
+/// `GET /v1/me/settings`
+#[utoipa::path(
+    get,
+    path = "/v1/me/settings",
+    tag = "accounts",
+    operation_id = "get_settings",
+    summary = "The caller's settings",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "The settings", body = Settings),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 async fn get_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +305,23 @@ async fn get_settings(
     Ok(Json(settings))
 }
 
+/// `PUT /v1/me/settings`
+#[utoipa::path(
+    put,
+    path = "/v1/me/settings",
+    tag = "accounts",
+    operation_id = "put_settings",
+    summary = "Replace the caller's settings",
+    security(("user_token" = [])),
+    request_body = Settings,
+    responses(
+        (status = 200, description = "The settings stored", body = Settings),
+        BadRequest,
+        Unauthorized,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 async fn put_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -201,6 +336,20 @@ async fn put_settings(
     Ok(Json(settings))
 }
 
+/// `GET /v1/conversations`
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    operation_id = "list_conversations",
+    summary = "The caller's conversations",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Newest activity first", body = ConversationList),
+        Unauthorized,
+        Unavailable,
+    )
+)]
 async fn list_conversations(
     State(state): State<AppState>,
     caller: Caller,
@@ -245,6 +394,26 @@ async fn view(
 }
 
 /// `POST /v1/conversations/direct`
+///
+/// The same pair of users always gets the same conversation.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/direct",
+    tag = "conversations",
+    operation_id = "create_direct",
+    summary = "The direct conversation with a user",
+    security(("user_token" = [])),
+    request_body = CreateDirect,
+    responses(
+        (status = 201, description = "Created", body = Conversation),
+        (status = 200, description = "It already existed", body = Conversation),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 async fn create_direct(
     State(state): State<AppState>,
     caller: Caller,
@@ -283,6 +452,23 @@ pub(crate) async fn direct_of(
 }
 
 /// `POST /v1/conversations/group`
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/group",
+    tag = "conversations",
+    operation_id = "create_group",
+    summary = "Create a group owned by the caller",
+    security(("user_token" = [])),
+    request_body = CreateGroup,
+    responses(
+        (status = 201, description = "Created; the caller is its owner", body = Conversation),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 async fn create_group(
     State(state): State<AppState>,
     caller: Caller,
@@ -338,6 +524,22 @@ pub(crate) async fn group_of(
 }
 
 /// `GET /v1/conversations/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    operation_id = "get_conversation",
+    summary = "One conversation of the caller",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation")),
+    responses(
+        (status = 200, description = "The conversation as the caller sees it", body = Conversation),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    )
+)]
 async fn get_conversation(
     State(state): State<AppState>,
     caller: Caller,
@@ -368,6 +570,29 @@ fn manage_error(outcome: ManageOutcome) -> Option<ApiError> {
 }
 
 /// `POST /v1/conversations/{id}/members`
+///
+/// Only the owner and admins add members; only the owner adds admins. Adding a member again
+/// changes nothing. Direct conversations have fixed members.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/members",
+    tag = "conversations",
+    operation_id = "add_member",
+    summary = "Add a member to a group",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The group")),
+    request_body = AddMember,
+    responses(
+        (status = 204, description = "The user is a member"),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        (status = 409, description = "`conflict`: the group is full", body = ErrorBody),
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 async fn add_member(
     State(state): State<AppState>,
     caller: Caller,
@@ -403,6 +628,29 @@ async fn add_member(
 }
 
 /// `DELETE /v1/conversations/{id}/members/{user_id}`
+///
+/// The owner and admins remove members, only the owner removes admins, anyone may remove
+/// themselves, and nobody removes the owner.
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{id}/members/{user_id}",
+    tag = "conversations",
+    operation_id = "remove_member",
+    summary = "Remove a member from a group",
+    security(("user_token" = [])),
+    params(
+        ("id" = ConversationId, Path, description = "The group"),
+        ("user_id" = UserId, Path, description = "The member to remove"),
+    ),
+    responses(
+        (status = 204, description = "The user is no longer a member"),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Unavailable,
+    )
+)]
 async fn remove_member(
     State(state): State<AppState>,
     caller: Caller,
@@ -415,6 +663,25 @@ async fn remove_member(
 }
 
 /// `POST /v1/conversations/{id}/leave`
+///
+/// When the owner leaves, the longest-standing admin (else member) becomes the owner.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/leave",
+    tag = "conversations",
+    operation_id = "leave",
+    summary = "Leave a group",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The group")),
+    responses(
+        (status = 204, description = "The caller is no longer a member"),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Unavailable,
+    )
+)]
 async fn leave(
     State(state): State<AppState>,
     caller: Caller,
@@ -483,15 +750,37 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// `GET /v1/conversations/{id}/messages` query. With neither `after` nor `before`, the newest
+/// page.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// The messages after this seq, ascending.
     after: Option<u64>,
+    /// The messages before this seq, ascending (not with `after`).
     before: Option<u64>,
+    /// Page size: 1 to 500, default 100.
     limit: Option<usize>,
 }
 
 /// `GET /v1/conversations/{id}/messages`
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages",
+    tag = "conversations",
+    operation_id = "history",
+    summary = "A page of a conversation's history",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation"), HistoryQuery),
+    responses(
+        (status = 200, description = "The page, ascending by seq", body = History),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    )
+)]
 async fn history(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,6 +11,7 @@ mod error;
 mod http;
 mod longpoll;
 mod metrics;
+mod openapi;
 mod presence;
 mod receipts;
 mod subscribe;
@@ -37,6 +38,7 @@ use crate::committer::CommitRequest;
 pub use crate::config::Config;
 use crate::config::DurabilityConfig;
 use crate::error::ApiError;
+pub use crate::openapi::openapi_json;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use axum::extract::{Query, State};
 use lanes_core::{Admission, Cursors};
 use lanes_hub::{ConnectionId, Event, Hub};
 use lanes_protocol::codec::encode_server;
-use lanes_protocol::http::PollRequest;
+use lanes_protocol::http::{EventsPage, PollRequest};
 use lanes_protocol::{
     ConversationId, Cursor, ErrorCode, PresenceState, Seq, ServerFrame, StoreEpoch, UserId, limits,
 };
@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 use crate::http::Caller;
+use crate::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
 use crate::presence::Presence;
 use crate::{AppState, blocking};
 
@@ -35,16 +36,24 @@ const TIMEOUT_MAX_MS: u64 = 60_000;
 const EVENTS_MAX: usize = limits::PAGE_LEN_MAX;
 
 /// `GET /v1/events` query: `cursors=12:40,13:7&epoch=…&timeout_ms=25000&presence=away`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PollQuery {
+    /// The client's cursors as `conversation_id:seq` pairs, comma-separated.
+    #[param(example = "12:40,13:7")]
     cursors: Option<String>,
+    /// The epoch the cursors came from.
     epoch: Option<String>,
+    /// Longest wait for an event, in milliseconds (default 25,000, at most 60,000; 0 answers at
+    /// once).
     timeout_ms: Option<u64>,
+    /// This client's presence while it polls (`online` by default).
     presence: Option<PresenceState>,
 }
 
-/// The response: events as the hub encoded them (shared with WebSocket connections).
+/// The response: events as the hub encoded them (shared with WebSocket connections). Its shape
+/// is `EventsPage`, which the document names.
 #[derive(Serialize)]
 pub(crate) struct Page {
     events: Vec<Box<RawValue>>,
@@ -75,6 +84,29 @@ fn parse_cursors(text: &str) -> Result<Vec<Cursor>, ApiError> {
 }
 
 /// `GET /v1/events`
+///
+/// Answers at once with what the client missed since its cursors (at most 500 events), else as
+/// soon as something happens, else empty after `timeout_ms` or when the server shuts down. Poll
+/// again with the returned cursors and epoch.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "poll",
+    summary = "Long-poll for events",
+    security(("user_token" = [])),
+    params(PollQuery),
+    responses(
+        (
+            status = 200,
+            description = "Events, and the cursors to poll with next",
+            body = EventsPage
+        ),
+        BadRequest,
+        Unauthorized,
+        Unavailable,
+    )
+)]
 pub(crate) async fn poll_get(
     State(state): State<AppState>,
     caller: Caller,
@@ -91,6 +123,28 @@ pub(crate) async fn poll_get(
 }
 
 /// `POST /v1/events`
+///
+/// `GET /v1/events` with the request in a body, for clients with many cursors.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "poll_post",
+    summary = "Long-poll for events (cursors in the body)",
+    security(("user_token" = [])),
+    request_body = PollRequest,
+    responses(
+        (
+            status = 200,
+            description = "Events, and the cursors to poll with next",
+            body = EventsPage
+        ),
+        BadRequest,
+        Unauthorized,
+        PayloadTooLarge,
+        Unavailable,
+    )
+)]
 pub(crate) async fn poll_post(
     State(state): State<AppState>,
     caller: Caller,

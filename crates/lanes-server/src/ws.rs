@@ -35,6 +35,20 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// `GET /v1/ws`
+///
+/// Upgrades to a WebSocket speaking the frames of docs/PROTOCOL.md (text frames, JSON, tagged by
+/// `type`). It authenticates with its first frame, `hello`, so it needs no header.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "events",
+    operation_id = "websocket",
+    summary = "Open a WebSocket",
+    responses(
+        (status = 101, description = "Switching protocols: the WebSocket is open; send `hello`"),
+        (status = 400, description = "Not a WebSocket upgrade request (a plain-text body)"),
+    )
+)]
 pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         // tungstenite's defaults (64 MiB messages, unbounded write buffer) are far above what

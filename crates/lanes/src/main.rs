@@ -1,6 +1,8 @@
 //! The `lanes` binary: `lanes serve` runs the chat server. Configuration comes from a TOML file
 //! (`--config`), then environment variables, then flags, each overriding the one before.
+//! `lanes openapi` prints the HTTP API's OpenAPI document (kept in docs/openapi.json).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -29,6 +31,9 @@ enum Command {
     Serve(ServeArgs),
     /// Load a server with a scenario and report throughput, latency and loss.
     Bench(bench::BenchArgs),
+    /// Print the OpenAPI document of the HTTP API (the server also serves it at
+    /// `GET /openapi.json`; docs/openapi.json is its output).
+    Openapi,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +96,12 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+fn print_openapi() -> anyhow::Result<()> {
+    let document = lanes_server::openapi_json().context("serialize the OpenAPI document")?;
+    writeln!(std::io::stdout().lock(), "{document}").context("write the OpenAPI document")?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -146,6 +157,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Openapi => print_openapi(),
         }
     });
     match result {
