@@ -278,7 +278,9 @@ impl<R: Responder> PendingSends<R> {
                 fraction,
             );
             entry.retries = entry.retries.saturating_add(1);
-            let until = later(now, delay);
+            // The server's hint (rate limits) is a floor under the backoff.
+            let hint = Duration::from_millis(error.retry_after_ms.unwrap_or(0));
+            let until = later(now, delay.max(hint));
             entry.state = State::Waiting(until);
             self.waiting.insert((until, order));
         }

@@ -270,6 +270,7 @@ async fn history_route(
         let body = ErrorBody {
             code: ErrorCode::Unauthorized,
             message: "no token".into(),
+            retry_after_ms: None,
         };
         return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     }

@@ -47,6 +47,7 @@ pub(crate) async fn append(
     conversation_id: ConversationId,
     content: Content,
 ) -> Result<Json<AckFrame>, ApiError> {
+    state.rate_limits.send(&sender_id)?;
     let valid = lanes_core::validate::send(
         client_msg_id,
         conversation_id,
@@ -303,6 +304,7 @@ async fn mark(
     seq: Seq,
     read: bool,
 ) -> Result<StatusCode, ApiError> {
+    state.rate_limits.receipt(&user_id)?;
     let head = head_as_member(state, &user_id, conversation_id).await?;
     if seq == Seq::ZERO || seq > head {
         return Err(ApiError::new(

@@ -100,6 +100,54 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// A token bucket: `per_sec` sustained, `burst` at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_sec: u32,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+impl Rate {
+    const fn new(per_sec: u32, burst: u32) -> Rate {
+        Rate { per_sec, burst }
+    }
+}
+
+/// Rate limits on what clients can repeat; over a limit they get `rate_limited` with a
+/// retry-after.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// All limits on (the default) or off (benchmarks).
+    pub enabled: bool,
+    /// Lane events (sends, edits, deletes, reactions) per user.
+    pub sends: Rate,
+    /// `received` and `read` per user.
+    pub receipts: Rate,
+    /// WebSocket connects per IP address.
+    pub connects: Rate,
+    /// Logins per IP address.
+    pub logins: Rate,
+    /// Sign-ups per IP address.
+    pub signups: Rate,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> RateLimitsConfig {
+        RateLimitsConfig {
+            enabled: true,
+            sends: Rate::new(50, 200),
+            receipts: Rate::new(50, 200),
+            connects: Rate::new(200, 1000),
+            logins: Rate::new(5, 20),
+            signups: Rate::new(2, 10),
+        }
+    }
+}
+
 /// The admin API for application backends (`/v1/admin/...`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -164,6 +212,8 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// The admin API.
     pub admin: AdminConfig,
+    /// Rate limits.
+    pub rate_limits: RateLimitsConfig,
 }
 
 impl Default for Config {
@@ -178,6 +228,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             realtime: RealtimeConfig::default(),
             admin: AdminConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -206,6 +257,19 @@ impl Config {
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
             return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());
+        }
+        let limits = &self.rate_limits;
+        if [
+            &limits.sends,
+            &limits.receipts,
+            &limits.connects,
+            &limits.logins,
+            &limits.signups,
+        ]
+        .iter()
+        .any(|rate| rate.per_sec == 0 || rate.burst == 0)
+        {
+            return Err("rate limits must be positive (turn them off with enabled = false)".into());
         }
         if self.admin.api_keys.iter().any(|key| key.len() < 32) {
             return Err("admin.api_keys must be at least 32 bytes each".into());

@@ -14,6 +14,8 @@ use lanes_store::StoreError;
 pub(crate) struct ApiError {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// With `rate_limited`: when to try again.
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -21,6 +23,26 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `rate_limited`, to be retried after `wait`.
+    pub(crate) fn rate_limited(what: &str, wait: std::time::Duration) -> ApiError {
+        ApiError {
+            code: ErrorCode::RateLimited,
+            message: format!("too many {what}; retry later"),
+            retry_after: Some(wait),
+        }
+    }
+
+    /// The same error as a WebSocket `error` frame answering `request_id`.
+    pub(crate) fn into_frame(self, request_id: Option<String>) -> lanes_protocol::ErrorFrame {
+        lanes_protocol::ErrorFrame {
+            code: self.code,
+            message: self.message,
+            request_id,
+            retry_after_ms: self.retry_after.map(millis),
         }
     }
 
@@ -31,8 +53,16 @@ impl ApiError {
 
 impl From<lanes_protocol::ErrorFrame> for ApiError {
     fn from(error: lanes_protocol::ErrorFrame) -> ApiError {
-        ApiError::new(error.code, error.message)
+        ApiError {
+            code: error.code,
+            message: error.message,
+            retry_after: error.retry_after_ms.map(std::time::Duration::from_millis),
+        }
     }
+}
+
+fn millis(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl From<StoreError> for ApiError {
@@ -75,7 +105,16 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code: self.code,
             message: self.message,
+            retry_after_ms: self.retry_after.map(millis),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }

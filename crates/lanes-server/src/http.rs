@@ -2,10 +2,12 @@
 //! with the bearer token, checks what only the caller's role decides, and leaves membership of
 //! reads and writes to the store, which checks it in the same transaction.
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -215,8 +217,10 @@ async fn openapi_document(
 )]
 async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    state.rate_limits.signup(peer.ip())?;
     let Json(credentials) = body?;
     let session = state
         .auth
@@ -250,8 +254,10 @@ async fn register(
 )]
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    state.rate_limits.login(peer.ip())?;
     let Json(credentials) = body?;
     let session = state
         .auth

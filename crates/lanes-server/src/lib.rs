@@ -13,6 +13,7 @@ mod longpoll;
 mod metrics;
 mod openapi;
 mod presence;
+mod rate_limits;
 mod receipts;
 mod subscribe;
 mod typing;
@@ -72,6 +73,7 @@ pub(crate) struct AppState {
     receipts: mpsc::Sender<lanes_store::MarkerUpdate>,
     typing: Arc<typing::Typing>,
     presence: Arc<presence::Presence>,
+    rate_limits: Arc<rate_limits::RateLimits>,
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     epoch: StoreEpoch,
@@ -211,6 +213,17 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         Arc::clone(&metrics),
         Duration::from_millis(realtime.presence_grace_ms),
     ));
+    let rate_limits = Arc::new(rate_limits::RateLimits::new(&config.rate_limits));
+    {
+        let rate_limits = Arc::clone(&rate_limits);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                ticks.tick().await;
+                rate_limits.retain_recent();
+            }
+        });
+    }
     presence::spawn_flusher(
         Arc::clone(&presence),
         Duration::from_millis(realtime.presence_flush_ms),
@@ -227,6 +240,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         receipts,
         typing,
         presence,
+        rate_limits,
         auth,
         connection_config: Arc::new(config.connection_config(epoch.clone())),
         config: Arc::new(config),

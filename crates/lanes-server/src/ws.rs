@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use lanes_core::{Admission, Connection, Output, Violation};
@@ -47,9 +47,17 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
     responses(
         (status = 101, description = "Switching protocols: the WebSocket is open; send `hello`"),
         (status = 400, description = "Not a WebSocket upgrade request (a plain-text body)"),
+        (status = 429, description = "Too many connects from this address", body = lanes_protocol::http::ErrorBody),
     )
 )]
-pub(crate) async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(limited) = state.rate_limits.connect(peer.ip()) {
+        return limited.into_response();
+    }
     upgrade
         // tungstenite's defaults (64 MiB messages, unbounded write buffer) are far above what
         // the protocol allows; a peer may make the server hold at most these.
@@ -256,6 +264,11 @@ impl Session {
                         self.connection.handle_committed(lost("not subscribed yet"));
                         continue;
                     };
+                    if let Err(limited) = self.state.rate_limits.send(&sender_id) {
+                        let error = limited.into_frame(Some(request_id.clone()));
+                        self.connection.handle_committed(Err(error));
+                        continue;
+                    }
                     if let Content::Message { .. } = send.content {
                         // Sending ends typing; the stop goes out before the message is stored.
                         self.state.typing.stop(&sender_id, send.conversation_id);
@@ -284,6 +297,11 @@ impl Session {
                     let Some(user_id) = self.user_id.clone() else {
                         unreachable!("Connection emits Marker only once authenticated");
                     };
+                    if let Err(limited) = self.state.rate_limits.receipt(&user_id) {
+                        self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
+                            .await?;
+                        continue;
+                    }
                     let update = MarkerUpdate {
                         conversation_id,
                         user_id,

@@ -24,6 +24,8 @@ pub struct TestServer {
     data_dir: PathBuf,
     /// The temporary directory behind `data_dir`, unless the caller chose the directory.
     _temp_dir: Option<tempfile::TempDir>,
+    /// The configuration used when the test gives none (see `start_in`).
+    _default_config: Option<tempfile::NamedTempFile>,
     addr: SocketAddr,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
@@ -61,15 +63,32 @@ impl TestServer {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> TestServer {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        // Tests that give no configuration run without rate limits: they create users and send
+        // in bursts no person would. Tests of the limits pass their own `--config`.
+        let default_config =
+            if args.contains(&"--config") || env.iter().any(|(key, _)| key == "LANES_CONFIG") {
+                None
+            } else {
+                let file = tempfile::NamedTempFile::new().expect("create a config file");
+                std::fs::write(file.path(), "[rate_limits]\nenabled = false\n")
+                    .expect("write the config file");
+                env.push((
+                    "LANES_CONFIG".to_owned(),
+                    file.path().to_string_lossy().into_owned(),
+                ));
+                Some(file)
+            };
         let mut server = TestServer {
             binary: PathBuf::from(binary),
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
-            env: env
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-                .collect(),
+            env,
             data_dir,
             _temp_dir: temp_dir,
+            _default_config: default_config,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             log: Arc::new(Mutex::new(Vec::new())),

@@ -81,7 +81,11 @@ async fn concurrent_sends_share_commits() {
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
     let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[websocket]\nqueue_len_max = 64\n").unwrap();
+    std::fs::write(
+        config.path(),
+        "[websocket]\nqueue_len_max = 64\n[rate_limits]\nenabled = false\n",
+    )
+    .unwrap();
     let server = TestServer::start_with(
         env!("CARGO_BIN_EXE_lanes"),
         &["--config", config.path().to_str().unwrap()],
@@ -180,4 +184,116 @@ async fn relaxed_durability_is_loud() {
     assert_eq!(health["durability"], "normal");
     assert!(server.log_text().contains("WARN"), "{}", server.log_text());
     server.assert_clean_log();
+}
+
+#[tokio::test]
+async fn rate_limits_answer_rate_limited_with_a_retry_after() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[rate_limits]\n\
+         sends = { per_sec = 1, burst = 3 }\n\
+         receipts = { per_sec = 1, burst = 2 }\n\
+         connects = { per_sec = 1, burst = 4 }\n\
+         logins = { per_sec = 1, burst = 2 }\n\
+         signups = { per_sec = 1, burst = 3 }\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    let http = Http::new(&server.base_url());
+    let alice = http.register("alice").await;
+    http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    // Sign-ups per address: a burst of three, then refused.
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"username": "carol", "password": "long enough"})),
+        )
+        .await;
+    assert_eq!(status, 201, "the third sign-up is within the burst: {body}");
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"username": "dave", "password": "long enough"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 0);
+
+    // Sends per user, over the WebSocket: an error frame naming the send, with a hint.
+    let (mut ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let mut limited = None;
+    for i in 0..10 {
+        let id = format!("m{i}");
+        ws.send(json!({"type": "send", "client_msg_id": id, "conversation_id": conversation, "body": "hi"}))
+            .await;
+        let answer = loop {
+            let frame = ws.frame().await;
+            if frame["client_msg_id"] == id.as_str() || frame["request_id"] == id.as_str() {
+                break frame;
+            }
+        };
+        if answer["type"] == "error" {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("ten sends at once were never limited");
+    assert_eq!(limited["code"], "rate_limited");
+    assert!(limited["retry_after_ms"].as_u64().unwrap() > 0);
+    // …and over HTTP: 429 with Retry-After.
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/conversations/{conversation}/messages",
+            http.base
+        ))
+        .bearer_auth(&alice)
+        .json(&json!({"client_msg_id": "h1", "body": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+    // The connection stays open: the limit says why and when, it does not hang up.
+    ws.assert_no_frames_before_pong().await;
+
+    // Logins per address.
+    let mut login_statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, _) = http
+            .call(
+                "POST",
+                "/v1/login",
+                None,
+                Some(json!({"username": "alice", "password": "correct horse battery"})),
+            )
+            .await;
+        login_statuses.push(status);
+    }
+    assert!(login_statuses.contains(&429), "{login_statuses:?}");
+
+    // Connects per address: the upgrade is refused with 429 before any WebSocket exists.
+    let mut refused = false;
+    for _ in 0..6 {
+        let result = tokio_tungstenite::connect_async(server.ws_url()).await;
+        if let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = result {
+            assert_eq!(response.status(), 429);
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "six connects at once were never limited");
 }

@@ -117,8 +117,14 @@ impl SpawnedServer {
         durability: &str,
     ) -> anyhow::Result<(Child, String)> {
         let exe = std::env::current_exe().context("find own executable")?;
+        // The bench measures the server's capacity, not its rate limits.
+        let config = data_dir.join("bench.toml");
+        std::fs::write(&config, "[rate_limits]\nenabled = false\n")
+            .context("write the bench server's config")?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", listen, "--durability", durability])
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(data_dir)
             .env("LANES_JWT_HS256_SECRET", secret)
