@@ -481,6 +481,16 @@ impl Connection {
         }
     }
 
+    /// The credential this connection authenticated with was revoked (logout).
+    pub fn handle_revoked(&mut self) {
+        self.write_error(
+            ErrorCode::Unauthorized,
+            "the session was revoked; log in again".into(),
+            None,
+        );
+        self.close(close_code::UNAUTHORIZED, "session revoked");
+    }
+
     /// The hub dropped this connection because its queue overflowed.
     pub fn handle_slow_consumer(&mut self) {
         self.write_error(

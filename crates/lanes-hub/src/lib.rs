@@ -32,6 +32,8 @@ pub enum Event<P> {
     Left(ConversationId),
     /// A frame outside the lanes (receipts, typing, presence): written as it is, no seq.
     Signal(P),
+    /// The credential this connection authenticated with was revoked: close it.
+    Revoked,
     /// The outcome of one of this connection's own sends. It travels in the same queue as the
     /// messages, after every message the committer published before it, so an ack takes its
     /// message's place in the conversation's order on this connection.
@@ -70,6 +72,8 @@ struct ConnectionEntry<P> {
     connection_id: ConnectionId,
     sender: QueueSender<Event<P>>,
     slow: Arc<AtomicBool>,
+    /// Identifies the revocable credential (session token) it authenticated with; 0: none.
+    credential: u64,
 }
 
 #[derive(Debug)]
@@ -139,6 +143,12 @@ impl<P: Clone> Hub<P> {
     /// Registers a connection of `user_id`. It receives nothing until the user's conversations
     /// are known: for a user's first connection, call `set_conversations` next.
     pub fn register(&self, user_id: &UserId) -> Subscription<P> {
+        self.register_with_credential(user_id, 0)
+    }
+
+    /// `register`, for a connection authenticated with the revocable credential `credential`
+    /// (non-zero), which `revoke` closes.
+    pub fn register_with_credential(&self, user_id: &UserId, credential: u64) -> Subscription<P> {
         let connection_id = ConnectionId(self.next_connection_id.fetch_add(1, Ordering::Relaxed));
         let (sender, receiver) = queue(self.queue_len_max);
         let slow = Arc::new(AtomicBool::new(false));
@@ -155,6 +165,7 @@ impl<P: Clone> Hub<P> {
             connection_id,
             sender,
             slow: Arc::clone(&slow),
+            credential,
         });
         Subscription {
             connection_id,
@@ -362,6 +373,44 @@ impl<P: Clone> Hub<P> {
         sent
     }
 
+    /// The credential `credential` (non-zero) of `user_id` was revoked: its connections get
+    /// `Event::Revoked` (a full queue makes them slow consumers, which closes them too).
+    /// Returns how many were told.
+    pub fn revoke(&self, user_id: &UserId, credential: u64) -> usize {
+        if credential == 0 {
+            return 0;
+        }
+        let mut slow = Vec::new();
+        let mut told = 0;
+        {
+            let inner = self.read();
+            let Some(user) = inner.users.get(user_id) else {
+                return 0;
+            };
+            for entry in user
+                .connections
+                .iter()
+                .filter(|entry| entry.credential == credential)
+            {
+                if entry.sender.try_send(Event::Revoked) {
+                    told += 1;
+                } else {
+                    slow.push((user_id.clone(), entry.connection_id));
+                }
+            }
+        }
+        self.drop_all_slow(slow);
+        told
+    }
+
+    /// How many connections `user_id` has registered.
+    pub fn connections_of(&self, user_id: &UserId) -> usize {
+        self.read()
+            .users
+            .get(user_id)
+            .map_or(0, |user| user.connections.len())
+    }
+
     /// Whether `user_id` is online and a member of `conversation_id` (as the hub knows it).
     pub fn is_online_member(&self, user_id: &UserId, conversation_id: ConversationId) -> bool {
         self.read()
@@ -513,6 +562,20 @@ mod tests {
             seq: Seq(seq),
             payload,
         }
+    }
+
+    #[test]
+    fn revoking_a_credential_reaches_only_its_connections() {
+        let hub: Hub<u32> = Hub::new(4);
+        let alice = user("alice");
+        let mut phone = hub.register_with_credential(&alice, 7);
+        let mut laptop = hub.register_with_credential(&alice, 8);
+        let mut app = hub.register(&alice);
+        assert_eq!(hub.revoke(&alice, 7), 1);
+        assert_eq!(hub.revoke(&alice, 0), 0, "credential 0 is not revocable");
+        assert_eq!(drain(&mut phone), [Event::Revoked]);
+        assert_eq!(drain(&mut laptop), []);
+        assert_eq!(drain(&mut app), []);
     }
 
     #[test]

@@ -257,6 +257,18 @@ impl Authenticator {
         self.new_session(user_id).await
     }
 
+    /// What identifies `token` among revocable credentials (`Hub::register_with_credential`):
+    /// for session tokens, the first 8 bytes of their hash; 0 for JWTs, which cannot be revoked.
+    pub(crate) fn credential(token: &str) -> u64 {
+        if !token.starts_with(SESSION_TOKEN_PREFIX) {
+            return 0;
+        }
+        let hash = token_hash(token);
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&hash[..8]);
+        u64::from_le_bytes(prefix).max(1)
+    }
+
     /// `POST /v1/logout`: revokes a session token. JWTs cannot be revoked here: they expire.
     pub(crate) async fn logout(&self, token: &str) -> Result<(), ApiError> {
         if !token.starts_with(SESSION_TOKEN_PREFIX) {

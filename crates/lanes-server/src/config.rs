@@ -86,6 +86,13 @@ pub struct WebSocketConfig {
     pub write_timeout_ms: u64,
     /// Frames queued for one connection before it is disconnected as a slow consumer.
     pub queue_len_max: usize,
+    /// Browser origins (`https://app.example`) allowed to open WebSockets besides the server's
+    /// own; `"*"` allows any. Requests without an `Origin` (non-browser clients) are allowed.
+    pub allowed_origins: Vec<String>,
+    /// Open WebSocket connections one user may have (devices, tabs).
+    pub connections_per_user_max: usize,
+    /// Open WebSocket connections from one IP address.
+    pub connections_per_ip_max: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -96,6 +103,9 @@ impl Default for WebSocketConfig {
             idle_timeout_ms: 60_000,
             write_timeout_ms: 30_000,
             queue_len_max: lanes_protocol::limits::CONNECTION_QUEUE_LEN_MAX,
+            allowed_origins: Vec::new(),
+            connections_per_user_max: 64,
+            connections_per_ip_max: 20_000,
         }
     }
 }
@@ -254,6 +264,9 @@ impl Config {
             || websocket.write_timeout_ms == 0
         {
             return Err("websocket timeouts must be positive".into());
+        }
+        if websocket.connections_per_user_max == 0 || websocket.connections_per_ip_max == 0 {
+            return Err("websocket connection limits must be positive".into());
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
             return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());

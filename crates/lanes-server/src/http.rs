@@ -286,6 +286,9 @@ async fn login(
 )]
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
     state.auth.logout(&caller.token).await?;
+    // Connections opened with the token close now, not at their next reconnect.
+    let credential = crate::auth::Authenticator::credential(&caller.token);
+    state.hub.revoke(&caller.user_id, credential);
     Ok(StatusCode::NO_CONTENT)
 }
 

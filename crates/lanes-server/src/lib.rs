@@ -74,6 +74,8 @@ pub(crate) struct AppState {
     typing: Arc<typing::Typing>,
     presence: Arc<presence::Presence>,
     rate_limits: Arc<rate_limits::RateLimits>,
+    /// Open WebSocket connections per IP address (`websocket.connections_per_ip_max`).
+    connections_by_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     epoch: StoreEpoch,
@@ -241,6 +243,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         typing,
         presence,
         rate_limits,
+        connections_by_ip: Arc::default(),
         auth,
         connection_config: Arc::new(config.connection_config(epoch.clone())),
         config: Arc::new(config),

@@ -22,6 +22,7 @@ use lanes_protocol::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::http::Caller;
 use crate::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
@@ -119,7 +120,10 @@ pub(crate) async fn poll_get(
         timeout_ms: query.timeout_ms,
         presence: query.presence,
     };
-    poll(state, caller.user_id, request).await.map(Json)
+    let credential = Authenticator::credential(&caller.token);
+    poll(state, caller.user_id, credential, request)
+        .await
+        .map(Json)
 }
 
 /// `POST /v1/events`
@@ -151,7 +155,10 @@ pub(crate) async fn poll_post(
     body: Result<Json<PollRequest>, JsonRejection>,
 ) -> Result<Json<Page>, ApiError> {
     let Json(request) = body?;
-    poll(state, caller.user_id, request).await.map(Json)
+    let credential = Authenticator::credential(&caller.token);
+    poll(state, caller.user_id, credential, request)
+        .await
+        .map(Json)
 }
 
 /// Unregisters the poll however it ends (answered, timed out, or dropped by a client that went
@@ -190,7 +197,12 @@ impl Collected {
     }
 }
 
-async fn poll(state: AppState, user_id: UserId, request: PollRequest) -> Result<Page, ApiError> {
+async fn poll(
+    state: AppState,
+    user_id: UserId,
+    credential: u64,
+    request: PollRequest,
+) -> Result<Page, ApiError> {
     if request.cursors.len() > limits::HELLO_CURSORS_MAX {
         return Err(ApiError::new(
             ErrorCode::InvalidField,
@@ -211,7 +223,7 @@ async fn poll(state: AppState, user_id: UserId, request: PollRequest) -> Result<
     } else {
         Cursors::default()
     };
-    let mut subscription = state.hub.register(&user_id);
+    let mut subscription = state.hub.register_with_credential(&user_id, credential);
     let _registration = Registration {
         hub: Arc::clone(&state.hub),
         presence: Arc::clone(&state.presence),
@@ -297,6 +309,12 @@ async fn handle(
         Event::Signal(payload) => collected.push(payload.as_str())?,
         // Sends over HTTP are answered in their own request, never through a poll.
         Event::Committed(_) => {}
+        Event::Revoked => {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "the session was revoked; log in again",
+            ));
+        }
     }
     Ok(())
 }

@@ -20,7 +20,9 @@ use lanes_protocol::{
 };
 use lanes_store::{MarkerUpdate, NewMessage};
 
+use crate::auth::Authenticator;
 use crate::committer::{CommitRequest, Origin};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::{AppState, blocking};
 
@@ -53,11 +55,22 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(refused) = origin_allowed(&state, &headers) {
+        return refused.into_response();
+    }
     if let Err(limited) = state.rate_limits.connect(peer.ip()) {
         return limited.into_response();
     }
+    let Some(slot) = IpSlot::take(&state, peer.ip()) else {
+        return ApiError::rate_limited(
+            "open connections from this address",
+            Duration::from_secs(1),
+        )
+        .into_response();
+    };
     upgrade
         // tungstenite's defaults (64 MiB messages, unbounded write buffer) are far above what
         // the protocol allows; a peer may make the server hold at most these.
@@ -68,7 +81,76 @@ pub(crate) async fn upgrade(
         .max_frame_size(limits::FRAME_BYTES_MAX)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(limits::FRAME_BYTES_MAX * 2)
-        .on_upgrade(move |socket| run(socket, state))
+        .on_upgrade(move |socket| async move {
+            run(socket, state).await;
+            drop(slot);
+        })
+}
+
+/// Cross-site WebSocket hijacking: a browser page from another origin must not open a socket
+/// with the user's cookies or stored token. Allowed: no `Origin` (not a browser), the server's
+/// own origin (same host as `Host`), or one in `websocket.allowed_origins`.
+fn origin_allowed(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default();
+    let own = ["http://", "https://"]
+        .iter()
+        .any(|scheme| origin.strip_prefix(scheme) == Some(host) && !host.is_empty());
+    let allowed = &state.config.websocket.allowed_origins;
+    if own || allowed.iter().any(|entry| entry == "*" || entry == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this origin may not open WebSockets here (websocket.allowed_origins)",
+        ))
+    }
+}
+
+/// One of an address's allowed open connections, given back on drop.
+struct IpSlot {
+    state: AppState,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(state: &AppState, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut open = state
+            .connections_by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= state.config.websocket.connections_per_ip_max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            state: state.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .connections_by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Why a session ended early.
@@ -90,6 +172,8 @@ struct Session {
     /// Set by `handle_authenticated`: subscribe and catch up before reading further.
     pending_sync: bool,
     write_timeout: Duration,
+    /// The revocable credential the connection authenticated with (0: none).
+    credential: u64,
 }
 
 async fn run(socket: WebSocket, state: AppState) {
@@ -104,6 +188,7 @@ async fn run(socket: WebSocket, state: AppState) {
         subscription: None,
         pending_catch_up: Vec::new(),
         pending_sync: false,
+        credential: 0,
         write_timeout: Duration::from_millis(state_write_timeout_ms),
     };
     Metrics::add(&session.state.metrics.connections_opened, 1);
@@ -238,7 +323,26 @@ impl Session {
                 Output::Write(frame) => self.feed_frame(&frame).await?,
                 Output::Authenticate { token } => {
                     match Box::pin(self.state.auth.authenticate(&token)).await {
+                        Ok(user_id)
+                            if self.state.hub.connections_of(&user_id)
+                                >= self.state.config.websocket.connections_per_user_max =>
+                        {
+                            let limited = ApiError::rate_limited(
+                                "open connections for this user",
+                                Duration::from_secs(1),
+                            );
+                            self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
+                                .await?;
+                            let close = CloseFrame {
+                                code: 1008,
+                                reason: Utf8Bytes::from_static("too many connections"),
+                            };
+                            let _ = self.feed(Message::Close(Some(close))).await;
+                            let _ = self.flush().await;
+                            return Err(End::Closed);
+                        }
                         Ok(user_id) => {
+                            self.credential = Authenticator::credential(&token);
                             self.user_id = Some(user_id.clone());
                             self.connection.handle_authenticated(user_id);
                             self.pending_sync = true;
@@ -403,7 +507,10 @@ impl Session {
         let Some(user_id) = self.user_id.clone() else {
             return Ok(());
         };
-        let subscription = self.state.hub.register(&user_id);
+        let subscription = self
+            .state
+            .hub
+            .register_with_credential(&user_id, self.credential);
         self.state
             .presence
             .connected(&user_id, subscription.connection_id);
@@ -529,6 +636,7 @@ impl Session {
                 self.pending_catch_up.push(conversation_id);
             }
             Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
+            Event::Revoked => self.connection.handle_revoked(),
             Event::Signal(payload) => self.feed(Message::Text(payload)).await?,
             Event::Committed(outcome) => {
                 // Written now, between the frames queued before and after it: the ack takes its
