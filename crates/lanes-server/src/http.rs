@@ -75,6 +75,7 @@ pub(crate) fn router(state: AppState) -> Router {
             post(admin::add_member),
         )
         .route("/v1/admin/conversations/{id}/messages", post(admin::post))
+        .merge(crate::web::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(state)

@@ -15,6 +15,7 @@ mod presence;
 mod receipts;
 mod subscribe;
 mod typing;
+mod web;
 mod ws;
 
 use std::future::Future;

@@ -119,6 +119,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "lanes listening on http://{addr} (data in {})",
         data_dir.display()
     );
+    // A wildcard address is not somewhere a browser can go; the loopback one on the same port is.
+    let mut open = addr;
+    if open.ip().is_unspecified() {
+        open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    println!("open http://{open}/ in a browser to chat");
     bound.serve(shutdown_signal()).await.context("serve")?;
     Ok(())
 }
