@@ -741,7 +741,13 @@ export class Lanes extends EventTarget {
       return;
     }
     if (!frame.request_id) return; // rate_limited typing, refused receipts: nothing to undo
-    if (!DEFINITE.has(frame.code)) return; // the outcome is unknown: keep it for the retry
+    if (!DEFINITE.has(frame.code)) {
+      // The outcome is unknown: send it again, with the same id, a little later.
+      if (this.sentOnLink) this.sentOnLink.ids.delete(frame.request_id);
+      clearTimeout(this.timers.retry);
+      this.timers.retry = setTimeout(() => this.flushOutbox(), 1000 + Math.random() * 1000);
+      return;
+    }
     const entry = this.settle(frame.request_id);
     if (!entry) return;
     this.failed.push({ entry, message: frame.message || frame.code });

@@ -365,7 +365,7 @@ export class Ui {
       const state = presence ? presence.state : c.kind === "direct" ? "offline" : "group";
       const last = c.last;
       const lastText = last ? `${last.sender_id === lanes.me ? "You" : last.sender_id}: ${last.deleted ? "message deleted" : last.body}` : "No messages yet";
-      const label = `${this.title(c)}${c.unread ? `, ${c.unread} unread` : ""}${presence ? `, ${state}` : ""}`;
+      const label = `${this.title(c)}${presence ? `, ${state}` : ""}${c.unread ? `, ${c.unread} unread` : ""}, ${lastText}`;
       return h("li", {},
         h("button", {
           type: "button", class: "conv-item", "data-id": c.id, "aria-label": label,
@@ -430,7 +430,7 @@ export class Ui {
     const manager = myRole === "owner" || myRole === "admin";
     $("add-member").hidden = !manager;
     $("member-list").replaceChildren(...c.members.map((m) => {
-      const presence = lanes.presence.get(m.user_id);
+      const presence = m.user_id === lanes.me ? { state: lanes.status === "online" ? "online" : "offline" } : lanes.presence.get(m.user_id);
       const canRemove = manager && m.user_id !== lanes.me && m.role !== "owner" && (myRole === "owner" || m.role === "member");
       return h("li", {},
         h("span", { class: `dot ${presence ? presence.state : "offline"}`, "aria-hidden": "true" }),
