@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, conformance and end-to-end tests.
-# Installs nothing that is not needed yet; later suites (PostgreSQL, browser) add their setup here.
+# Installs what the tests need when it is missing (openssl; Chromium and Playwright for the web
+# client's browser test), so a fresh Debian machine running as root needs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,29 @@ if ! command -v openssl >/dev/null; then
         exit 1
     fi
 fi
+# The browser test (crates/lanes/tests/web.rs runs web/e2e/chat.test.mjs): headless Chromium from
+# Debian, and playwright-core from the npm registry at the version pinned in web/e2e's lockfile.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji
+    else
+        echo "scripts/test.sh: /usr/bin/chromium is required (apt-get install chromium chromium-driver)" >&2
+        exit 1
+    fi
+fi
+if ! command -v node >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nodejs npm
+    else
+        echo "scripts/test.sh: node and npm are required (apt-get install nodejs npm)" >&2
+        exit 1
+    fi
+fi
+if [ ! -d web/e2e/node_modules/playwright-core ]; then
+    npm ci --prefix web/e2e --no-audit --no-fund
+fi
+export LANES_TEST_REQUIRE_BROWSER=1
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked

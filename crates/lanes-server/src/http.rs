@@ -66,6 +66,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::create_conversation))
         .routes(routes!(admin::add_member))
         .routes(routes!(admin::post))
+        .routes(routes!(crate::web::index))
+        .routes(routes!(crate::web::asset))
 }
 
 pub(crate) fn router(state: AppState) -> Router {

@@ -17,6 +17,7 @@ mod rate_limits;
 mod receipts;
 mod subscribe;
 mod typing;
+mod web;
 mod ws;
 
 use std::future::Future;

@@ -39,6 +39,7 @@ const ADMIN_API_KEY: &str = "admin_api_key";
                                           typing and presence"),
         (name = "events", description = "Receiving: long-polling and the WebSocket"),
         (name = "admin", description = "The admin API for an application's backend"),
+        (name = "web", description = "The web client served by the binary"),
     )
 )]
 pub(crate) struct ApiDoc;

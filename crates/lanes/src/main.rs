@@ -125,11 +125,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let bound = lanes_server::bind(config).await.context("start server")?;
     let addr = bound.local_addr().context("read bound address")?;
-    // Printed on stdout (not only logged) so that scripts and tests can read the address.
-    println!(
+    // Printed on stdout (not only logged) so that scripts and tests can read the address. A
+    // reader that stops after the first line (`lanes bench --spawn` does) closes the pipe, so
+    // write errors are ignored rather than allowed to panic the server.
+    let mut open = addr;
+    // A wildcard address is not somewhere a browser can go; the loopback one on the same port is.
+    if open.ip().is_unspecified() {
+        open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
         "lanes listening on http://{addr} (data in {})",
         data_dir.display()
     );
+    let _ = writeln!(stdout, "open http://{open}/ in a browser to chat");
+    let _ = stdout.flush();
+    drop(stdout);
     bound.serve(shutdown_signal()).await.context("serve")?;
     Ok(())
 }

@@ -150,7 +150,8 @@ async fn every_documented_operation_is_served() {
         let path = path
             .replace("{id}", "1")
             .replace("{seq}", "1")
-            .replace("{user_id}", "alice");
+            .replace("{user_id}", "alice")
+            .replace("{name}", "app.js");
         assert!(!path.contains('{'), "{operation}: unknown path parameter");
         // Without credentials: a served route answers (mostly 401), never the fallback or 405.
         let (status, body) = http.call(method, &path, None, None).await;
