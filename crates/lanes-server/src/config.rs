@@ -110,6 +110,16 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// TLS (rustls): serve HTTPS and WSS with this certificate chain and key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_path: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
 /// A token bucket: `per_sec` sustained, `burst` at once.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +234,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Rate limits.
     pub rate_limits: RateLimitsConfig,
+    /// TLS; absent: plain HTTP (put a TLS-terminating proxy in front, or set this).
+    pub tls: Option<TlsConfig>,
+    /// How long a client may take to send a request's headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -239,6 +253,8 @@ impl Default for Config {
             realtime: RealtimeConfig::default(),
             admin: AdminConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            tls: None,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -270,6 +286,9 @@ impl Config {
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
             return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());
+        }
+        if self.header_read_timeout_ms == 0 {
+            return Err("header_read_timeout_ms must be positive".into());
         }
         let limits = &self.rate_limits;
         if [

@@ -9,6 +9,7 @@ mod committer;
 pub mod config;
 mod error;
 mod http;
+mod listener;
 mod longpoll;
 mod metrics;
 mod openapi;
@@ -97,9 +98,15 @@ pub struct Bound {
     shutdown_sender: watch::Sender<bool>,
     committer: std::thread::JoinHandle<()>,
     committer_stopped: tokio::sync::oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Bound {
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
         self.listener.local_addr().map_err(|source| ServeError::Io {
@@ -121,6 +128,7 @@ impl Bound {
             shutdown_sender,
             committer,
             committer_stopped,
+            tls,
         } = self;
         let app = http::router(state.clone());
         let signal = async move {
@@ -136,12 +144,8 @@ impl Bound {
             }
             let _ = shutdown_sender.send(true);
         };
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .await;
+        let header_read_timeout = Duration::from_millis(state.config.header_read_timeout_ms);
+        listener::serve(listener, app, tls, header_read_timeout, signal).await;
         // Every connection is gone, so every commit sender but the state's is dropped; dropping
         // the state's lets the committer drain its queue and stop.
         drop(state);
@@ -149,13 +153,20 @@ impl Bound {
             Ok(Ok(())) => {}
             _ => tracing::error!("committer thread failed"),
         }
-        result.map_err(|source| ServeError::Io { addr, source })
+        let _ = addr;
+        Ok(())
     }
 }
 
 /// Opens the store, starts the committer and binds the listener.
 pub async fn bind(config: Config) -> Result<Bound, ServeError> {
     config.check().map_err(ServeError::Config)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(listener::tls_acceptor)
+        .transpose()
+        .map_err(ServeError::Config)?;
     let durability = match config.durability {
         DurabilityConfig::Full => Durability::Full,
         DurabilityConfig::Normal => Durability::Normal,
@@ -259,6 +270,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         shutdown_sender,
         committer,
         committer_stopped,
+        tls,
     })
 }
 

@@ -120,7 +120,10 @@ impl TestServer {
         let log = Arc::clone(&self.log);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("lanes listening on http://") {
+                let listening = line
+                    .strip_prefix("lanes listening on http://")
+                    .or_else(|| line.strip_prefix("lanes listening on https://"));
+                if let Some(rest) = listening {
                     let addr = rest
                         .split_whitespace()
                         .next()

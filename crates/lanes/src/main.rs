@@ -134,12 +134,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let mut stdout = std::io::stdout().lock();
+    let scheme = bound.scheme();
     let _ = writeln!(
         stdout,
-        "lanes listening on http://{addr} (data in {})",
+        "lanes listening on {scheme}://{addr} (data in {})",
         data_dir.display()
     );
-    let _ = writeln!(stdout, "open http://{open}/ in a browser to chat");
+    let _ = writeln!(stdout, "open {scheme}://{open}/ in a browser to chat");
     let _ = stdout.flush();
     drop(stdout);
     bound.serve(shutdown_signal()).await.context("serve")?;
