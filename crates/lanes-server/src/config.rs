@@ -60,6 +60,8 @@ pub struct LimitsConfig {
     pub message_body_bytes_max: usize,
     /// Most members of a group.
     pub group_members_max: usize,
+    /// Most conversations one user may be in (as many as a `hello` may carry cursors for).
+    pub conversations_per_user_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -68,6 +70,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             message_body_bytes_max: limits.message_body_bytes_max,
             group_members_max: limits.group_members_max,
+            conversations_per_user_max: lanes_protocol::limits::HELLO_CURSORS_MAX,
         }
     }
 }
@@ -286,6 +289,9 @@ impl Config {
         }
         if websocket.idle_timeout_ms <= websocket.ping_interval_ms {
             return Err("websocket.idle_timeout_ms must exceed ping_interval_ms".into());
+        }
+        if self.limits.conversations_per_user_max == 0 {
+            return Err("limits.conversations_per_user_max must be positive".into());
         }
         if self.header_read_timeout_ms == 0 {
             return Err("header_read_timeout_ms must be positive".into());

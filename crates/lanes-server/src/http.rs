@@ -391,6 +391,29 @@ async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiEr
     }
 }
 
+/// Refuses (`conflict`) when one of `users` is already in `limits.conversations_per_user_max`
+/// conversations. Checked before the change, outside its transaction: concurrent joins may
+/// overshoot by the few that race, which bounds the count all the same.
+pub(crate) async fn require_room(state: &AppState, users: Vec<UserId>) -> Result<(), ApiError> {
+    let max = state.config.limits.conversations_per_user_max;
+    let full = blocking(&state.store, move |store| {
+        for user_id in users {
+            if store.heads_of(&user_id)?.len() >= max {
+                return Ok(Some(user_id));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    match full {
+        Some(user_id) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{user_id} is already in {max} conversations, the most allowed"),
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn view(
     state: &AppState,
     conversation_id: ConversationId,
@@ -447,6 +470,10 @@ pub(crate) async fn direct_of(
         ));
     }
     require_users(state, vec![me.clone(), other.clone()]).await?;
+    // At the cap even an existing direct conversation is refused: telling the two apart would
+    // cost a read of every conversation of the user.
+    require_room(state, vec![me.clone(), other.clone()]).await?;
+
     let (a, b) = (me.clone(), other.clone());
     let now = now_millis();
     let (conversation_id, created) =
@@ -518,7 +545,8 @@ pub(crate) async fn group_of(
     }
     let mut everyone = members.clone();
     everyone.push(owner.clone());
-    require_users(state, everyone).await?;
+    require_users(state, everyone.clone()).await?;
+    require_room(state, everyone).await?;
     let (creator, stored) = (owner.clone(), members.clone());
     let now = now_millis();
     let conversation_id = blocking(&state.store, move |store| {
@@ -614,6 +642,7 @@ async fn add_member(
     let Json(request) = body?;
     let role = request.role.unwrap_or(Role::Member);
     let members_max = state.config.limits.group_members_max;
+    require_room(&state, vec![request.user_id.clone()]).await?;
     let (actor, added) = (caller.user_id.clone(), request.user_id.clone());
     let now = now_millis();
     // The store decides with the actor's role as of the same transaction as the change.

@@ -297,3 +297,138 @@ async fn rate_limits_answer_rate_limited_with_a_retry_after() {
     }
     assert!(refused, "six connects at once were never limited");
 }
+
+/// While a loud group floods the server, a quiet 1:1 conversation still gets each message
+/// through promptly: per-connection queues are independent and the committer takes every
+/// pending send into the next group commit, so a quiet send waits for at most one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loud_group_does_not_starve_a_quiet_conversation() {
+    const LOUD: usize = 8;
+    const PER_SENDER: usize = 1500;
+    let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    let http = Http::new(&server.base_url());
+    let mut loud = Vec::new();
+    for i in 0..LOUD {
+        loud.push(http.register(&format!("loud{i}")).await);
+    }
+    let quinn = http.register("quinn").await;
+    http.register("rita").await;
+    let members: Vec<String> = (1..LOUD).map(|i| format!("loud{i}")).collect();
+    let group = http.group(&loud[0], "loud", &members).await;
+    let quiet = http.direct(&quinn, "rita").await;
+    let rita_token = {
+        let (_, session) = http
+            .call(
+                "POST",
+                "/v1/login",
+                None,
+                Some(json!({"username": "rita", "password": "correct horse battery"})),
+            )
+            .await;
+        session["token"].as_str().unwrap().to_owned()
+    };
+    let (mut quinn_ws, _) = RawWs::hello(&server.ws_url(), &quinn, json!([]), None).await;
+    let (mut rita_ws, _) = RawWs::hello(&server.ws_url(), &rita_token, json!([]), None).await;
+
+    // The flood: every loud member sends its share as fast as acks come back, reading all.
+    let mut flood = Vec::new();
+    for (i, token) in loud.iter().enumerate() {
+        let (mut ws, _) = RawWs::hello(&server.ws_url(), token, json!([]), None).await;
+        flood.push(tokio::spawn(async move {
+            let body = "z".repeat(256);
+            // A window of unacked sends, reading everything that comes back meanwhile.
+            let (mut sent, mut acks) = (0, 0);
+            while acks < PER_SENDER {
+                if sent < PER_SENDER && sent - acks < 32 {
+                    ws.send(json!({"type": "send", "client_msg_id": format!("l{i}-{sent}"), "conversation_id": group, "body": body}))
+                        .await;
+                    sent += 1;
+                } else if ws.frame().await["type"] == "ack" {
+                    acks += 1;
+                }
+            }
+        }));
+    }
+    // Meanwhile the quiet pair talks; each message must reach rita promptly.
+    let mut slowest = std::time::Duration::ZERO;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for n in 1..=10u64 {
+        let sent = std::time::Instant::now();
+        quinn_ws
+            .send(json!({"type": "send", "client_msg_id": format!("q{n}"), "conversation_id": quiet, "body": "psst"}))
+            .await;
+        let (message, _) = rita_ws.until_message_seq(n).await;
+        assert_eq!(message["conversation_id"], quiet);
+        slowest = slowest.max(sent.elapsed());
+    }
+    let flooding = flood.iter().any(|sender| !sender.is_finished());
+    for sender in flood {
+        sender.await.unwrap();
+    }
+    assert!(
+        slowest < std::time::Duration::from_secs(2),
+        "a quiet message took {slowest:?} during the flood"
+    );
+    // The measurement only means something if the flood was still going.
+    assert!(
+        flooding,
+        "the flood ended before the quiet messages were sent"
+    );
+    assert_eq!(http.history(&loud[0], group).await.len(), LOUD * PER_SENDER);
+}
+
+#[tokio::test]
+async fn a_user_is_in_at_most_conversations_per_user_max_conversations() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[limits]\nconversations_per_user_max = 2\n[rate_limits]\nenabled = false\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    let http = Http::new(&server.base_url());
+    let alice = http.register("alice").await;
+    for name in ["bob", "carol", "dave"] {
+        http.register(name).await;
+    }
+    http.direct(&alice, "bob").await;
+    http.group(&alice, "one", &[]).await;
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/conversations/direct",
+            Some(&alice),
+            Some(json!({"user_id": "carol"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    // Nor can others pull her into more.
+    let carol = http.register("erin").await;
+    let group = http.group(&carol, "two", &[]).await;
+    let (status, _) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{group}/members"),
+            Some(&carol),
+            Some(json!({"user_id": "alice"})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        http.call("GET", "/v1/conversations", Some(&alice), None)
+            .await
+            .1["conversations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
