@@ -176,6 +176,8 @@ pub struct Connection {
     draining: bool,
     last_received_at: Instant,
     next_ping_at: Instant,
+    /// When the credential it authenticated with expires: the connection closes then.
+    expires_at: Option<Instant>,
     outputs: VecDeque<Output>,
 }
 
@@ -192,6 +194,7 @@ impl Connection {
             draining: false,
             last_received_at: now,
             next_ping_at,
+            expires_at: None,
             outputs: VecDeque::new(),
         }
     }
@@ -412,6 +415,12 @@ impl Connection {
         self.state = State::CatchingUp { user_id };
     }
 
+    /// The credential the connection authenticated with expires at `at`: the connection is
+    /// closed then (`unauthorized`, 4001), and the client logs in again.
+    pub fn set_expiry(&mut self, at: Instant) {
+        self.expires_at = Some(at);
+    }
+
     /// The token of the last `Authenticate` was refused; the client may try another `hello`.
     pub fn handle_auth_rejected(&mut self, message: String) {
         let State::Authenticating { deadline } = self.state else {
@@ -537,7 +546,14 @@ impl Connection {
                 }
             }
             State::CatchingUp { .. } | State::Live { .. } => {
-                if now.duration_since(self.last_received_at) >= self.config.idle_timeout {
+                if self.expires_at.is_some_and(|at| now >= at) {
+                    self.write_error(
+                        ErrorCode::Unauthorized,
+                        "the session expired; log in again".into(),
+                        None,
+                    );
+                    self.close(close_code::UNAUTHORIZED, "session expired");
+                } else if now.duration_since(self.last_received_at) >= self.config.idle_timeout {
                     self.close(close_code::IDLE_TIMEOUT, "idle timeout");
                 } else if now >= self.next_ping_at {
                     self.next_ping_at = now + self.config.ping_interval;
@@ -554,10 +570,12 @@ impl Connection {
             State::AwaitingHello { deadline } | State::Authenticating { deadline } => {
                 Some(deadline)
             }
-            State::CatchingUp { .. } | State::Live { .. } => Some(
-                self.next_ping_at
-                    .min(self.last_received_at + self.config.idle_timeout),
-            ),
+            State::CatchingUp { .. } | State::Live { .. } => {
+                let next = self
+                    .next_ping_at
+                    .min(self.last_received_at + self.config.idle_timeout);
+                Some(self.expires_at.map_or(next, |at| next.min(at)))
+            }
         }
     }
 

@@ -42,6 +42,8 @@ struct JwtVerifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Expiry, seconds since the epoch (required by the validation).
+    exp: i64,
 }
 
 /// Checks tokens and passwords.
@@ -133,6 +135,14 @@ impl Authenticator {
 
     /// The user a session token or JWT belongs to.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<UserId, ApiError> {
+        Ok(self.authenticate_until(token).await?.0)
+    }
+
+    /// The user a session token or JWT belongs to, and when the token expires.
+    pub(crate) async fn authenticate_until(
+        &self,
+        token: &str,
+    ) -> Result<(UserId, UnixMillis), ApiError> {
         if token.is_empty() || token.len() > TOKEN_BYTES_MAX {
             return Err(unauthorized("invalid token"));
         }
@@ -142,14 +152,14 @@ impl Authenticator {
             let user = blocking(&self.store, move |store| store.session_user(&hash, now)).await?;
             return user.ok_or_else(|| unauthorized("token is invalid, expired or revoked"));
         }
-        let user_id = self.verify_jwt(token)?;
+        let (user_id, expires_at) = self.verify_jwt(token)?;
         if self
             .known_users
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&user_id)
         {
-            return Ok(user_id);
+            return Ok((user_id, expires_at));
         }
         let ensured = user_id.clone();
         let now = now_millis();
@@ -163,10 +173,10 @@ impl Authenticator {
             known.clear();
         }
         known.insert(user_id.clone());
-        Ok(user_id)
+        Ok((user_id, expires_at))
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<UserId, ApiError> {
+    fn verify_jwt(&self, token: &str) -> Result<(UserId, UnixMillis), ApiError> {
         if self.jwt.is_empty() {
             return Err(unauthorized("token is invalid, expired or revoked"));
         }
@@ -187,7 +197,8 @@ impl Authenticator {
             .map_err(|err| unauthorized(&format!("token sub: {err}")))?;
         check_user_id(&user_id)
             .map_err(|err| unauthorized(&format!("token sub: {}", err.message)))?;
-        Ok(user_id)
+        let expires_at = UnixMillis(data.claims.exp.saturating_mul(1000));
+        Ok((user_id, expires_at))
     }
 
     /// Checks a new password's length and hashes it (argon2id, bounded concurrency).

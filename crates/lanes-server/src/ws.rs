@@ -322,8 +322,8 @@ impl Session {
             match output {
                 Output::Write(frame) => self.feed_frame(&frame).await?,
                 Output::Authenticate { token } => {
-                    match Box::pin(self.state.auth.authenticate(&token)).await {
-                        Ok(user_id)
+                    match Box::pin(self.state.auth.authenticate_until(&token)).await {
+                        Ok((user_id, _))
                             if self.state.hub.connections_of(&user_id)
                                 >= self.state.config.websocket.connections_per_user_max =>
                         {
@@ -341,8 +341,11 @@ impl Session {
                             let _ = self.flush().await;
                             return Err(End::Closed);
                         }
-                        Ok(user_id) => {
+                        Ok((user_id, expires_at)) => {
                             self.credential = Authenticator::credential(&token);
+                            let left = expires_at.0.saturating_sub(crate::now_millis().0);
+                            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                            self.connection.set_expiry(Instant::now() + left);
                             self.user_id = Some(user_id.clone());
                             self.connection.handle_authenticated(user_id);
                             self.pending_sync = true;

@@ -896,14 +896,15 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
         now: UnixMillis,
-    ) -> Result<Option<UserId>, StoreError> {
+    ) -> Result<Option<(UserId, UnixMillis)>, StoreError> {
         self.read(|connection| {
             connection
                 .prepare_cached(
-                    "SELECT user_id FROM sessions WHERE token_hash = ?1 AND expires_at > ?2",
+                    "SELECT user_id, expires_at FROM sessions
+                     WHERE token_hash = ?1 AND expires_at > ?2",
                 )?
                 .query_row(params![&token_hash[..], now.0], |row| {
-                    user_id_column(row, 0)
+                    Ok((user_id_column(row, 0)?, UnixMillis(row.get(1)?)))
                 })
                 .optional()
         })

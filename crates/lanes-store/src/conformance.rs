@@ -159,7 +159,7 @@ pub fn sessions_expire_and_revoke(store: &dyn Store) {
         .expect("create session");
     assert_eq!(
         store.session_user(&hash, NOW).expect("lookup"),
-        Some(alice.clone())
+        Some((alice.clone(), expires_at))
     );
     assert_eq!(store.session_user(&hash, expires_at).expect("lookup"), None);
     assert_eq!(store.session_user(&[8u8; 32], NOW).expect("lookup"), None);

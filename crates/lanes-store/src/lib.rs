@@ -193,12 +193,12 @@ pub trait Store: Send + Sync + 'static {
         expires_at: UnixMillis,
         now: UnixMillis,
     ) -> Result<(), StoreError>;
-    /// The user of an unexpired, unrevoked session.
+    /// The user of an unexpired, unrevoked session, and when it expires.
     fn session_user(
         &self,
         token_hash: &[u8; 32],
         now: UnixMillis,
-    ) -> Result<Option<UserId>, StoreError>;
+    ) -> Result<Option<(UserId, UnixMillis)>, StoreError>;
     /// Revokes a session. Revoking an unknown session is not an error.
     fn revoke_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
 

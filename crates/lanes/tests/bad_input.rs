@@ -483,3 +483,56 @@ async fn websocket_protocol_violations_close_with_their_codes() {
     }
     server.assert_clean_log();
 }
+
+#[tokio::test]
+async fn fragmented_messages_are_reassembled_and_trickled_frames_time_out() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[websocket]\nhello_timeout_ms = 800\n").unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    use tokio::io::AsyncWriteExt;
+    // A ping split over a text frame without FIN and a continuation frame with FIN.
+    let mut stream = raw_tcp::upgrade(server.addr()).await;
+    let ping = br#"{"type":"ping","request_id":"in-two-parts"}"#;
+    let (first, second) = ping.split_at(10);
+    stream
+        .write_all(&raw_tcp::frame(0x01, first, true))
+        .await
+        .unwrap();
+    stream
+        .write_all(&raw_tcp::frame(0x80, second, true))
+        .await
+        .unwrap();
+    let (texts, code) =
+        tokio::time::timeout(common::FRAME_TIMEOUT, raw_tcp::until_close(&mut stream))
+            .await
+            .expect("the connection closes by itself (no hello)");
+    assert!(
+        texts.iter().any(|text| text.contains("in-two-parts")),
+        "{texts:?}"
+    );
+    assert_eq!(code, Some(4001), "no hello in time");
+
+    // A hello trickled a byte at a time never completes: closed at the hello deadline.
+    let mut stream = raw_tcp::upgrade(server.addr()).await;
+    let hello = raw_tcp::frame(0x81, br#"{"type":"hello","token":"t"}"#, true);
+    let started = std::time::Instant::now();
+    let trickle = async {
+        for byte in &hello[..hello.len() - 1] {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), trickle).await;
+    let (_, code) = tokio::time::timeout(common::FRAME_TIMEOUT, raw_tcp::until_close(&mut stream))
+        .await
+        .expect("a trickling client is closed");
+    assert!(code == Some(4001) || code.is_none(), "closed with {code:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    server.assert_clean_log();
+}

@@ -145,3 +145,49 @@ async fn open_connections_are_capped_per_user_and_per_address() {
     assert!(fourth.is_some(), "the fourth connection never fitted");
     assert_eq!(upgrade_status(&server, None).await, 429);
 }
+
+#[tokio::test]
+async fn a_connection_closes_when_its_token_expires() {
+    const SECRET: &str = "an-expiry-test-secret-an-expiry-test-secret";
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &[],
+        &[("LANES_JWT_HS256_SECRET", SECRET)],
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "short-lived", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (mut ws, _) = RawWs::hello(&server.ws_url(), &token, json!([]), None).await;
+    let started = std::time::Instant::now();
+    // Keep the connection busy: it is the expiry, not idleness, that ends it.
+    let closed = loop {
+        ws.send(json!({"type": "ping"})).await;
+        match ws.next().await {
+            Seen::Frame(frame) if frame["type"] == "pong" => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Seen::Frame(frame) => {
+                assert_eq!(frame["code"], "unauthorized", "{frame}");
+                break ws.next().await;
+            }
+            Seen::Closed(code) => panic!("closed ({code:?}) without saying why"),
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "still open"
+        );
+    };
+    match closed {
+        Seen::Closed(code) => assert_eq!(code, Some(4001)),
+        Seen::Frame(frame) => panic!("expected the close, got {frame}"),
+    }
+    server.assert_clean_log();
+}
