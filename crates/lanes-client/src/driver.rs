@@ -926,52 +926,9 @@ impl Driver {
 /// Writes one frame over HTTP (long-polling) and turns the answer into the frame a WebSocket
 /// would have carried: a lane event's ack or error.
 async fn write_over_http(http: HttpApi, frame: ClientFrame) -> HttpWritten {
-    let (client_msg_id, conversation_id, content) = match frame {
-        ClientFrame::Send {
-            client_msg_id,
-            conversation_id,
-            body,
-            reply_to,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Message { body, reply_to },
-        ),
-        ClientFrame::Edit {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-            body,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Edit { target_seq, body },
-        ),
-        ClientFrame::Delete {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Delete { target_seq },
-        ),
-        ClientFrame::React {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-            emoji,
-            remove,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Reaction {
-                target_seq,
-                emoji,
-                add: !remove,
-            },
-        ),
-        signal => {
+    let (client_msg_id, conversation_id, content) = match frame.into_lane_event() {
+        Ok(event) => event,
+        Err(signal) => {
             let done = match signal {
                 ClientFrame::Received {
                     conversation_id,

@@ -189,7 +189,7 @@ impl<R: Responder> PendingSends<R> {
         let entry = self.entries.get_mut(&order)?;
         entry.state = State::InFlight(now);
         self.in_flight.insert((now, order));
-        Some(frame_of(
+        Some(ClientFrame::lane_event(
             entry.client_msg_id.clone(),
             entry.conversation_id,
             entry.content.clone(),
@@ -343,51 +343,6 @@ impl<R: Responder> PendingSends<R> {
 }
 
 /// `now + delay`, saturating at a year away for absurd configured delays.
-/// The frame that sends `content`.
-fn frame_of(
-    client_msg_id: ClientMsgId,
-    conversation_id: ConversationId,
-    content: Content,
-) -> ClientFrame {
-    match content {
-        Content::Message { body, reply_to } => ClientFrame::Send {
-            client_msg_id,
-            conversation_id,
-            body,
-            reply_to,
-        },
-        Content::Edit { target_seq, body } => ClientFrame::Edit {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-            body,
-        },
-        Content::Delete { target_seq } => ClientFrame::Delete {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-        },
-        // Never pending: `Client::append` refuses system content (only the admin API posts it).
-        Content::System { body } => ClientFrame::Send {
-            client_msg_id,
-            conversation_id,
-            body,
-            reply_to: None,
-        },
-        Content::Reaction {
-            target_seq,
-            emoji,
-            add,
-        } => ClientFrame::React {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-            emoji,
-            remove: !add,
-        },
-    }
-}
-
 fn later(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use lanes_protocol::codec::DecodeError;
 use lanes_protocol::frames::close_code;
 use lanes_protocol::{
-    AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame,
-    PresenceState, Seq, ServerFrame, StoreEpoch, TypingState, UserId, limits,
+    AckFrame, ClientFrame, ConversationId, Cursor, ErrorCode, ErrorFrame, PresenceState, Seq,
+    ServerFrame, StoreEpoch, TypingState, UserId, limits,
 };
 
 use crate::cursors::{Admission, Cursors};
@@ -105,61 +105,6 @@ enum State {
     CatchingUp { user_id: UserId },
     Live { user_id: UserId },
     Closed,
-}
-
-/// The lane-event frames (send, edit, delete, react) as id, conversation and content; any other
-/// frame back as it was.
-fn into_lane_event(
-    frame: ClientFrame,
-) -> Result<(ClientMsgId, ConversationId, Content), ClientFrame> {
-    let (client_msg_id, conversation_id, content) = match frame {
-        ClientFrame::Send {
-            client_msg_id,
-            conversation_id,
-            body,
-            reply_to,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Message { body, reply_to },
-        ),
-        ClientFrame::Edit {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-            body,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Edit { target_seq, body },
-        ),
-        ClientFrame::Delete {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Delete { target_seq },
-        ),
-        ClientFrame::React {
-            client_msg_id,
-            conversation_id,
-            target_seq,
-            emoji,
-            remove,
-        } => (
-            client_msg_id,
-            conversation_id,
-            Content::Reaction {
-                target_seq,
-                emoji,
-                add: !remove,
-            },
-        ),
-        frame => return Err(frame),
-    };
-    Ok((client_msg_id, conversation_id, content))
 }
 
 /// The state of one connection.
@@ -278,7 +223,10 @@ impl Connection {
                 return;
             }
             frame if self.user_id().is_none() => {
-                let request_id = into_lane_event(frame).ok().map(|(id, _, _)| id.to_string());
+                let request_id = frame
+                    .into_lane_event()
+                    .ok()
+                    .map(|(id, _, _)| id.to_string());
                 self.write_error(
                     ErrorCode::Unauthorized,
                     "send a valid hello first".into(),
@@ -288,7 +236,7 @@ impl Connection {
             }
             frame => frame,
         };
-        let frame = match into_lane_event(frame) {
+        let frame = match frame.into_lane_event() {
             Ok((client_msg_id, conversation_id, content)) => {
                 let request_id = client_msg_id.to_string();
                 match validate::send(client_msg_id, conversation_id, content, &self.config.limits) {

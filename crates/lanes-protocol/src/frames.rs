@@ -233,6 +233,105 @@ pub struct Reaction {
     pub user_ids: Vec<UserId>,
 }
 
+impl ClientFrame {
+    /// The lane-event frames (send, edit, delete, react) as id, conversation and content; any
+    /// other frame back as it was.
+    pub fn into_lane_event(self) -> Result<(ClientMsgId, ConversationId, Content), ClientFrame> {
+        Ok(match self {
+            ClientFrame::Send {
+                client_msg_id,
+                conversation_id,
+                body,
+                reply_to,
+            } => (
+                client_msg_id,
+                conversation_id,
+                Content::Message { body, reply_to },
+            ),
+            ClientFrame::Edit {
+                client_msg_id,
+                conversation_id,
+                target_seq,
+                body,
+            } => (
+                client_msg_id,
+                conversation_id,
+                Content::Edit { target_seq, body },
+            ),
+            ClientFrame::Delete {
+                client_msg_id,
+                conversation_id,
+                target_seq,
+            } => (
+                client_msg_id,
+                conversation_id,
+                Content::Delete { target_seq },
+            ),
+            ClientFrame::React {
+                client_msg_id,
+                conversation_id,
+                target_seq,
+                emoji,
+                remove,
+            } => (
+                client_msg_id,
+                conversation_id,
+                Content::Reaction {
+                    target_seq,
+                    emoji,
+                    add: !remove,
+                },
+            ),
+            frame => return Err(frame),
+        })
+    }
+
+    /// The frame that appends `content`, the inverse of `into_lane_event`. System content has no
+    /// frame of its own (only the admin API posts it) and is sent as a plain message.
+    pub fn lane_event(
+        client_msg_id: ClientMsgId,
+        conversation_id: ConversationId,
+        content: Content,
+    ) -> ClientFrame {
+        match content {
+            Content::Message { body, reply_to } => ClientFrame::Send {
+                client_msg_id,
+                conversation_id,
+                body,
+                reply_to,
+            },
+            Content::System { body } => ClientFrame::Send {
+                client_msg_id,
+                conversation_id,
+                body,
+                reply_to: None,
+            },
+            Content::Edit { target_seq, body } => ClientFrame::Edit {
+                client_msg_id,
+                conversation_id,
+                target_seq,
+                body,
+            },
+            Content::Delete { target_seq } => ClientFrame::Delete {
+                client_msg_id,
+                conversation_id,
+                target_seq,
+            },
+            Content::Reaction {
+                target_seq,
+                emoji,
+                add,
+            } => ClientFrame::React {
+                client_msg_id,
+                conversation_id,
+                target_seq,
+                emoji,
+                remove: !add,
+            },
+        }
+    }
+}
+
 /// A stored lane event (a message, or an edit, delete or reaction of one), as delivered live,
 /// on catch-up and in history. A `message` read from the store carries its current state
 /// (`body` after edits, `edited_at`, `deleted`, `reactions`); the events that changed it follow

@@ -12,15 +12,7 @@ use serde_json::json;
 const KEY: &str = "test-admin-key-0123456789abcdef0123456789";
 
 fn start() -> (TestServer, Http, tempfile::NamedTempFile) {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), format!("[admin]\napi_keys = [\"{KEY}\"]\n")).unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    );
-    let http = Http::new(&server.base_url());
-    (server, http, config)
+    common::start_with_config(&format!("[admin]\napi_keys = [\"{KEY}\"]\n"))
 }
 
 #[tokio::test]

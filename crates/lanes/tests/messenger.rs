@@ -8,21 +8,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Http, RawWs};
+use common::{Http, RawWs, start_with_config};
 use lanes_test_support::TestServer;
 use serde_json::{Value, json};
-
-fn start_with_config(toml: &str) -> (TestServer, Http, tempfile::NamedTempFile) {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), toml).unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    );
-    let http = Http::new(&server.base_url());
-    (server, http, config)
-}
 
 /// Sends a lane event and returns its ack, or the error answering it.
 async fn append(ws: &mut RawWs, frame: Value) -> Value {

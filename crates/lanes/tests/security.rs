@@ -11,20 +11,9 @@ use lanes_test_support::TestServer;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// A server with `toml` and rate limits off (these tests open connections in bursts).
 fn start_with(toml: &str) -> (TestServer, Http, tempfile::NamedTempFile) {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        config.path(),
-        format!("[rate_limits]\nenabled = false\n{toml}"),
-    )
-    .unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    );
-    let http = Http::new(&server.base_url());
-    (server, http, config)
+    common::start_with_config(&format!("[rate_limits]\nenabled = false\n{toml}"))
 }
 
 /// The status of a WebSocket upgrade sent with `origin`.

@@ -15,6 +15,26 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Starts the real binary with `toml` as its configuration file (kept alive by the returned
+/// file).
+pub fn start_with_config(
+    toml: &str,
+) -> (
+    lanes_test_support::TestServer,
+    Http,
+    tempfile::NamedTempFile,
+) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), toml).unwrap();
+    let server = lanes_test_support::TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    let http = Http::new(&server.base_url());
+    (server, http, config)
+}
+
 /// How long a test waits for one expected frame or response.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
