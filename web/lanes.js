@@ -435,7 +435,13 @@ export class Lanes extends EventTarget {
     c.name = summary.name;
     c.members = summary.members || [];
     c.head = Math.max(c.head, summary.head_seq || 0);
-    if (c.id !== this.visible) c.unread = summary.unread_count || 0;
+    // The count covers everything up to the summary's head; messages at or below it (still in
+    // flight when the summary was read) are not counted again, and a summary older than what
+    // was already counted (two refreshes answered out of order) changes nothing.
+    if (c.id !== this.visible && (summary.head_seq || 0) >= (c.unreadThrough || 0)) {
+      c.unread = summary.unread_count || 0;
+      c.unreadThrough = summary.head_seq || 0;
+    }
     c.readSeq = Math.max(c.readSeq, summary.read_seq || 0);
     c.activity = Math.max(c.activity, summary.last_message ? summary.last_message.server_ts : summary.created_at || 0);
     if (summary.last_message && (!c.last || summary.last_message.seq >= c.last.seq)) c.last = { ...summary.last_message };
@@ -484,9 +490,16 @@ export class Lanes extends EventTarget {
         if (!c.last || event.seq >= c.last.seq) c.last = { ...event };
         c.activity = Math.max(c.activity, event.server_ts);
         c.typing.delete(event.sender_id);
-        if (live && fresh && !mine && event.seq > c.readSeq) {
-          if (this.visible === c.id && document.visibilityState === "visible") this.markReadSoon();
-          else c.unread++;
+        const unreadNow = fresh && !mine && event.seq > c.readSeq;
+        const visible = this.visible === c.id && document.visibilityState === "visible";
+        // Counted once, whichever way it came (live, or caught up after a join or reconnect),
+        // unless the last conversation summary already counted it.
+        if (unreadNow && !visible && event.seq > (c.unreadThrough || 0)) {
+          c.unread++;
+          c.unreadThrough = event.seq;
+        }
+        if (live && unreadNow) {
+          if (visible) this.markReadSoon();
           this.emit("incoming", { conversation: c, message: event });
         }
       }

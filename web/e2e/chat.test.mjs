@@ -281,8 +281,13 @@ async function scenario(browser) {
       if (!answer.ok) throw new Error(`post ${i}: ${answer.status}`);
     }
   });
-  await until(alice, "the unread count from carol", () => [...document.querySelectorAll(".conv-item")]
-    .some((el) => el.querySelector(".conv-name").textContent === "carol" && el.querySelector(".badge")?.textContent === "120"));
+  try {
+    await until(alice, "the unread count from carol", () => [...document.querySelectorAll(".conv-item")]
+      .some((el) => el.querySelector(".conv-name").textContent === "carol" && el.querySelector(".badge")?.textContent === "120"));
+  } catch (error) {
+    const list = await alice.evaluate(() => [...document.querySelectorAll(".conv-item")].map((el) => el.textContent).join(" | "));
+    throw new Error(`${error.message}; the list shows: ${list}`);
+  }
   // A reload resumes the session from localStorage and starts from the list's heads, so the
   // history comes page by page from the server rather than from what arrived live.
   await alice.reload();

@@ -113,11 +113,15 @@ fn origin_allowed(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(
     }
 }
 
-/// One of an address's allowed open connections, given back on drop.
+/// One of an address's allowed open connections, given back on drop. Held by every
+/// connection's task for its whole life, so it keeps only the table, not the whole state.
 struct IpSlot {
-    state: AppState,
+    open: OpenByIp,
     ip: std::net::IpAddr,
 }
+
+/// Open connections per address.
+type OpenByIp = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
 
 impl IpSlot {
     fn take(state: &AppState, ip: std::net::IpAddr) -> Option<IpSlot> {
@@ -131,7 +135,7 @@ impl IpSlot {
         }
         *count += 1;
         Some(IpSlot {
-            state: state.clone(),
+            open: Arc::clone(&state.connections_by_ip),
             ip,
         })
     }
@@ -140,8 +144,7 @@ impl IpSlot {
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut open = self
-            .state
-            .connections_by_ip
+            .open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = open.get_mut(&self.ip) {
@@ -321,38 +324,6 @@ impl Session {
         while let Some(output) = self.connection.poll_output() {
             match output {
                 Output::Write(frame) => self.feed_frame(&frame).await?,
-                Output::Authenticate { token } => {
-                    match Box::pin(self.state.auth.authenticate_until(&token)).await {
-                        Ok((user_id, _))
-                            if self.state.hub.connections_of(&user_id)
-                                >= self.state.config.websocket.connections_per_user_max =>
-                        {
-                            let limited = ApiError::rate_limited(
-                                "open connections for this user",
-                                Duration::from_secs(1),
-                            );
-                            self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
-                                .await?;
-                            let close = CloseFrame {
-                                code: 1008,
-                                reason: Utf8Bytes::from_static("too many connections"),
-                            };
-                            let _ = self.feed(Message::Close(Some(close))).await;
-                            let _ = self.flush().await;
-                            return Err(End::Closed);
-                        }
-                        Ok((user_id, expires_at)) => {
-                            self.credential = Authenticator::credential(&token);
-                            let left = expires_at.0.saturating_sub(crate::now_millis().0);
-                            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
-                            self.connection.set_expiry(Instant::now() + left);
-                            self.user_id = Some(user_id.clone());
-                            self.connection.handle_authenticated(user_id);
-                            self.pending_sync = true;
-                        }
-                        Err(err) => self.connection.handle_auth_rejected(err.message),
-                    }
-                }
                 Output::Commit(send) => {
                     let request_id = send.client_msg_id.to_string();
                     let Some(sender_id) = self.user_id.clone() else {
@@ -396,66 +367,6 @@ impl Session {
                         self.connection.handle_shutdown();
                     }
                 }
-                Output::Marker {
-                    conversation_id,
-                    delivered,
-                    read,
-                } => {
-                    let Some(user_id) = self.user_id.clone() else {
-                        unreachable!("Connection emits Marker only once authenticated");
-                    };
-                    if let Err(limited) = self.state.rate_limits.receipt(&user_id) {
-                        self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
-                            .await?;
-                        continue;
-                    }
-                    let update = MarkerUpdate {
-                        conversation_id,
-                        user_id,
-                        delivered,
-                        read,
-                    };
-                    // Waits when the writer is saturated; fails only when the server stops.
-                    let _ = self.state.receipts.send(update).await;
-                }
-                Output::Typing {
-                    conversation_id,
-                    state,
-                } => {
-                    let Some(user_id) = &self.user_id else {
-                        unreachable!("Connection emits Typing only once authenticated");
-                    };
-                    if let Err(error) = self.state.typing.update(user_id, conversation_id, state) {
-                        self.feed_frame(&ServerFrame::Error(error)).await?;
-                    }
-                }
-                Output::Presence(presence) => {
-                    if let (Some(user_id), Some(subscription)) = (&self.user_id, &self.subscription)
-                    {
-                        self.state.presence.set_away(
-                            user_id,
-                            subscription.connection_id,
-                            presence == PresenceState::Away,
-                        );
-                    }
-                }
-                Output::WatchPresence(user_ids) => {
-                    let (Some(user_id), Some(connection_id)) = (
-                        self.user_id.clone(),
-                        self.subscription.as_ref().map(|s| s.connection_id),
-                    ) else {
-                        continue;
-                    };
-                    let presence = Arc::clone(&self.state.presence);
-                    let frame =
-                        match Box::pin(presence.watch(&user_id, connection_id, user_ids)).await {
-                            Ok(frame) => frame,
-                            Err(err) => {
-                                ServerFrame::Error(ErrorFrame::new(err.code, err.message, None))
-                            }
-                        };
-                    self.feed_frame(&frame).await?;
-                }
                 Output::Ping => self.feed(Message::Ping(Default::default())).await?,
                 Output::Close { code, reason } => {
                     let frame = CloseFrame {
@@ -466,6 +377,107 @@ impl Session {
                     let _ = self.flush().await;
                     return Err(End::Closed);
                 }
+                control => Box::pin(self.handle_control(control)).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The outputs that are rare (authentication, receipts, typing, presence): boxed, so that
+    /// their locals do not make every idle connection's task larger.
+    async fn handle_control(&mut self, output: Output) -> Result<(), End> {
+        match output {
+            Output::Authenticate { token } => {
+                match Box::pin(self.state.auth.authenticate_until(&token)).await {
+                    Ok((user_id, _))
+                        if self.state.hub.connections_of(&user_id)
+                            >= self.state.config.websocket.connections_per_user_max =>
+                    {
+                        let limited = ApiError::rate_limited(
+                            "open connections for this user",
+                            Duration::from_secs(1),
+                        );
+                        self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
+                            .await?;
+                        let close = CloseFrame {
+                            code: 1008,
+                            reason: Utf8Bytes::from_static("too many connections"),
+                        };
+                        let _ = self.feed(Message::Close(Some(close))).await;
+                        let _ = self.flush().await;
+                        return Err(End::Closed);
+                    }
+                    Ok((user_id, expires_at)) => {
+                        self.credential = Authenticator::credential(&token);
+                        let left = expires_at.0.saturating_sub(crate::now_millis().0);
+                        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                        self.connection.set_expiry(Instant::now() + left);
+                        self.user_id = Some(user_id.clone());
+                        self.connection.handle_authenticated(user_id);
+                        self.pending_sync = true;
+                    }
+                    Err(err) => self.connection.handle_auth_rejected(err.message),
+                }
+            }
+            Output::Marker {
+                conversation_id,
+                delivered,
+                read,
+            } => {
+                let Some(user_id) = self.user_id.clone() else {
+                    unreachable!("Connection emits Marker only once authenticated");
+                };
+                if let Err(limited) = self.state.rate_limits.receipt(&user_id) {
+                    self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
+                        .await?;
+                    return Ok(());
+                }
+                let update = MarkerUpdate {
+                    conversation_id,
+                    user_id,
+                    delivered,
+                    read,
+                };
+                // Waits when the writer is saturated; fails only when the server stops.
+                let _ = self.state.receipts.send(update).await;
+            }
+            Output::Typing {
+                conversation_id,
+                state,
+            } => {
+                let Some(user_id) = &self.user_id else {
+                    unreachable!("Connection emits Typing only once authenticated");
+                };
+                if let Err(error) = self.state.typing.update(user_id, conversation_id, state) {
+                    self.feed_frame(&ServerFrame::Error(error)).await?;
+                }
+            }
+            Output::Presence(presence) => {
+                if let (Some(user_id), Some(subscription)) = (&self.user_id, &self.subscription) {
+                    self.state.presence.set_away(
+                        user_id,
+                        subscription.connection_id,
+                        presence == PresenceState::Away,
+                    );
+                }
+            }
+            Output::WatchPresence(user_ids) => {
+                let (Some(user_id), Some(connection_id)) = (
+                    self.user_id.clone(),
+                    self.subscription.as_ref().map(|s| s.connection_id),
+                ) else {
+                    return Ok(());
+                };
+                let presence = Arc::clone(&self.state.presence);
+                let frame = match Box::pin(presence.watch(&user_id, connection_id, user_ids)).await
+                {
+                    Ok(frame) => frame,
+                    Err(err) => ServerFrame::Error(ErrorFrame::new(err.code, err.message, None)),
+                };
+                self.feed_frame(&frame).await?;
+            }
+            Output::Write(_) | Output::Commit(_) | Output::Ping | Output::Close { .. } => {
+                unreachable!("handled in write_outputs")
             }
         }
         Ok(())

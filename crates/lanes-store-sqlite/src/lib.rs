@@ -997,11 +997,20 @@ impl Store for SqliteStore {
         conversation_id: ConversationId,
         viewer: &UserId,
     ) -> Result<Option<Conversation>, StoreError> {
-        self.read(|connection| view_of(connection, conversation_id, viewer))
+        // One read transaction: the head, last message and unread count agree with each other.
+        self.read(|connection| {
+            let transaction = connection.unchecked_transaction()?;
+            let view = view_of(&transaction, conversation_id, viewer)?;
+            transaction.finish()?;
+            Ok(view)
+        })
     }
 
     fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError> {
         self.read(|connection| {
+            // One read transaction: every view is of the same moment.
+            let transaction = connection.unchecked_transaction()?;
+            let connection: &Connection = &transaction;
             let ids: Vec<u64> = connection
                 .prepare_cached(
                     "SELECT c.conversation_id FROM members m
@@ -1017,6 +1026,7 @@ impl Store for SqliteStore {
                     conversations.push(view);
                 }
             }
+            transaction.finish()?;
             Ok(conversations)
         })
     }
