@@ -536,3 +536,38 @@ async fn fragmented_messages_are_reassembled_and_trickled_frames_time_out() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     server.assert_clean_log();
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_is_kept() {
+    let (server, http, _config) =
+        common::start_with_config("[websocket]\nping_interval_ms = 200\nidle_timeout_ms = 700\n");
+    let alice = http.register("alice").await;
+    use tokio::io::AsyncWriteExt;
+    // By hand: a hello, then silence, not even pongs (this peer never answers the pings).
+    let mut silent = raw_tcp::upgrade(server.addr()).await;
+    let hello = format!(r#"{{"type":"hello","token":"{alice}"}}"#);
+    silent
+        .write_all(&raw_tcp::frame(0x81, hello.as_bytes(), true))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (texts, code) =
+        tokio::time::timeout(common::FRAME_TIMEOUT, raw_tcp::until_close(&mut silent))
+            .await
+            .expect("a silent peer is closed");
+    assert!(
+        texts.iter().any(|text| text.contains("welcome")),
+        "{texts:?}"
+    );
+    assert_eq!(code, Some(4009), "idle timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // A library client answers pings while it reads: it outlives several idle timeouts.
+    let (mut lively, _) = RawWs::hello(&server.ws_url(), &alice, serde_json::json!([]), None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..8 {
+        lively.assert_no_frames_before_pong().await;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    server.assert_clean_log();
+}
