@@ -29,8 +29,9 @@ use crate::{AppState, blocking};
 /// Events taken from the hub queue per wake-up before flushing, so that under load several
 /// frames share one write.
 const EVENTS_PER_FLUSH_MAX: usize = 256;
-/// Initial read buffer of a connection.
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of a connection: most frames are a few hundred bytes; larger ones take several
+/// reads. Every idle connection holds it (see docs/BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 256;
 /// Bytes buffered before a write is forced (frames are flushed after each batch anyway).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a closing connection waits for the peer's close frame.
