@@ -121,7 +121,6 @@ impl Bound {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let addr = self.local_addr()?;
         let Bound {
             listener,
             state,
@@ -153,7 +152,6 @@ impl Bound {
             Ok(Ok(())) => {}
             _ => tracing::error!("committer thread failed"),
         }
-        let _ = addr;
         Ok(())
     }
 }

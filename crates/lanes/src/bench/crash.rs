@@ -171,7 +171,6 @@ pub(crate) async fn run(
     let traffic_secs = started.elapsed().as_secs_f64();
 
     // The stored truth, read over HTTP.
-    let reader = target.api(&names[0])?;
     let mut stored: Stored = HashMap::new();
     for (index, group) in groups.iter().enumerate() {
         let api = target.api(&names[index * args.group_size])?;
@@ -187,7 +186,6 @@ pub(crate) async fn run(
         }
         stored.insert(*group, all);
     }
-    drop(reader);
     // Every client must catch up to the head of its group by itself (resume after the crashes).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
