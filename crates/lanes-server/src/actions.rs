@@ -423,11 +423,10 @@ pub(crate) async fn receipts(
     let conversation_id = conversation(path)?;
     head_as_member(&state, &caller.user_id, conversation_id).await?;
     let viewer = caller.user_id.clone();
-    let rows = blocking(&state.store, move |store| store.receipts_of(&viewer)).await?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|row| row.conversation_id == conversation_id)
-        .collect();
+    let rows = blocking(&state.store, move |store| {
+        store.receipts_of(&viewer, Some(conversation_id))
+    })
+    .await?;
     let ServerFrame::Receipts { receipts, .. } =
         crate::receipts::frame(conversation_id, &rows, Some(&caller.user_id))
     else {

@@ -548,7 +548,10 @@ impl Session {
     /// reconnecting sender sees where its messages stand now.
     async fn send_receipts(&mut self, user_id: &UserId) -> Result<(), End> {
         let viewer = user_id.clone();
-        let rows = blocking(&self.state.store, move |store| store.receipts_of(&viewer)).await;
+        let rows = blocking(&self.state.store, move |store| {
+            store.receipts_of(&viewer, None)
+        })
+        .await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(err) => return self.fail(err.code, err.message).await,

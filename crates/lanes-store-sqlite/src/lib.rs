@@ -1233,7 +1233,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn receipts_of(&self, user_id: &UserId) -> Result<Vec<ReceiptRow>, StoreError> {
+    fn receipts_of(
+        &self,
+        user_id: &UserId,
+        conversation: Option<ConversationId>,
+    ) -> Result<Vec<ReceiptRow>, StoreError> {
         self.read(|connection| {
             connection
                 .prepare_cached(
@@ -1243,17 +1247,21 @@ impl Store for SqliteStore {
                      JOIN members m ON m.conversation_id = mine.conversation_id
                      LEFT JOIN users u ON u.user_id = m.user_id
                      WHERE mine.user_id = ?1 AND m.delivered_seq > 0
+                       AND (?2 IS NULL OR mine.conversation_id = ?2)
                      ORDER BY m.conversation_id, m.user_id",
                 )?
-                .query_map([user_id.as_str()], |row| {
-                    Ok(ReceiptRow {
-                        conversation_id: ConversationId(u64_column(row, 0)?),
-                        user_id: user_id_column(row, 1)?,
-                        delivered_seq: Seq(u64_column(row, 2)?),
-                        read_seq: Seq(u64_column(row, 3)?),
-                        hide_read: row.get(4)?,
-                    })
-                })?
+                .query_map(
+                    params![user_id.as_str(), conversation.map(|id| sql_i64(id.0))],
+                    |row| {
+                        Ok(ReceiptRow {
+                            conversation_id: ConversationId(u64_column(row, 0)?),
+                            user_id: user_id_column(row, 1)?,
+                            delivered_seq: Seq(u64_column(row, 2)?),
+                            read_seq: Seq(u64_column(row, 3)?),
+                            hide_read: row.get(4)?,
+                        })
+                    },
+                )?
                 .collect()
         })
     }

@@ -777,9 +777,20 @@ pub fn markers_only_move_forward(store: &dyn Store) {
         .expect("view")
         .expect("member");
     assert_eq!((view.read_seq, view.unread_count), (Seq(5), 0));
-    let receipts = store.receipts_of(&alice).expect("receipts");
+    let receipts = store.receipts_of(&alice, None).expect("receipts");
     assert_eq!(receipts.len(), 1);
     assert_eq!((&receipts[0].user_id, receipts[0].read_seq), (&bob, Seq(5)));
+    assert_eq!(
+        store.receipts_of(&alice, Some(ab)).expect("receipts"),
+        receipts
+    );
+    assert!(
+        store
+            .receipts_of(&carol, Some(ab))
+            .expect("receipts")
+            .is_empty(),
+        "only a member sees a conversation's positions"
+    );
 }
 
 /// Settings round-trip; presence is visible only between users who share a conversation.

@@ -287,8 +287,13 @@ pub trait Store: Send + Sync + 'static {
     /// that changed, as they are now.
     fn advance_markers(&self, updates: &[MarkerUpdate]) -> Result<Vec<ReceiptRow>, StoreError>;
     /// Every member's receipt positions (members with `delivered_seq` > 0) in every
-    /// conversation of `user_id`, by conversation.
-    fn receipts_of(&self, user_id: &UserId) -> Result<Vec<ReceiptRow>, StoreError>;
+    /// conversation of `user_id` (or only in `conversation`, if `user_id` is a member), by
+    /// conversation.
+    fn receipts_of(
+        &self,
+        user_id: &UserId,
+        conversation: Option<ConversationId>,
+    ) -> Result<Vec<ReceiptRow>, StoreError>;
 
     /// Up to `limit` messages with seq > `after`, ascending; `None` unless `viewer` is a member
     /// (checked in the same read transaction, so a removed member reads nothing after removal).
