@@ -13,7 +13,7 @@ use lanes_protocol::http::{
     ConversationKind, CreateGroup, ErrorBody, Role,
 };
 use lanes_protocol::{AckFrame, Content, ConversationId, ErrorCode, SYSTEM_USER_ID, UserId};
-use lanes_store::{MembershipChange, StoredUser};
+use lanes_store::StoredUser;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -218,36 +218,21 @@ pub(crate) async fn add_member(
             "a conversation has one owner",
         ));
     }
-    let (added, members_max) = (
-        request.user_id.clone(),
-        state.config.limits.group_members_max,
-    );
-    let now = now_millis();
-    let outcome = blocking(&state.store, move |store| {
-        let Some(info) = store.conversation_info(conversation_id)? else {
-            return Ok(Err(ApiError::not_found()));
-        };
-        if info.kind == ConversationKind::Direct {
-            return Ok(Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "direct conversations have fixed members",
-            )));
-        }
-        if store.user(&added)?.is_none() {
-            return Ok(Err(ApiError::new(ErrorCode::NotFound, "user not found")));
-        }
-        if info.members.len() >= members_max
-            && !info.members.iter().any(|(member, _)| *member == added)
-        {
-            return Ok(Err(ApiError::new(ErrorCode::Conflict, "the group is full")));
-        }
-        Ok(Ok(store.add_member(conversation_id, &added, role, now)?))
+    // The admin acts as the group's owner (a direct conversation has none: its first member
+    // acts, and the store answers that direct conversations have fixed members).
+    let info = blocking(&state.store, move |store| {
+        store.conversation_info(conversation_id)
     })
-    .await??;
-    if outcome == MembershipChange::Changed {
-        state.hub.member_added(conversation_id, &request.user_id);
-    }
-    Ok(StatusCode::NO_CONTENT)
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let actor = info
+        .members
+        .iter()
+        .find(|(_, role)| *role == Role::Owner)
+        .or_else(|| info.members.first())
+        .map(|(user_id, _)| user_id.clone())
+        .ok_or_else(ApiError::not_found)?;
+    http::add_member_as(&state, actor, conversation_id, request.user_id, role).await
 }
 
 /// `POST /v1/admin/conversations/{id}/messages`

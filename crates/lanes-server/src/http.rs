@@ -641,16 +641,36 @@ async fn add_member(
     let conversation_id = conversation_id(path)?;
     let Json(request) = body?;
     let role = request.role.unwrap_or(Role::Member);
+    add_member_as(
+        &state,
+        caller.user_id,
+        conversation_id,
+        request.user_id,
+        role,
+    )
+    .await
+}
+
+/// Adds `added` as `role` on behalf of `actor`: the conversations-per-user cap, then the store
+/// decides with the actor's role, the group size and the user's existence in the same
+/// transaction as the change. Shared by the user route and the admin API (which acts as the
+/// group's owner).
+pub(crate) async fn add_member_as(
+    state: &AppState,
+    actor: UserId,
+    conversation_id: ConversationId,
+    added: UserId,
+    role: Role,
+) -> Result<StatusCode, ApiError> {
     let members_max = state.config.limits.group_members_max;
-    require_room(&state, vec![request.user_id.clone()]).await?;
-    let (actor, added) = (caller.user_id.clone(), request.user_id.clone());
+    require_room(state, vec![added.clone()]).await?;
+    let stored = added.clone();
     let now = now_millis();
-    // The store decides with the actor's role as of the same transaction as the change.
     let outcome = blocking(&state.store, move |store| {
         store.add_member_as(
             &actor,
             conversation_id,
-            &added,
+            &stored,
             role,
             members_max,
             may_manage,
@@ -662,7 +682,7 @@ async fn add_member(
         return Err(error);
     }
     if outcome == ManageOutcome::Changed {
-        state.hub.member_added(conversation_id, &request.user_id);
+        state.hub.member_added(conversation_id, &added);
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -205,3 +205,59 @@ async fn the_admin_api_is_off_without_keys() {
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
     server.assert_clean_log();
 }
+
+#[tokio::test]
+async fn admin_adds_follow_the_same_rules_as_user_adds() {
+    let (server, http, _config) = common::start_with_config(&format!(
+        "[admin]\napi_keys = [\"{KEY}\"]\n[limits]\nconversations_per_user_max = 1\n"
+    ));
+    let admin = Some(KEY);
+    for user in ["alice", "bob", "carol"] {
+        let (status, _) = http
+            .call(
+                "POST",
+                "/v1/admin/users",
+                admin,
+                Some(json!({"user_id": user})),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let create =
+        |body: serde_json::Value| http.call("POST", "/v1/admin/conversations", admin, Some(body));
+    let (_, direct) = create(json!({"kind": "direct", "members": ["alice", "bob"]})).await;
+    let (_, group) = create(json!({"kind": "group", "name": "g", "owner": "carol"})).await;
+    let add = |conversation: u64, user: &'static str| {
+        let path = format!("/v1/admin/conversations/{conversation}/members");
+        let http = Http::new(&http.base);
+        async move {
+            http.call("POST", &path, admin, Some(json!({"user_id": user})))
+                .await
+        }
+    };
+    let (direct, group) = (
+        direct["conversation_id"].as_u64().unwrap(),
+        group["conversation_id"].as_u64().unwrap(),
+    );
+    // Direct conversations have fixed members.
+    let (status, body) = add(direct, "dave").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    // Alice is already in as many conversations as allowed.
+    let (status, body) = add(group, "alice").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, body) = add(999, "dave").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    server.assert_clean_log();
+}
