@@ -238,7 +238,9 @@ async fn poll(
             .presence
             .set_away(&user_id, subscription.connection_id, true);
     }
-    let heads = crate::subscribe::listing(&state, &user_id, subscription.version).await?;
+    let heads = crate::subscribe::listing(&state, &user_id, subscription.version, false)
+        .await?
+        .heads;
     let mut collected = Collected {
         cursors,
         events: Vec::new(),

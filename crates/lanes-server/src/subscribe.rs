@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use lanes_protocol::{ConversationId, ErrorCode, Seq, UserId};
+use lanes_store::ReceiptRow;
 
 use crate::error::ApiError;
 use crate::{AppState, blocking};
@@ -12,13 +13,24 @@ use crate::{AppState, blocking};
 /// Attempts to list a user's conversations while membership keeps changing under the listing.
 const LISTING_ATTEMPTS_MAX: usize = 16;
 
+/// What a connection learns about its user's conversations when it subscribes.
+pub(crate) struct Listing {
+    /// Every conversation with its head.
+    pub(crate) heads: Vec<(ConversationId, Seq)>,
+    /// Every member's receipt positions in them (when asked for), read after subscribing:
+    /// later changes arrive through the hub.
+    pub(crate) receipts: Vec<ReceiptRow>,
+}
+
 /// Records the user's conversations in the hub (registered at `version`), then returns every
-/// conversation with its head, read after the hub delivers them.
+/// conversation with its head (and, with `with_receipts`, the receipt positions), read after
+/// the hub delivers them, in one trip to the blocking pool.
 pub(crate) async fn listing(
     state: &AppState,
     user_id: &UserId,
     version: u64,
-) -> Result<Vec<(ConversationId, Seq)>, ApiError> {
+    with_receipts: bool,
+) -> Result<Listing, ApiError> {
     // One trip to the blocking pool for the whole listing: connect storms are bound by these
     // hand-offs more than by the queries.
     let hub = Arc::clone(&state.hub);
@@ -33,7 +45,15 @@ pub(crate) async fn listing(
                 // conversations: a message committed between the listing and
                 // `set_conversations` was published to nobody here, and only a read taken
                 // after subscribing is sure to include it.
-                Ok(()) => return Ok(Some(store.heads_of(&listed)?)),
+                Ok(()) => {
+                    let heads = store.heads_of(&listed)?;
+                    let receipts = if with_receipts {
+                        store.receipts_of(&listed, None)?
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(Some(Listing { heads, receipts }));
+                }
                 Err(current) => version = current,
             }
         }

@@ -532,32 +532,22 @@ impl Session {
             .connected(&user_id, subscription.connection_id);
         let version = subscription.version;
         self.subscription = Some(subscription);
-        let heads = match crate::subscribe::listing(&self.state, &user_id, version).await {
-            Ok(heads) => heads,
+        let listing = match crate::subscribe::listing(&self.state, &user_id, version, true).await {
+            Ok(listing) => listing,
             Err(err) => return self.fail(err.code, err.message).await,
         };
-        for (conversation_id, head) in heads {
+        for (conversation_id, head) in listing.heads {
             if self.connection.delivered(conversation_id) < head {
                 self.catch_up(conversation_id).await?;
             }
         }
-        self.send_receipts(&user_id).await
-    }
-
-    /// Every member's receipt positions in the user's conversations, after catch-up: a
-    /// reconnecting sender sees where its messages stand now.
-    async fn send_receipts(&mut self, user_id: &UserId) -> Result<(), End> {
-        let viewer = user_id.clone();
-        let rows = blocking(&self.state.store, move |store| {
-            store.receipts_of(&viewer, None)
-        })
-        .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(err) => return self.fail(err.code, err.message).await,
-        };
-        for chunk in rows.chunk_by(|a, b| a.conversation_id == b.conversation_id) {
-            let frame = crate::receipts::frame(chunk[0].conversation_id, chunk, Some(user_id));
+        // Every member's receipt positions, after catch-up: a reconnecting sender sees where its
+        // messages stand (read with the heads; later changes come through the hub).
+        for chunk in listing
+            .receipts
+            .chunk_by(|a, b| a.conversation_id == b.conversation_id)
+        {
+            let frame = crate::receipts::frame(chunk[0].conversation_id, chunk, Some(&user_id));
             self.feed_frame(&frame).await?;
         }
         Ok(())
