@@ -90,13 +90,8 @@ async fn hello_is_required_and_bad_tokens_can_be_retried() {
 
 #[tokio::test]
 async fn no_hello_in_time_closes_with_4001() {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[websocket]\nhello_timeout_ms = 300\n").unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    );
+    let (server, _http, _config) =
+        common::start_with_config("[websocket]\nhello_timeout_ms = 300\n");
     let mut ws = RawWs::connect(&server.ws_url()).await;
     check_error(&ws.frame().await, "unauthorized", None);
     match ws.next().await {
@@ -486,13 +481,8 @@ async fn websocket_protocol_violations_close_with_their_codes() {
 
 #[tokio::test]
 async fn fragmented_messages_are_reassembled_and_trickled_frames_time_out() {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[websocket]\nhello_timeout_ms = 800\n").unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    );
+    let (server, _http, _config) =
+        common::start_with_config("[websocket]\nhello_timeout_ms = 800\n");
     use tokio::io::AsyncWriteExt;
     // A ping split over a text frame without FIN and a continuation frame with FIN.
     let mut stream = raw_tcp::upgrade(server.addr()).await;

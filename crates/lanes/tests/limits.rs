@@ -80,18 +80,9 @@ async fn concurrent_sends_share_commits() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        config.path(),
+    let (server, http, _config) = common::start_with_config(
         "[websocket]\nqueue_len_max = 64\n[rate_limits]\nenabled = false\n",
-    )
-    .unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
     );
-    let http = Http::new(&server.base_url());
     let alice = http.register("alice").await;
     let bob = http.register("bob").await;
     let _carol = http.register("carol").await;
@@ -188,23 +179,14 @@ async fn relaxed_durability_is_loud() {
 
 #[tokio::test]
 async fn rate_limits_answer_rate_limited_with_a_retry_after() {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        config.path(),
+    let (server, http, _config) = common::start_with_config(
         "[rate_limits]\n\
          sends = { per_sec = 1, burst = 3 }\n\
          receipts = { per_sec = 1, burst = 2 }\n\
          connects = { per_sec = 1, burst = 4 }\n\
          logins = { per_sec = 1, burst = 2 }\n\
          signups = { per_sec = 1, burst = 3 }\n",
-    )
-    .unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
     );
-    let http = Http::new(&server.base_url());
     let alice = http.register("alice").await;
     http.register("bob").await;
     let conversation = http.direct(&alice, "bob").await;
@@ -379,18 +361,9 @@ async fn a_loud_group_does_not_starve_a_quiet_conversation() {
 
 #[tokio::test]
 async fn a_user_is_in_at_most_conversations_per_user_max_conversations() {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        config.path(),
+    let (_server, http, _config) = common::start_with_config(
         "[limits]\nconversations_per_user_max = 2\n[rate_limits]\nenabled = false\n",
-    )
-    .unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
     );
-    let http = Http::new(&server.base_url());
     let alice = http.register("alice").await;
     for name in ["bob", "carol", "dave"] {
         http.register(name).await;

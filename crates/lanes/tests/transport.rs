@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,13 +120,7 @@ async fn tls_serves_https_and_secure_websockets() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_dropped() {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "header_read_timeout_ms = 500\n").unwrap();
-    let server = TestServer::start_with(
-        env!("CARGO_BIN_EXE_lanes"),
-        &["--config", config.path().to_str().unwrap()],
-        &[],
-    );
+    let (server, _http, _config) = common::start_with_config("header_read_timeout_ms = 500\n");
     // Half a request line, then a byte at a time, never the blank line that ends the headers.
     let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
