@@ -197,10 +197,7 @@ impl<P: Clone> Hub<P> {
         }
         for conversation_id in conversation_ids {
             if user.conversations.insert(*conversation_id) {
-                conversations
-                    .entry(*conversation_id)
-                    .or_default()
-                    .insert(user_id.clone());
+                add_online_member(conversations, *conversation_id, user_id);
             }
         }
         Ok(())
@@ -240,10 +237,7 @@ impl<P: Clone> Hub<P> {
         };
         user.version += 1;
         if user.conversations.insert(conversation_id) {
-            conversations
-                .entry(conversation_id)
-                .or_default()
-                .insert(user_id.clone());
+            add_online_member(conversations, conversation_id, user_id);
         }
         let slow = notify(&user.connections, &Event::Joined(conversation_id));
         drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
@@ -487,6 +481,17 @@ impl<P: Clone> Hub<P> {
             conversations: inner.conversations.len(),
         }
     }
+}
+
+fn add_online_member(
+    conversations: &mut HashMap<ConversationId, HashSet<UserId>>,
+    conversation_id: ConversationId,
+    user_id: &UserId,
+) {
+    conversations
+        .entry(conversation_id)
+        .or_default()
+        .insert(user_id.clone());
 }
 
 fn remove_online_member(
