@@ -492,3 +492,43 @@ async fn http_errors_carry_codes_and_statuses() {
     assert!(limited, "30 typing starts in a row were never limited");
     server.assert_clean_log();
 }
+
+/// More missed than one poll answers (500 events): the client keeps polling from the returned
+/// cursors and gets every message once, in order.
+#[tokio::test]
+async fn a_long_backlog_comes_in_pages_without_loss_or_duplicates() {
+    const TOTAL: u64 = 1_100;
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let mut sends = tokio::task::JoinSet::new();
+    for chunk in 0..20 {
+        let (http, alice) = (Http::new(&http.base), alice.clone());
+        sends.spawn(async move {
+            for i in (chunk..TOTAL).step_by(20) {
+                http_send(&http, &alice, conversation, &format!("m{i}"), "backlog").await;
+            }
+        });
+    }
+    while let Some(done) = sends.join_next().await {
+        done.unwrap();
+    }
+    let mut bob_poll = Poller::new(&http.base, &bob);
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    while seen.len() < TOTAL as usize {
+        let events = bob_poll.poll(0).await;
+        assert!(
+            !events.is_empty(),
+            "a poll answered nothing while {} remained",
+            TOTAL as usize - seen.len()
+        );
+        pages.push(events.len());
+        seen.extend(message_seqs(&events));
+    }
+    assert_eq!(seen, (1..=TOTAL).collect::<Vec<_>>());
+    assert_eq!(pages[0], 500, "pages: {pages:?}");
+    assert!(bob_poll.poll(0).await.is_empty());
+    server.assert_clean_log();
+}
