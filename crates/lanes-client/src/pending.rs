@@ -647,6 +647,44 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_hint_is_a_floor_under_the_backoff() {
+        let mut pending: PendingSends<TestResponder> = PendingSends::new(SETTINGS);
+        let start = Instant::now();
+        pending.insert(
+            ClientMsgId::parse("m").unwrap(),
+            ConversationId(1),
+            Content::Message {
+                body: "hi".into(),
+                reply_to: None,
+            },
+            TestResponder {
+                id: 1,
+                abandoned: Rc::default(),
+            },
+        );
+        pending.handle_connected();
+        assert!(pending.poll_write(start).is_some());
+        let limited = ErrorFrame {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            request_id: Some("m".into()),
+            retry_after_ms: Some(5_000),
+        };
+        assert!(matches!(
+            pending.handle_error(&limited, start, 1.0),
+            ErrorMatch::Retrying
+        ));
+        // The backoff alone would allow a retry within 1 s (backoff_max); the hint says 5 s.
+        let early = start + Duration::from_millis(4_900);
+        pending.handle_timeout(early);
+        assert!(pending.poll_write(early).is_none());
+        assert!(pending.poll_timeout().unwrap() >= start + Duration::from_millis(5_000));
+        let after = start + Duration::from_millis(5_001);
+        pending.handle_timeout(after);
+        assert!(pending.poll_write(after).is_some());
+    }
+
+    #[test]
     fn errors_fail_or_retry() {
         // Definite codes fail the send, whatever its state.
         check(
