@@ -19,6 +19,7 @@ mod receipts;
 mod subscribe;
 mod typing;
 mod web;
+mod wire;
 mod ws;
 
 use std::future::Future;
@@ -65,9 +66,20 @@ pub enum ServeError {
     },
 }
 
-/// Shared by every request and connection.
+/// Shared by every request and connection: one pointer to clone and to hold (every WebSocket
+/// connection's task holds one).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(crate) struct Shared {
     store: Arc<dyn Store>,
     hub: Arc<Hub<Utf8Bytes>>,
     commits: mpsc::Sender<CommitRequest>,
@@ -245,7 +257,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         source,
     })?;
     let (shutdown_sender, shutdown) = watch::channel(false);
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         store,
         hub,
         commits,
@@ -261,7 +273,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         durability: durability.as_str(),
         metrics,
         shutdown,
-    };
+    }));
     Ok(Bound {
         listener,
         state,

@@ -1,22 +1,27 @@
 //! The WebSocket transport: glue between a socket, the `Connection` state machine, the hub, the
 //! committer and the store. Chat rules live in `lanes_core::Connection`; this file only moves
-//! frames. Catch-up closes the race with live delivery: the connection subscribes to the hub
+//! frames (framed by `wire.rs` on the raw upgraded stream). Catch-up closes the race with live delivery: the connection subscribes to the hub
 //! first, then pages the store after its cursor, and `admit_live` drops any live frame the
 //! catch-up already wrote (see ARCHITECTURE.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
+
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use lanes_core::{Admission, Connection, Output, Violation};
+use hyper_util::rt::TokioIo;
+use lanes_core::{Admission, Connection, Output, ValidSend, Violation};
 use lanes_hub::{Event, Subscription};
 use lanes_protocol::codec::{decode_client, encode_server};
 use lanes_protocol::{
-    Content, ConversationId, ErrorCode, ErrorFrame, PresenceState, ServerFrame, UserId, limits,
+    ClientMsgId, Content, ConversationId, ErrorCode, ErrorFrame, PresenceState, ServerFrame,
+    UserId, limits,
 };
 use lanes_store::{MarkerUpdate, NewMessage};
 
@@ -24,15 +29,14 @@ use crate::auth::Authenticator;
 use crate::committer::{CommitRequest, Origin};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::wire::{Incoming, Wire, WireError};
 use crate::{AppState, blocking};
 
 /// Events taken from the hub queue per wake-up before flushing, so that under load several
 /// frames share one write.
 const EVENTS_PER_FLUSH_MAX: usize = 256;
-/// Read buffer of a connection: most frames are a few hundred bytes; larger ones take several
-/// reads. Every idle connection holds it (see docs/BENCHMARKS.md).
-const READ_BUFFER_BYTES: usize = 256;
-/// Bytes buffered before a write is forced (frames are flushed after each batch anyway).
+/// Bytes queued before a batch of events stops to flush (frames are flushed after each batch
+/// anyway).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -56,10 +60,17 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: axum::http::HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
-    if let Err(refused) = origin_allowed(&state, &headers) {
+    let headers = request.headers();
+    let accept = match accept_key(headers) {
+        Ok(accept) => accept,
+        Err(why) => {
+            let body = format!("not a WebSocket upgrade request: {why}");
+            return (StatusCode::BAD_REQUEST, body).into_response();
+        }
+    };
+    if let Err(refused) = origin_allowed(&state, headers) {
         return refused.into_response();
     }
     if let Err(limited) = state.rate_limits.connect(peer.ip()) {
@@ -72,32 +83,81 @@ pub(crate) async fn upgrade(
         )
         .into_response();
     };
-    upgrade
-        // tungstenite's defaults (64 MiB messages, unbounded write buffer) are far above what
-        // the protocol allows; a peer may make the server hold at most these.
-        .max_message_size(limits::FRAME_BYTES_MAX)
-        // The read buffer is allocated per connection up front (128 KiB by default): most
-        // frames are a few hundred bytes, and a larger frame simply takes several reads.
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_frame_size(limits::FRAME_BYTES_MAX)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(limits::FRAME_BYTES_MAX * 2)
-        .on_upgrade(move |socket| async move {
-            run(socket, state).await;
-            drop(slot);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => return tracing::debug!("websocket upgrade failed: {err}"),
+        };
+        // Plain TCP (the usual case) is served on the socket itself; TLS through hyper's
+        // wrapper. Either way frames are read and written by `Wire`, holding no buffers while
+        // idle. Each connection then runs in a task of its own, as small as its future.
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(parts) => {
+                let wire = Wire::new(parts.io.into_inner(), &parts.read_buf, FRAME_MAX);
+                // May be a slice of hyper's whole read buffer: not kept while the socket lives.
+                drop(parts.read_buf);
+                tokio::spawn(run(Session::new(wire, state, slot)));
+            }
+            Err(upgraded) => {
+                let wire = Wire::new(TokioIo::new(upgraded), &[], FRAME_MAX);
+                tokio::spawn(run(Session::new(wire, state, slot)));
+            }
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// The largest message a peer may send (the server holds at most this much of one).
+const FRAME_MAX: usize = limits::FRAME_BYTES_MAX;
+
+/// The `Sec-WebSocket-Accept` answering a valid upgrade request (RFC 6455 §4.2.1), or why the
+/// request is not one.
+fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|item| item.trim().eq_ignore_ascii_case(token))
+            })
         })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err("the Connection header must include `upgrade`");
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err("the Upgrade header must be `websocket`");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err("the Sec-WebSocket-Version header must be 13");
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("the Sec-WebSocket-Key header is missing")?;
+    HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        .map_err(|_| "the Sec-WebSocket-Key header is invalid")
 }
 
 /// Cross-site WebSocket hijacking: a browser page from another origin must not open a socket
 /// with the user's cookies or stored token. Allowed: no `Origin` (not a browser), the server's
 /// own origin (same host as `Host`), or one in `websocket.allowed_origins`.
-fn origin_allowed(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default();
     let host = headers
-        .get(axum::http::header::HOST)
+        .get(header::HOST)
         .and_then(|host| host.to_str().ok())
         .unwrap_or_default();
     let own = ["http://", "https://"]
@@ -161,13 +221,17 @@ impl Drop for IpSlot {
 enum End {
     /// The socket failed or the peer went away.
     Socket,
-    /// A close frame was sent.
+    /// A close frame is queued: write it, then wait for the peer's.
     Closed,
+    /// The peer closed and our answer is queued: write it and stop.
+    PeerClosed,
 }
 
-struct Session {
+struct Session<S> {
+    /// Given back when the session ends.
+    _slot: IpSlot,
     state: AppState,
-    sink: SplitSink<WebSocket, Message>,
+    wire: Wire<S>,
     connection: Connection,
     user_id: Option<UserId>,
     subscription: Option<Subscription<Utf8Bytes>>,
@@ -180,56 +244,80 @@ struct Session {
     credential: u64,
 }
 
-async fn run(socket: WebSocket, state: AppState) {
-    let (sink, stream) = socket.split();
-    let config = Arc::clone(&state.connection_config);
-    let state_write_timeout_ms = state.config.websocket.write_timeout_ms;
-    let mut session = Session {
-        connection: Connection::new(Instant::now(), config),
-        state,
-        sink,
-        user_id: None,
-        subscription: None,
-        pending_catch_up: Vec::new(),
-        pending_sync: false,
-        credential: 0,
-        write_timeout: Duration::from_millis(state_write_timeout_ms),
-    };
-    Metrics::add(&session.state.metrics.connections_opened, 1);
-    Metrics::add(&session.state.metrics.connections_current, 1);
-    let mut stream = stream;
-    if let Err(End::Closed) = session.drive(&mut stream).await {
-        // Finish the closing handshake: read (and drop) what the peer still sends until its
-        // close frame. Closing a socket with unread data makes the kernel send a reset, which
-        // can destroy our last frames (the error saying why) before the peer reads them.
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if let Message::Close(_) = message {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    session
-        .state
-        .metrics
-        .connections_current
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    if let (Some(user_id), Some(subscription)) = (&session.user_id, &session.subscription) {
-        session
-            .state
-            .hub
-            .unregister(user_id, subscription.connection_id);
-        session
-            .state
-            .presence
-            .disconnected(user_id, subscription.connection_id);
+impl<S> Session<S> {
+    fn new(wire: Wire<S>, state: AppState, slot: IpSlot) -> Session<S> {
+        Session {
+            _slot: slot,
+            connection: Connection::new(Instant::now(), Arc::clone(&state.connection_config)),
+            write_timeout: Duration::from_millis(state.config.websocket.write_timeout_ms),
+            state,
+            wire,
+            user_id: None,
+            subscription: None,
+            pending_catch_up: Vec::new(),
+            pending_sync: false,
+            credential: 0,
+        }
     }
 }
 
-impl Session {
-    async fn drive(&mut self, stream: &mut SplitStream<WebSocket>) -> Result<(), End> {
+/// Serves one connection. Not an `async fn`: one moves its arguments from the future's captures
+/// into locals, holding the session twice for the connection's whole life; an `async` block
+/// uses what it captured in place.
+#[allow(clippy::manual_async_fn)]
+fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut session: Session<S>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        Metrics::add(&session.state.metrics.connections_opened, 1);
+        Metrics::add(&session.state.metrics.connections_current, 1);
+        let ended = session.drive().await;
+        // Boxed: once per connection, and inlined it would make every connection's task larger.
+        Box::pin(session.close_handshake(ended)).await;
+        session.ended();
+    }
+}
+
+impl<S> Session<S> {
+    fn ended(&self) {
+        self.state
+            .metrics
+            .connections_current
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(user_id), Some(subscription)) = (&self.user_id, &self.subscription) {
+            let connection_id = subscription.connection_id;
+            self.state.hub.unregister(user_id, connection_id);
+            self.state.presence.disconnected(user_id, connection_id);
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Writes what is queued when the session ended with a close frame; after ours, reads (and
+    /// drops) what the peer still sends until its close frame. Closing a socket with unread
+    /// data makes the kernel send a reset, which can destroy our last frames (the error saying
+    /// why) before the peer reads them.
+    async fn close_handshake(&mut self, ended: Result<(), End>) {
+        match ended {
+            Err(End::Closed) => {
+                let _ = self.flush().await;
+                let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                    while let Ok(incoming) = self.wire.next().await {
+                        if incoming == Incoming::Close {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            Err(End::PeerClosed) => {
+                let _ = self.flush().await;
+            }
+            Ok(()) | Err(End::Socket) => {}
+        }
+    }
+
+    async fn drive(&mut self) -> Result<(), End> {
         let mut shutdown = self.state.shutdown.clone();
         let mut shutdown_seen = *shutdown.borrow_and_update();
         if shutdown_seen {
@@ -266,52 +354,36 @@ impl Session {
                     self.connection.handle_shutdown();
                 }
                 event = recv_event(&mut self.subscription) => self.handle_events(event).await?,
-                frame = stream.next(), if wants_read => self.handle_socket(frame)?,
+                incoming = self.wire.next(), if wants_read => self.handle_incoming(incoming)?,
                 _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
             }
         }
     }
 
-    fn handle_socket(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+    fn handle_incoming(&mut self, incoming: Result<Incoming, WireError>) -> Result<(), End> {
         let now = Instant::now();
-        match frame {
-            None => Err(End::Socket),
-            Some(Err(err)) => match websocket_error(&err) {
-                Some(tungstenite::Error::Capacity(_)) => {
-                    self.connection.handle_oversized(now);
-                    Ok(())
-                }
-                Some(tungstenite::Error::Protocol(_)) => {
-                    self.connection.handle_violation(now, Violation::Protocol);
-                    Ok(())
-                }
-                Some(tungstenite::Error::Utf8(_)) => {
-                    self.connection
-                        .handle_violation(now, Violation::InvalidUtf8);
-                    Ok(())
-                }
-                _ => {
-                    tracing::debug!("websocket read failed: {err}");
-                    Err(End::Socket)
-                }
+        match incoming {
+            Ok(Incoming::Text(text)) => match decode_client(&text) {
+                Ok(frame) => self.connection.handle_frame(now, frame),
+                Err(err) => self.connection.handle_decode_error(now, err),
             },
-            Some(Ok(Message::Text(text))) => {
-                match decode_client(text.as_str()) {
-                    Ok(frame) => self.connection.handle_frame(now, frame),
-                    Err(err) => self.connection.handle_decode_error(now, err),
-                }
-                Ok(())
+            Ok(Incoming::Binary) => self.connection.handle_binary(now),
+            // A ping's pong is queued by the wire and written with the next flush.
+            Ok(Incoming::Ping | Incoming::Pong) => self.connection.handle_received(now),
+            Ok(Incoming::Close) => {
+                // The peer closes: answer in kind and stop.
+                self.wire.feed_close(1000, "");
+                return Err(End::PeerClosed);
             }
-            Some(Ok(Message::Binary(_))) => {
-                self.connection.handle_binary(now);
-                Ok(())
+            Err(WireError::TooLarge) => self.connection.handle_oversized(now),
+            Err(WireError::Protocol) => self.connection.handle_violation(now, Violation::Protocol),
+            Err(WireError::InvalidUtf8) => {
+                self.connection
+                    .handle_violation(now, Violation::InvalidUtf8);
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                self.connection.handle_received(now);
-                Ok(())
-            }
-            Some(Ok(Message::Close(_))) => Err(End::Closed),
+            Err(WireError::Gone) => return Err(End::Socket),
         }
+        Ok(())
     }
 
     /// Carries out everything the state machine decided, then flushes the socket once.
@@ -320,72 +392,98 @@ impl Session {
         self.flush().await
     }
 
-    /// Carries out everything the state machine decided so far, without flushing.
+    /// Carries out everything the state machine decided so far, without flushing. What may wait
+    /// is done in a boxed future: rare, and inlined it would make every idle connection's
+    /// future as large as its biggest state.
     async fn write_outputs(&mut self) -> Result<(), End> {
-        while let Some(output) = self.connection.poll_output() {
-            match output {
-                Output::Write(frame) => self.feed_frame(&frame).await?,
-                Output::Commit(send) => {
-                    let request_id = send.client_msg_id.to_string();
-                    let Some(sender_id) = self.user_id.clone() else {
-                        unreachable!("Connection emits Commit only once authenticated");
-                    };
-                    let lost = |message: &str| {
-                        Err(ErrorFrame::new(
-                            ErrorCode::Internal,
-                            format!("{message}; retry with the same client_msg_id"),
-                            Some(request_id.clone()),
-                        ))
-                    };
-                    // The answer comes back through this connection's hub queue, so a send is
-                    // only possible once subscribed (always: sends are read after the sync).
-                    let Some(origin) = self.subscription.as_ref().map(|s| s.connection_id) else {
-                        self.connection.handle_committed(lost("not subscribed yet"));
-                        continue;
-                    };
-                    if let Err(limited) = self.state.rate_limits.send(&sender_id) {
-                        let error = limited.into_frame(Some(request_id.clone()));
-                        self.connection.handle_committed(Err(error));
-                        continue;
-                    }
-                    if let Content::Message { .. } = send.content {
-                        // Sending ends typing; the stop goes out before the message is stored.
-                        self.state.typing.stop(&sender_id, send.conversation_id);
-                    }
-                    let request = CommitRequest {
-                        message: NewMessage {
-                            sender_id,
-                            client_msg_id: send.client_msg_id,
-                            conversation_id: send.conversation_id,
-                            content: send.content,
-                        },
-                        origin: Origin::Connection(origin),
-                    };
-                    // Waits when the committer is saturated: backpressure, not an error.
-                    if self.state.commits.send(request).await.is_err() {
-                        self.connection
-                            .handle_committed(lost("the server is stopping"));
-                        self.connection.handle_shutdown();
-                    }
-                }
-                Output::Ping => self.feed(Message::Ping(Default::default())).await?,
-                Output::Close { code, reason } => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from_static(reason),
-                    };
-                    let _ = self.feed(Message::Close(Some(frame))).await;
-                    let _ = self.flush().await;
-                    return Err(End::Closed);
-                }
-                control => Box::pin(self.handle_control(control)).await?,
-            }
+        loop {
+            let Some(waiting) = self.write_ready_outputs()? else {
+                return Ok(());
+            };
+            let finish = Box::pin(self.finish(waiting));
+            finish.await?;
         }
-        Ok(())
     }
 
-    /// The outputs that are rare (authentication, receipts, typing, presence): boxed, so that
-    /// their locals do not make every idle connection's task larger.
+    /// Carries out the outputs that need no waiting, up to the first one that does.
+    fn write_ready_outputs(&mut self) -> Result<Option<Waiting>, End> {
+        while let Some(output) = self.connection.poll_output() {
+            match output {
+                Output::Write(frame) => self.feed_frame(&frame),
+                Output::Commit(send) => {
+                    if let Some(request) = self.commit(send) {
+                        return Ok(Some(Waiting::Commit(request)));
+                    }
+                }
+                Output::Ping => self.wire.feed_ping(),
+                Output::Close { code, reason } => return Err(self.close(code, reason)),
+                control => return Ok(Some(Waiting::Control(control))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands a send to the committer; the request back if its queue is full.
+    fn commit(&mut self, send: ValidSend) -> Option<CommitRequest> {
+        let Some(sender_id) = self.user_id.clone() else {
+            unreachable!("Connection emits Commit only once authenticated");
+        };
+        // The answer comes back through this connection's hub queue, so a send is only
+        // possible once subscribed (always: sends are read after the sync).
+        let Some(origin) = self.subscription.as_ref().map(|s| s.connection_id) else {
+            let error = lost(&send.client_msg_id, "not subscribed yet");
+            self.connection.handle_committed(Err(error));
+            return None;
+        };
+        if let Err(limited) = self.state.rate_limits.send(&sender_id) {
+            let error = limited.into_frame(Some(send.client_msg_id.to_string()));
+            self.connection.handle_committed(Err(error));
+            return None;
+        }
+        if let Content::Message { .. } = send.content {
+            // Sending ends typing; the stop goes out before the message is stored.
+            self.state.typing.stop(&sender_id, send.conversation_id);
+        }
+        let request = CommitRequest {
+            message: NewMessage {
+                sender_id,
+                client_msg_id: send.client_msg_id,
+                conversation_id: send.conversation_id,
+                content: send.content,
+            },
+            origin: Origin::Connection(origin),
+        };
+        match self.state.commits.try_send(request) {
+            Ok(()) => None,
+            Err(TrySendError::Full(request)) => Some(request),
+            Err(TrySendError::Closed(request)) => {
+                self.stopping(&request);
+                None
+            }
+        }
+    }
+
+    /// The server stops: the send was not taken, and the connection drains.
+    fn stopping(&mut self, request: &CommitRequest) {
+        let error = lost(&request.message.client_msg_id, "the server is stopping");
+        self.connection.handle_committed(Err(error));
+        self.connection.handle_shutdown();
+    }
+
+    async fn finish(&mut self, waiting: Waiting) -> Result<(), End> {
+        match waiting {
+            // Waits while the committer is saturated: backpressure, not an error.
+            Waiting::Commit(request) => {
+                if let Err(refused) = self.state.commits.send(request).await {
+                    self.stopping(&refused.0);
+                }
+                Ok(())
+            }
+            Waiting::Control(output) => self.handle_control(output).await,
+        }
+    }
+
+    /// The outputs that are rare: authentication, receipts, typing, presence.
     async fn handle_control(&mut self, output: Output) -> Result<(), End> {
         match output {
             Output::Authenticate { token } => {
@@ -398,15 +496,8 @@ impl Session {
                             "open connections for this user",
                             Duration::from_secs(1),
                         );
-                        self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
-                            .await?;
-                        let close = CloseFrame {
-                            code: 1008,
-                            reason: Utf8Bytes::from_static("too many connections"),
-                        };
-                        let _ = self.feed(Message::Close(Some(close))).await;
-                        let _ = self.flush().await;
-                        return Err(End::Closed);
+                        self.feed_frame(&ServerFrame::Error(limited.into_frame(None)));
+                        return Err(self.close(1008, "too many connections"));
                     }
                     Ok((user_id, expires_at)) => {
                         self.credential = Authenticator::credential(&token);
@@ -429,8 +520,7 @@ impl Session {
                     unreachable!("Connection emits Marker only once authenticated");
                 };
                 if let Err(limited) = self.state.rate_limits.receipt(&user_id) {
-                    self.feed_frame(&ServerFrame::Error(limited.into_frame(None)))
-                        .await?;
+                    self.feed_frame(&ServerFrame::Error(limited.into_frame(None)));
                     return Ok(());
                 }
                 let update = MarkerUpdate {
@@ -450,7 +540,7 @@ impl Session {
                     unreachable!("Connection emits Typing only once authenticated");
                 };
                 if let Err(error) = self.state.typing.update(user_id, conversation_id, state) {
-                    self.feed_frame(&ServerFrame::Error(error)).await?;
+                    self.feed_frame(&ServerFrame::Error(error));
                 }
             }
             Output::Presence(presence) => {
@@ -475,7 +565,7 @@ impl Session {
                     Ok(frame) => frame,
                     Err(err) => ServerFrame::Error(ErrorFrame::new(err.code, err.message, None)),
                 };
-                self.feed_frame(&frame).await?;
+                self.feed_frame(&frame);
             }
             Output::Write(_) | Output::Commit(_) | Output::Ping | Output::Close { .. } => {
                 unreachable!("handled in write_outputs")
@@ -484,25 +574,10 @@ impl Session {
         Ok(())
     }
 
-    async fn feed(&mut self, message: Message) -> Result<(), End> {
-        let write_timeout = self.write_timeout;
-        let result = tokio::time::timeout(write_timeout, self.sink.feed(message)).await;
-        self.guard_write(result)
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        let write_timeout = self.write_timeout;
-        let result = tokio::time::timeout(write_timeout, self.sink.flush()).await;
-        self.guard_write(result)
-    }
-
     /// A peer that stops reading blocks our writes; past the write timeout it is dropped (its
     /// queue in the hub is bounded meanwhile) and resumes from its cursor when it reconnects.
-    fn guard_write(
-        &self,
-        result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
-    ) -> Result<(), End> {
-        match result {
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(self.write_timeout, self.wire.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Socket),
             Err(_) => {
@@ -513,9 +588,16 @@ impl Session {
         }
     }
 
-    async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.feed(Message::Text(Utf8Bytes::from(encode_server(frame))))
-            .await
+    /// Queues a frame, written with the next flush (after the batch it belongs to). Queuing
+    /// never waits, so the futures of the paths that write stay small.
+    fn feed_frame(&mut self, frame: &ServerFrame) {
+        self.wire.feed_text(encode_server(frame).as_bytes());
+    }
+
+    /// Queues a close frame: `run` writes it and waits for the peer's.
+    fn close(&mut self, code: u16, reason: &str) -> End {
+        self.wire.feed_close(code, reason);
+        End::Closed
     }
 
     /// Subscribes to the hub, then catches up every conversation from the client's cursor.
@@ -534,7 +616,7 @@ impl Session {
         self.subscription = Some(subscription);
         let listing = match crate::subscribe::listing(&self.state, &user_id, version, true).await {
             Ok(listing) => listing,
-            Err(err) => return self.fail(err.code, err.message).await,
+            Err(err) => return self.fail(err.code, err.message),
         };
         for (conversation_id, head) in listing.heads {
             if self.connection.delivered(conversation_id) < head {
@@ -548,7 +630,7 @@ impl Session {
             .chunk_by(|a, b| a.conversation_id == b.conversation_id)
         {
             let frame = crate::receipts::frame(chunk[0].conversation_id, chunk, Some(&user_id));
-            self.feed_frame(&frame).await?;
+            self.feed_frame(&frame);
         }
         Ok(())
     }
@@ -569,7 +651,7 @@ impl Session {
                 // No longer a member: nothing more to send; `left` follows from the hub.
                 Ok(None) => return Ok(()),
                 Ok(Some(page)) => page,
-                Err(err) => return self.fail(err.code, err.message).await,
+                Err(err) => return self.fail(err.code, err.message),
             };
             let full = page.len() == limits::PAGE_LEN_MAX;
             for message in page {
@@ -577,7 +659,7 @@ impl Session {
                     .connection
                     .admit_caught_up(conversation_id, message.seq)
                 {
-                    self.feed_frame(&ServerFrame::Message(message)).await?;
+                    self.feed_frame(&ServerFrame::Message(message));
                 }
             }
             self.flush().await?;
@@ -588,16 +670,10 @@ impl Session {
     }
 
     /// Tells the client the server failed and closes with 1011; it reconnects and resumes.
-    async fn fail(&mut self, code: ErrorCode, message: String) -> Result<(), End> {
+    fn fail(&mut self, code: ErrorCode, message: String) -> Result<(), End> {
         let frame = ServerFrame::Error(ErrorFrame::new(code, message, None));
-        self.feed_frame(&frame).await?;
-        let close = CloseFrame {
-            code: 1011,
-            reason: Utf8Bytes::from_static("server error"),
-        };
-        let _ = self.feed(Message::Close(Some(close))).await;
-        let _ = self.flush().await;
-        Err(End::Closed)
+        self.feed_frame(&frame);
+        Err(self.close(1011, "server error"))
     }
 
     async fn handle_events(&mut self, first: Option<Event<Utf8Bytes>>) -> Result<(), End> {
@@ -609,8 +685,9 @@ impl Session {
                 break;
             };
             self.handle_event(event).await?;
-            if !self.pending_catch_up.is_empty() {
-                // The joined frame must be written before its catch-up: stop here.
+            if !self.pending_catch_up.is_empty() || self.wire.buffered() >= WRITE_BUFFER_BYTES {
+                // The joined frame must be written before its catch-up, and a full buffer
+                // before more is queued: stop here (the loop flushes).
                 break;
             }
             next = self
@@ -629,7 +706,7 @@ impl Session {
                 payload,
             } => {
                 match self.connection.admit_live(conversation_id, seq) {
-                    Admission::Write => self.feed(Message::Text(payload)).await?,
+                    Admission::Write => self.wire.feed_text(payload.as_bytes()),
                     Admission::Duplicate => {}
                     Admission::Gap => {
                         // The store has what is missing on this connection: read it rather than
@@ -646,7 +723,7 @@ impl Session {
             }
             Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
             Event::Revoked => self.connection.handle_revoked(),
-            Event::Signal(payload) => self.feed(Message::Text(payload)).await?,
+            Event::Signal(payload) => self.wire.feed_text(payload.as_bytes()),
             Event::Committed(outcome) => {
                 // Written now, between the frames queued before and after it: the ack takes its
                 // message's place in the conversation's order.
@@ -656,6 +733,23 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// An output that may have to wait (see `Session::write_outputs`).
+enum Waiting {
+    /// The committer's queue is full.
+    Commit(CommitRequest),
+    /// Authentication, receipts, typing, presence.
+    Control(Output),
+}
+
+/// The answer to a send the server could not take; the client retries it.
+fn lost(client_msg_id: &ClientMsgId, why: &str) -> ErrorFrame {
+    ErrorFrame::new(
+        ErrorCode::Internal,
+        format!("{why}; retry with the same client_msg_id"),
+        Some(client_msg_id.to_string()),
+    )
 }
 
 async fn recv_event(
@@ -672,16 +766,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// The tungstenite error behind an axum WebSocket error, if there is one.
-fn websocket_error(err: &axum::Error) -> Option<&tungstenite::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = source {
-        if let Some(found) = current.downcast_ref::<tungstenite::Error>() {
-            return Some(found);
-        }
-        source = current.source();
-    }
-    None
 }
