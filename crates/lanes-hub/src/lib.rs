@@ -34,6 +34,8 @@ pub enum Event<P> {
     Signal(P),
     /// The credential this connection authenticated with was revoked: close it.
     Revoked,
+    /// The server is stopping: finish what is in flight and close (see `Hub::shut_down`).
+    ShuttingDown,
     /// The outcome of one of this connection's own sends. It travels in the same queue as the
     /// messages, after every message the committer published before it, so an ack takes its
     /// message's place in the conversation's order on this connection.
@@ -397,6 +399,25 @@ impl<P: Clone> Hub<P> {
         told
     }
 
+    /// The server is stopping: every registered connection gets `Event::ShuttingDown` (a full
+    /// queue makes it a slow consumer, which closes it too). Connections learn it here rather
+    /// than each holding a wait on a shutdown signal: an idle connection's future stays smaller.
+    /// One that registers later must check the server's own flag after registering.
+    pub fn shut_down(&self) {
+        let mut slow = Vec::new();
+        {
+            let inner = self.read();
+            for (user_id, user) in &inner.users {
+                for entry in &user.connections {
+                    if !entry.sender.try_send(Event::ShuttingDown) {
+                        slow.push((user_id.clone(), entry.connection_id));
+                    }
+                }
+            }
+        }
+        self.drop_all_slow(slow);
+    }
+
     /// How many connections `user_id` has registered.
     pub fn connections_of(&self, user_id: &UserId) -> usize {
         self.read()
@@ -581,6 +602,24 @@ mod tests {
         assert_eq!(drain(&mut phone), [Event::Revoked]);
         assert_eq!(drain(&mut laptop), []);
         assert_eq!(drain(&mut app), []);
+    }
+
+    #[test]
+    fn shutting_down_reaches_every_connection_and_a_full_queue_is_dropped() {
+        let hub: Hub<u32> = Hub::new(1);
+        let (alice, bob) = (user("alice"), user("bob"));
+        let mut phone = hub.register(&alice);
+        let mut laptop = hub.register(&alice);
+        let mut busy = hub.register(&bob);
+        assert!(hub.signal_connection(&bob, busy.connection_id, 1, Delivery::Reliable));
+        hub.shut_down();
+        assert_eq!(drain(&mut phone), [Event::ShuttingDown]);
+        assert_eq!(drain(&mut laptop), [Event::ShuttingDown]);
+        assert_eq!(drain(&mut busy), [Event::Signal(1)]);
+        assert!(
+            busy.slow.load(Ordering::Acquire),
+            "a full queue is a slow consumer"
+        );
     }
 
     #[test]

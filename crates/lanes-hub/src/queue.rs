@@ -1,20 +1,22 @@
 //! A connection's bounded event queue. Unlike a channel it allocates nothing until events
-//! arrive: an idle connection's queue costs a few dozen bytes, not a pre-allocated block.
+//! arrive: an idle connection's queue costs a few dozen bytes, not a pre-allocated block, and
+//! waiting on it keeps only the receiver's waker (the wait itself is 16 bytes of a connection's
+//! future, not a `Notified`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
-
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// The receiver waiting for an item, if it is.
+    waiting: Option<Waker>,
 }
 
 struct Shared<T> {
-    /// Held only to push or pop one item; never across an await.
+    /// Held only to push, pop or register a waker; never across an await.
     state: Mutex<State<T>>,
-    notify: Notify,
     capacity: usize,
 }
 
@@ -46,8 +48,8 @@ pub(crate) fn queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
         state: Mutex::new(State {
             items: VecDeque::new(),
             closed: false,
+            waiting: None,
         }),
-        notify: Notify::new(),
         capacity,
     });
     (
@@ -71,42 +73,56 @@ impl<T> QueueSender<T> {
 
     /// Adds `item` unless the queue holds `limit` items or more (capped at the capacity).
     pub(crate) fn try_send_within(&self, item: T, limit: usize) -> bool {
-        {
+        let waiting = {
             let mut state = lock(&self.shared);
             if state.items.len() >= limit.min(self.shared.capacity) {
                 return false;
             }
             state.items.push_back(item);
+            state.waiting.take()
+        };
+        // Woken outside the lock: the receiver takes it at once.
+        if let Some(waker) = waiting {
+            waker.wake();
         }
-        self.shared.notify.notify_one();
         true
     }
 }
 
 impl<T> Drop for QueueSender<T> {
     fn drop(&mut self) {
-        lock(&self.shared).closed = true;
-        self.shared.notify.notify_one();
+        let waiting = {
+            let mut state = lock(&self.shared);
+            state.closed = true;
+            state.waiting.take()
+        };
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 }
 
 impl<T> QueueReceiver<T> {
-    /// The next item; `None` once the queue is closed and empty.
-    pub async fn recv(&mut self) -> Option<T> {
-        loop {
-            {
-                let mut state = lock(&self.shared);
-                if let Some(item) = state.items.pop_front() {
-                    return Some(item);
-                }
-                if state.closed {
-                    return None;
-                }
-            }
-            // notify_one stores a permit when nobody waits, so a push between the check above
-            // and this await is not missed.
-            self.shared.notify.notified().await;
+    /// The next item; `None` once the queue is closed and empty. Cancel-safe.
+    pub fn recv(&mut self) -> impl Future<Output = Option<T>> + '_ {
+        std::future::poll_fn(|cx| self.poll_recv(cx))
+    }
+
+    /// `recv` as a poll: the next item, or `Pending` with `cx`'s waker registered.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
+        let mut state = lock(&self.shared);
+        if let Some(item) = state.items.pop_front() {
+            return Poll::Ready(Some(item));
         }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        // Registered under the lock that pushes take, so no push is missed.
+        match &mut state.waiting {
+            Some(waker) => waker.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The next item if one is queued.
@@ -165,6 +181,21 @@ mod tests {
             tokio::task::yield_now().await;
             assert!(sender.try_send(7));
             assert_eq!(waiter.await.unwrap(), Some(7));
+        });
+    }
+
+    #[test]
+    fn a_waiting_receiver_is_woken_by_the_close() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (sender, mut receiver) = queue::<i32>(8);
+            let waiter = tokio::spawn(async move { receiver.recv().await });
+            tokio::task::yield_now().await;
+            drop(sender);
+            assert_eq!(waiter.await.unwrap(), None);
         });
     }
 }

@@ -142,6 +142,7 @@ impl Bound {
             tls,
         } = self;
         let app = http::router(state.clone());
+        let hub = Arc::clone(&state.hub);
         let signal = async move {
             tokio::select! {
                 _ = shutdown => {
@@ -153,7 +154,10 @@ impl Bound {
                     tracing::error!("the committer stopped unexpectedly; shutting down");
                 }
             }
+            // The flag first, then the hub: a WebSocket that registers in between sees the
+            // flag (ws.rs checks it after registering).
             let _ = shutdown_sender.send(true);
+            hub.shut_down();
         };
         let header_read_timeout = Duration::from_millis(state.config.header_read_timeout_ms);
         listener::serve(listener, app, tls, header_read_timeout, signal).await;

@@ -310,7 +310,8 @@ async fn handle(
         }
         Event::Signal(payload) => collected.push(payload.as_str())?,
         // Sends over HTTP are answered in their own request, never through a poll.
-        Event::Committed(_) => {}
+        // The poll's own wait on the shutdown signal answers it.
+        Event::Committed(_) | Event::ShuttingDown => {}
         Event::Revoked => {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,

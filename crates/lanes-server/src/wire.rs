@@ -52,8 +52,8 @@ pub(crate) struct Wire<S> {
     io: S,
     /// Received bytes not yet parsed: empty (and unallocated) between frames.
     unparsed: Vec<u8>,
-    /// The fragments of an unfinished message so far, and whether it is text.
-    fragmented: Option<(bool, Vec<u8>)>,
+    /// The fragments of an unfinished message so far, and whether it is text (boxed: rare).
+    fragmented: Option<Box<(bool, Vec<u8>)>>,
     /// Frames waiting to be written: unallocated after every flush.
     out: Vec<u8>,
     message_bytes_max: usize,
@@ -76,7 +76,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, WireError>> {
+    /// `next` as a poll.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, WireError>> {
         loop {
             if let Some(incoming) = self.parse()? {
                 return Poll::Ready(Ok(incoming));
@@ -144,9 +145,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     };
                 }
                 OpCode::Data(Data::Continue) => {
-                    let Some((text, mut message)) = self.fragmented.take() else {
+                    let Some(fragmented) = self.fragmented.take() else {
                         return Err(WireError::Protocol);
                     };
+                    let (text, mut message) = *fragmented;
                     if message.len() + payload.len() > self.message_bytes_max {
                         return Err(WireError::TooLarge);
                     }
@@ -154,7 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     if header.is_final {
                         return complete(text, message).map(Some);
                     }
-                    self.fragmented = Some((text, message));
+                    self.fragmented = Some(Box::new((text, message)));
                 }
                 OpCode::Data(data @ (Data::Text | Data::Binary)) => {
                     if self.fragmented.is_some() {
@@ -164,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     if header.is_final {
                         return complete(text, payload).map(Some);
                     }
-                    self.fragmented = Some((text, payload));
+                    self.fragmented = Some(Box::new((text, payload)));
                 }
                 OpCode::Data(Data::Reserved(_)) => return Err(WireError::Protocol),
             }
@@ -211,7 +213,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         self.out.len()
     }
 
-    /// Writes everything queued, then releases the write buffer.
+    /// Writes what the socket takes now, without waiting; `true` once nothing is left queued.
+    /// Almost every flush ends here, so the connection's future needs no room for a waiting
+    /// write (a `Pending` leaves a no-op waker registered, replaced by the next real poll).
+    pub(crate) fn try_flush(&mut self) -> std::io::Result<bool> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(&mut cx, &self.out) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(written)) if written == self.out.len() => self.out = Vec::new(),
+                Poll::Ready(Ok(written)) => {
+                    self.out.drain(..written);
+                }
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(&mut cx) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Writes everything queued, waiting as long as it takes, then releases the write buffer.
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
@@ -428,6 +452,29 @@ mod tests {
         expected.extend_from_slice(&[0x89, 0, 0x88, 17, 0x03, 0xF1]);
         expected.extend_from_slice(b"frame too large");
         assert_eq!(written, expected);
+    }
+
+    #[tokio::test]
+    async fn a_flush_without_waiting_writes_what_fits_and_the_rest_follows_in_order() {
+        let (server, mut client) = tokio::io::duplex(16);
+        let mut wire = Wire::new(server, &[], MAX);
+        let payload: Vec<u8> = (0..100u8).collect();
+        wire.feed_text(&payload);
+        assert!(!wire.try_flush().unwrap(), "only 16 bytes fit");
+        assert_eq!(wire.buffered(), 102 - 16);
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; 102];
+            client.read_exact(&mut got).await.unwrap();
+            (got, client)
+        });
+        wire.flush().await.unwrap();
+        let mut expected = vec![0x81, 100];
+        expected.extend_from_slice(&payload);
+        let (got, _client) = reader.await.unwrap();
+        assert_eq!(got, expected);
+        wire.feed_text(b"x");
+        assert!(wire.try_flush().unwrap());
+        assert_eq!((wire.buffered(), wire.out.capacity()), (0, 0));
     }
 
     #[tokio::test]

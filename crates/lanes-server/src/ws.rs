@@ -5,6 +5,7 @@
 //! catch-up already wrote (see ARCHITECTURE.md).
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -239,7 +240,8 @@ struct Session<S> {
     pending_catch_up: Vec<ConversationId>,
     /// Set by `handle_authenticated`: subscribe and catch up before reading further.
     pending_sync: bool,
-    write_timeout: Duration,
+    /// Until the connection registers with the hub: its wait on the shutdown signal.
+    shutdown_wait: Option<ShutdownWait>,
     /// The revocable credential the connection authenticated with (0: none).
     credential: u64,
 }
@@ -249,13 +251,13 @@ impl<S> Session<S> {
         Session {
             _slot: slot,
             connection: Connection::new(Instant::now(), Arc::clone(&state.connection_config)),
-            write_timeout: Duration::from_millis(state.config.websocket.write_timeout_ms),
             state,
             wire,
             user_id: None,
             subscription: None,
             pending_catch_up: Vec::new(),
             pending_sync: false,
+            shutdown_wait: None,
             credential: 0,
         }
     }
@@ -318,10 +320,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn drive(&mut self) -> Result<(), End> {
-        let mut shutdown = self.state.shutdown.clone();
-        let mut shutdown_seen = *shutdown.borrow_and_update();
-        if shutdown_seen {
+        // Until it registers with the hub, a connection waits on the shutdown signal itself
+        // (boxed, released at registration); registered, it hears `Event::ShuttingDown`.
+        if *self.state.shutdown.borrow() {
             self.connection.handle_shutdown();
+        } else {
+            // A change after the check above still wakes it: the clone has not seen it.
+            let mut shutdown = self.state.shutdown.clone();
+            self.shutdown_wait = Some(Box::pin(async move {
+                // An error (the sender gone) means stopping too.
+                let _ = shutdown.changed().await;
+            }));
         }
         loop {
             self.flush_outputs().await?;
@@ -331,6 +340,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // idle connection's task as large as their biggest state.
                 Box::pin(self.initial_sync()).await?;
                 self.connection.handle_synced();
+                // Registered now: a shutdown from here on arrives through the hub, and one
+                // signalled before the registration is seen here (the flag is set before the
+                // hub is told).
+                self.shutdown_wait = None;
+                if *self.state.shutdown.borrow() {
+                    self.connection.handle_shutdown();
+                }
                 continue;
             }
             if let Some(conversation_id) = self.pending_catch_up.pop() {
@@ -343,21 +359,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.connection.handle_slow_consumer();
                 continue;
             }
-            let timeout = self.connection.poll_timeout();
-            let wants_read = self.connection.wants_read();
-            tokio::select! {
-                biased;
-                // Once seen, never polled again: a dropped sender makes `changed` ready forever,
-                // which would starve the events (acks) a draining connection waits for.
-                _ = shutdown.changed(), if !shutdown_seen => {
-                    shutdown_seen = true;
-                    self.connection.handle_shutdown();
-                }
-                event = recv_event(&mut self.subscription) => self.handle_events(event).await?,
-                incoming = self.wire.next(), if wants_read => self.handle_incoming(incoming)?,
-                _ = sleep_until(timeout) => self.connection.handle_timeout(Instant::now()),
+            let waiting = {
+                let wants_read = self.connection.wants_read();
+                let sleep = self
+                    .connection
+                    .poll_timeout()
+                    .map(|deadline| tokio::time::sleep_until(deadline.into()));
+                let mut sleep = std::pin::pin!(sleep);
+                // One hand-written poll rather than `select!`: its waiting state is what every
+                // idle connection holds, and this keeps it to the timer and a few pointers.
+                let wake =
+                    std::future::poll_fn(|cx| self.poll_wake(cx, wants_read, sleep.as_mut())).await;
+                self.handle_wake(wake)?
+            };
+            // Awaited outside the block, so neither the `Wake` nor the `Waiting` is kept across
+            // the wait: only the boxed future is.
+            let finish = waiting.map(|waiting| Box::pin(self.finish(waiting)));
+            if let Some(finish) = finish {
+                finish.await?;
             }
         }
+    }
+
+    /// Handles what woke the connection; an output that has to wait, if one does.
+    fn handle_wake(&mut self, wake: Wake) -> Result<Option<Waiting>, End> {
+        match wake {
+            Wake::ShuttingDown => {
+                // Dropped once seen: a dropped sender makes its wait ready forever, which
+                // would starve the events (acks) a draining connection waits for.
+                self.shutdown_wait = None;
+                self.connection.handle_shutdown();
+            }
+            Wake::Events(event) => return self.handle_events(event),
+            Wake::Incoming(incoming) => self.handle_incoming(incoming)?,
+            Wake::Timeout => self.connection.handle_timeout(Instant::now()),
+        }
+        Ok(None)
+    }
+
+    /// What woke the connection, in order of priority: shutdown, hub events (acks first of
+    /// all), the socket, the timer.
+    fn poll_wake(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        wants_read: bool,
+        sleep: std::pin::Pin<&mut Option<tokio::time::Sleep>>,
+    ) -> Poll<Wake> {
+        if let Some(wait) = &mut self.shutdown_wait
+            && wait.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::ShuttingDown);
+        }
+        if let Some(subscription) = &mut self.subscription
+            && let Poll::Ready(event) = subscription.receiver.poll_recv(cx)
+        {
+            return Poll::Ready(Wake::Events(event));
+        }
+        if wants_read && let Poll::Ready(incoming) = self.wire.poll_next(cx) {
+            return Poll::Ready(Wake::Incoming(incoming));
+        }
+        if let Some(sleep) = sleep.as_pin_mut()
+            && sleep.poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::Timeout);
+        }
+        Poll::Pending
     }
 
     fn handle_incoming(&mut self, incoming: Result<Incoming, WireError>) -> Result<(), End> {
@@ -397,6 +463,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// future as large as its biggest state.
     async fn write_outputs(&mut self) -> Result<(), End> {
         loop {
+            // Only the boxed future is kept across the await, not the `Waiting`.
             let Some(waiting) = self.write_ready_outputs()? else {
                 return Ok(());
             };
@@ -574,10 +641,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
+    /// Writes what is queued. Waiting for a slow socket is rare, so it is boxed: inlined, its
+    /// timer would make every connection's future larger.
+    async fn flush(&mut self) -> Result<(), End> {
+        match self.wire.try_flush() {
+            Ok(true) => Ok(()),
+            Ok(false) => Box::pin(self.flush_waiting()).await,
+            Err(_) => Err(End::Socket),
+        }
+    }
+
     /// A peer that stops reading blocks our writes; past the write timeout it is dropped (its
     /// queue in the hub is bounded meanwhile) and resumes from its cursor when it reconnects.
-    async fn flush(&mut self) -> Result<(), End> {
-        match tokio::time::timeout(self.write_timeout, self.wire.flush()).await {
+    async fn flush_waiting(&mut self) -> Result<(), End> {
+        let write_timeout = Duration::from_millis(self.state.config.websocket.write_timeout_ms);
+        match tokio::time::timeout(write_timeout, self.wire.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Socket),
             Err(_) => {
@@ -676,7 +754,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Err(self.close(1011, "server error"))
     }
 
-    async fn handle_events(&mut self, first: Option<Event<Utf8Bytes>>) -> Result<(), End> {
+    /// Takes up to `EVENTS_PER_FLUSH_MAX` queued events, stopping early at an output that has
+    /// to wait (returned; the rest of the outputs follow it on the next turn).
+    fn handle_events(&mut self, first: Option<Event<Utf8Bytes>>) -> Result<Option<Waiting>, End> {
         let mut next = first;
         for _ in 0..EVENTS_PER_FLUSH_MAX {
             // None: the hub dropped our queue, which only happens to slow consumers (checked on
@@ -684,7 +764,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let Some(event) = next.take() else {
                 break;
             };
-            self.handle_event(event).await?;
+            if let Some(waiting) = self.handle_event(event)? {
+                return Ok(Some(waiting));
+            }
             if !self.pending_catch_up.is_empty() || self.wire.buffered() >= WRITE_BUFFER_BYTES {
                 // The joined frame must be written before its catch-up, and a full buffer
                 // before more is queued: stop here (the loop flushes).
@@ -695,10 +777,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .as_mut()
                 .and_then(|subscription| subscription.receiver.try_recv());
         }
-        Ok(())
+        Ok(None)
     }
 
-    async fn handle_event(&mut self, event: Event<Utf8Bytes>) -> Result<(), End> {
+    fn handle_event(&mut self, event: Event<Utf8Bytes>) -> Result<Option<Waiting>, End> {
         match event {
             Event::Message {
                 conversation_id,
@@ -723,17 +805,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Event::Left(conversation_id) => self.connection.handle_left(conversation_id),
             Event::Revoked => self.connection.handle_revoked(),
+            Event::ShuttingDown => self.connection.handle_shutdown(),
             Event::Signal(payload) => self.wire.feed_text(payload.as_bytes()),
             Event::Committed(outcome) => {
                 // Written now, between the frames queued before and after it: the ack takes its
                 // message's place in the conversation's order.
                 self.connection.handle_committed(outcome);
-                self.write_outputs().await?;
+                return self.write_ready_outputs();
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
+
+/// What woke a waiting connection (see `Session::poll_wake`).
+enum Wake {
+    ShuttingDown,
+    /// `None`: the hub dropped the queue (a slow consumer).
+    Events(Option<Event<Utf8Bytes>>),
+    Incoming(Result<Incoming, WireError>),
+    Timeout,
+}
+
+type ShutdownWait = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// An output that may have to wait (see `Session::write_outputs`).
 enum Waiting {
@@ -750,20 +844,4 @@ fn lost(client_msg_id: &ClientMsgId, why: &str) -> ErrorFrame {
         format!("{why}; retry with the same client_msg_id"),
         Some(client_msg_id.to_string()),
     )
-}
-
-async fn recv_event(
-    subscription: &mut Option<Subscription<Utf8Bytes>>,
-) -> Option<Event<Utf8Bytes>> {
-    match subscription {
-        Some(subscription) => subscription.receiver.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }
