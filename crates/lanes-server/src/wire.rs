@@ -82,8 +82,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if let Some(incoming) = self.parse()? {
                 return Poll::Ready(Ok(incoming));
             }
-            let mut chunk = [0u8; READ_CHUNK_BYTES];
-            let mut buf = ReadBuf::new(&mut chunk);
+            // Uninitialised: zeroing 4 KiB on every poll showed in profiles (`memset`).
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK_BYTES];
+            let mut buf = ReadBuf::uninit(&mut chunk);
             match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
                 Ok(()) if !buf.filled().is_empty() => self.unparsed.extend_from_slice(buf.filled()),
                 _ => return Poll::Ready(Err(WireError::Gone)),
