@@ -1,7 +1,9 @@
 //! `committer::run`: the single writer. It takes every pending send off its queue, commits them
-//! as one batch (`store.append_batch`: one transaction, one fsync), and only then publishes each
-//! new message to the hub and answers each sender, in commit order. Answers travel through the
-//! sending connection's own hub queue (`Hub::reply`), behind every message published before.
+//! as one batch (`store.append_batch`: one transaction, one fsync), and only then hands the
+//! committed batch to the publisher, which publishes each new message to the hub and answers
+//! each sender, in commit order, while the committer already commits the next batch. Answers
+//! travel through the sending connection's own hub queue (`Hub::reply`), behind every message
+//! published before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,21 +73,54 @@ pub(crate) fn spawn(
 ) -> std::io::Result<(std::thread::JoinHandle<()>, oneshot::Receiver<()>)> {
     let (stopped_sender, stopped) = oneshot::channel::<()>();
     let runtime = tokio::runtime::Handle::current();
+    let (committed_sender, committed) = std::sync::mpsc::sync_channel(PUBLISH_QUEUE_BATCHES);
+    let publisher_metrics = Arc::clone(&metrics);
+    let publisher = std::thread::Builder::new()
+        .name("lanes-publisher".into())
+        .spawn(move || {
+            // In commit order; ends when the committer is gone and everything is published.
+            for batch in committed {
+                publish(batch, &hub, &publisher_metrics);
+            }
+        })?;
     let thread = std::thread::Builder::new()
         .name("lanes-committer".into())
         .spawn(move || {
             // Dropped when the thread ends, even by a panic: the server then shuts down.
             let _stopped = stopped_sender;
-            run(requests, store.as_ref(), &hub, &metrics, linger, &runtime);
+            run(
+                requests,
+                store.as_ref(),
+                &committed_sender,
+                &metrics,
+                linger,
+                &runtime,
+            );
+            // Every committed batch is published and answered before the committer counts as
+            // stopped (shutdown waits for it).
+            drop(committed_sender);
+            let _ = publisher.join();
         })?;
     Ok((thread, stopped))
+}
+
+/// Committed batches waiting for the publisher: it publishes one while the committer commits
+/// the next; more than that and the committer waits (the publisher is behind).
+const PUBLISH_QUEUE_BATCHES: usize = 2;
+
+/// A committed batch, on its way to the publisher.
+struct Committed {
+    messages: Vec<NewMessage>,
+    origins: Vec<Origin>,
+    /// One per message, or why the whole batch failed.
+    outcomes: Result<Vec<AppendOutcome>, String>,
 }
 
 /// `committer::run`: the single writer loop.
 fn run(
     mut requests: mpsc::Receiver<CommitRequest>,
     store: &dyn Store,
-    hub: &Hub<Utf8Bytes>,
+    publisher: &std::sync::mpsc::SyncSender<Committed>,
     metrics: &Metrics,
     linger: Duration,
     runtime: &tokio::runtime::Handle,
@@ -106,7 +141,13 @@ fn run(
             }
         }
         match queue.poll_batch(Instant::now()) {
-            Some(batch) => commit(batch, store, hub, metrics),
+            Some(batch) => {
+                if publisher.send(commit(batch, store, metrics)).is_err() {
+                    // The publisher died: nothing can be answered any more; stop the server.
+                    tracing::error!("the publisher stopped; stopping the committer");
+                    return;
+                }
+            }
             None => {
                 let deadline = queue.poll_timeout().unwrap_or_else(Instant::now);
                 let next =
@@ -119,15 +160,36 @@ fn run(
     }
 }
 
-fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, metrics: &Metrics) {
+/// Commits one batch (one transaction, one fsync).
+fn commit(batch: Vec<CommitRequest>, store: &dyn Store, metrics: &Metrics) -> Committed {
     let (messages, origins): (Vec<NewMessage>, Vec<Origin>) = batch
         .into_iter()
         .map(|request| (request.message, request.origin))
         .unzip();
-    let outcomes = match store.append_batch(&messages, now_millis()) {
+    let outcomes = store
+        .append_batch(&messages, now_millis())
+        .map_err(|err| err.to_string());
+    match &outcomes {
+        Ok(_) => Metrics::add(&metrics.commits, 1),
+        Err(_) => Metrics::add(&metrics.commit_failures, 1),
+    }
+    Committed {
+        messages,
+        origins,
+        outcomes,
+    }
+}
+
+/// Publishes a committed batch's new messages and answers its senders, in commit order.
+fn publish(committed: Committed, hub: &Hub<Utf8Bytes>, metrics: &Metrics) {
+    let Committed {
+        messages,
+        origins,
+        outcomes,
+    } = committed;
+    let outcomes = match outcomes {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            Metrics::add(&metrics.commit_failures, 1);
             tracing::error!("commit of {} sends failed: {err}", messages.len());
             for (message, origin) in messages.iter().zip(origins) {
                 let answer = Err(ErrorFrame::new(
@@ -141,7 +203,6 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, hub: &Hub<Utf8Bytes>, me
         }
     };
     assert_eq!(outcomes.len(), messages.len(), "one outcome per send");
-    Metrics::add(&metrics.commits, 1);
     for ((outcome, message), origin) in outcomes.into_iter().zip(&messages).zip(origins) {
         let answer = match outcome {
             AppendOutcome::Appended(frame) => {
