@@ -193,21 +193,15 @@ impl SqliteStore {
         now: UnixMillis,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         self.write(|transaction| {
-            // One statement per plain message on the common path: the insert itself checks
-            // membership and skips a duplicate (sender, client_msg_id). Only when it inserts
-            // nothing do we look at why. Events that refer to another message (replies, edits,
+            // On the common path a plain message costs a membership lookup and one single-row
+            // insert, which skips a duplicate (sender, client_msg_id); only when it inserts
+            // nothing do we look at why. (An `INSERT … SELECT … WHERE EXISTS` did both in one
+            // statement, but SQLite keeps a statement journal for it: ~16% of the committer's
+            // time, docs/BENCHMARKS.md.) Events that refer to another message (replies, edits,
             // deletes, reactions) are checked against it first. Heads are read once per
-            // conversation and written once per batch.
+            // conversation and written once per batch. The application's system messages need
+            // no membership (the conversation must exist: its head is read first).
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body,
-                                       server_ts, target_seq, reply_to, emoji)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
-                 WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3)
-                 ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
-            )?;
-            // The application's system messages need no membership (the conversation must exist:
-            // its head is read first).
-            let mut insert_system = transaction.prepare_cached(
                 "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body,
                                        server_ts, target_seq, reply_to, emoji)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -223,6 +217,7 @@ impl SqliteStore {
             for message in batch {
                 let conversation_id = message.conversation_id;
                 let refers = !matches!(message.content, Content::Message { reply_to: None, .. });
+                let system = matches!(message.content, Content::System { .. });
                 if refers {
                     // A retried edit must get its original ack even if its target changed since.
                     let duplicate = find_duplicate
@@ -235,7 +230,6 @@ impl SqliteStore {
                         outcomes.push(AppendOutcome::Duplicate(original));
                         continue;
                     }
-                    let system = matches!(message.content, Content::System { .. });
                     if !system && !is_member(transaction, conversation_id, &message.sender_id)? {
                         outcomes.push(AppendOutcome::NotMember);
                         continue;
@@ -258,12 +252,13 @@ impl SqliteStore {
                     }
                 };
                 let (kind, body, target_seq, reply_to, emoji) = event_columns(&message.content);
-                let statement = match message.content {
-                    Content::System { .. } => &mut insert_system,
-                    _ => &mut insert,
-                };
                 let inserted = match head {
-                    Some(head) => statement.execute(params![
+                    Some(head)
+                        if system
+                            || refers
+                            || is_member(transaction, conversation_id, &message.sender_id)? =>
+                    {
+                        insert.execute(params![
                         sql_i64(conversation_id.0),
                         sql_i64(head + 1),
                         message.sender_id.as_str(),
@@ -274,8 +269,9 @@ impl SqliteStore {
                         target_seq.map(|seq| sql_i64(seq.0)),
                         reply_to.map(|seq| sql_i64(seq.0)),
                         emoji
-                    ])? == 1,
-                    None => false,
+                    ])? == 1
+                    }
+                    _ => false,
                 };
                 if inserted {
                     let seq = head.unwrap_or(0) + 1;
