@@ -122,6 +122,38 @@ async fn an_oversized_frame_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn a_request_that_is_not_a_websocket_upgrade_is_refused_with_why() {
+    let (server, ..) = setup().await;
+    let url = format!("{}/v1/ws", server.base_url());
+    let client = reqwest::Client::new();
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for (left_out, why) in [
+        ("connection", "Connection header"),
+        ("upgrade", "Upgrade header"),
+        ("sec-websocket-version", "Sec-WebSocket-Version"),
+        ("sec-websocket-key", "Sec-WebSocket-Key"),
+    ] {
+        let mut request = client.get(&url);
+        for (name, value) in upgrade.iter().filter(|(name, _)| *name != left_out) {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "without {left_out}");
+        let body = response.text().await.unwrap();
+        assert!(
+            body.starts_with("not a WebSocket upgrade request") && body.contains(why),
+            "without {left_out}: {body}"
+        );
+    }
+    server.assert_clean_log();
+}
+
+#[tokio::test]
 async fn http_errors_are_typed_with_proper_statuses() {
     let (server, http, alice, _bob, conversation) = setup().await;
     let path = format!("/v1/conversations/{conversation}/messages");

@@ -61,6 +61,9 @@ async fn sigterm_tells_clients_to_reconnect_and_exits_cleanly() {
     let conversation = http.direct(&alice, "bob").await;
     let (mut ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
     let ack = ws.send_message(conversation, "m", "before shutdown").await;
+    // Not yet authenticated: it waits on the shutdown signal itself (registered connections
+    // hear it from the hub), and is told too.
+    let mut anonymous = RawWs::connect(&server.ws_url()).await;
     assert!(
         server.stop(),
         "graceful exit status; log:\n{}",
@@ -74,6 +77,12 @@ async fn sigterm_tells_clients_to_reconnect_and_exits_cleanly() {
     );
     assert_eq!(frame["code"], "shutting_down");
     match ws.next().await {
+        Seen::Closed(code) => assert_eq!(code, Some(1001)),
+        Seen::Frame(frame) => panic!("expected close 1001, got {frame}"),
+    }
+    let (frame, _) = anonymous.until("error").await;
+    assert_eq!(frame["code"], "shutting_down");
+    match anonymous.next().await {
         Seen::Closed(code) => assert_eq!(code, Some(1001)),
         Seen::Frame(frame) => panic!("expected close 1001, got {frame}"),
     }
