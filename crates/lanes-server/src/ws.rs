@@ -95,13 +95,17 @@ pub(crate) async fn upgrade(
         // idle. Each connection then runs in a task of its own, as small as its future.
         match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
             Ok(parts) => {
-                let wire = Wire::new(parts.io.into_inner(), &parts.read_buf, FRAME_MAX);
+                let wire = Wire::new(
+                    parts.io.into_inner(),
+                    &parts.read_buf,
+                    limits::FRAME_BYTES_MAX,
+                );
                 // May be a slice of hyper's whole read buffer: not kept while the socket lives.
                 drop(parts.read_buf);
                 tokio::spawn(run(Session::new(wire, state, slot)));
             }
             Err(upgraded) => {
-                let wire = Wire::new(TokioIo::new(upgraded), &[], FRAME_MAX);
+                let wire = Wire::new(TokioIo::new(upgraded), &[], limits::FRAME_BYTES_MAX);
                 tokio::spawn(run(Session::new(wire, state, slot)));
             }
         }
@@ -113,9 +117,6 @@ pub(crate) async fn upgrade(
     response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     response
 }
-
-/// The largest message a peer may send (the server holds at most this much of one).
-const FRAME_MAX: usize = limits::FRAME_BYTES_MAX;
 
 /// The `Sec-WebSocket-Accept` answering a valid upgrade request (RFC 6455 §4.2.1), or why the
 /// request is not one.
@@ -261,6 +262,19 @@ impl<S> Session<S> {
             credential: 0,
         }
     }
+
+    /// The connection is gone: it leaves the hub and presence.
+    fn ended(&self) {
+        self.state
+            .metrics
+            .connections_current
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(user_id), Some(subscription)) = (&self.user_id, &self.subscription) {
+            let connection_id = subscription.connection_id;
+            self.state.hub.unregister(user_id, connection_id);
+            self.state.presence.disconnected(user_id, connection_id);
+        }
+    }
 }
 
 /// Serves one connection. Not an `async fn`: one moves its arguments from the future's captures
@@ -277,20 +291,6 @@ fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         // Boxed: once per connection, and inlined it would make every connection's task larger.
         Box::pin(session.close_handshake(ended)).await;
         session.ended();
-    }
-}
-
-impl<S> Session<S> {
-    fn ended(&self) {
-        self.state
-            .metrics
-            .connections_current
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if let (Some(user_id), Some(subscription)) = (&self.user_id, &self.subscription) {
-            let connection_id = subscription.connection_id;
-            self.state.hub.unregister(user_id, connection_id);
-            self.state.presence.disconnected(user_id, connection_id);
-        }
     }
 }
 
