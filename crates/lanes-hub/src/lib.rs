@@ -4,11 +4,6 @@
 //! whose bounded queue is full is dropped from the hub and flagged slow. Never touches the store.
 
 use std::collections::{HashMap, HashSet};
-
-/// The hub's tables hash with foldhash (randomly seeded, so user-chosen ids cannot be made to
-/// collide): SipHash was ~4% of the CPU of a 10,000-member fan-out, which looks up every member.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -83,9 +78,17 @@ struct ConnectionEntry<P> {
     credential: u64,
 }
 
+/// The hub's tables hash with foldhash (randomly seeded, so user-chosen ids cannot be made to
+/// collide): SipHash was ~4% of the CPU of a 10,000-member fan-out.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// An online user's place in `Inner::online`.
+type Slot = usize;
+
 #[derive(Debug)]
-struct UserEntry<P> {
-    connections: Vec<ConnectionEntry<P>>,
+struct UserEntry {
+    slot: Slot,
     conversations: Set<ConversationId>,
     /// Bumped by every membership change, so a connection that listed the user's conversations
     /// from the store can tell whether a change raced with its listing.
@@ -93,10 +96,124 @@ struct UserEntry<P> {
 }
 
 #[derive(Debug)]
+struct Online<P> {
+    user_id: UserId,
+    connections: Vec<ConnectionEntry<P>>,
+}
+
+#[derive(Debug)]
 struct Inner<P> {
-    /// Online members of each conversation with at least one online member.
-    conversations: Map<ConversationId, Set<UserId>>,
-    users: Map<UserId, UserEntry<P>>,
+    /// Online members of each conversation with at least one online member, as slots:
+    /// publishing walks them without hashing or comparing a single user id (that lookup per
+    /// member was most of a 10,000-member fan-out's publishing, docs/BENCHMARKS.md).
+    conversations: Map<ConversationId, Vec<Slot>>,
+    users: Map<UserId, UserEntry>,
+    /// Each online user's connections, by slot; `None`: free (listed in `free`).
+    online: Vec<Option<Online<P>>>,
+    free: Vec<Slot>,
+}
+
+impl<P> Inner<P> {
+    fn connections(&self, user_id: &UserId) -> Option<&Vec<ConnectionEntry<P>>> {
+        let slot = self.users.get(user_id)?.slot;
+        self.at(slot).map(|online| &online.connections)
+    }
+
+    fn connections_mut(&mut self, user_id: &UserId) -> Option<&mut Vec<ConnectionEntry<P>>> {
+        let slot = self.users.get(user_id)?.slot;
+        self.online
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .map(|online| &mut online.connections)
+    }
+
+    fn at(&self, slot: Slot) -> Option<&Online<P>> {
+        self.online.get(slot).and_then(Option::as_ref)
+    }
+
+    /// The entry of `user_id`, made online (with no connection yet) if it was not.
+    fn user(&mut self, user_id: &UserId) -> &mut UserEntry {
+        if !self.users.contains_key(user_id) {
+            let online = Some(Online {
+                user_id: user_id.clone(),
+                connections: Vec::new(),
+            });
+            let slot = match self.free.pop() {
+                Some(slot) => {
+                    self.online[slot] = online;
+                    slot
+                }
+                None => {
+                    self.online.push(online);
+                    self.online.len() - 1
+                }
+            };
+            self.users.insert(
+                user_id.clone(),
+                UserEntry {
+                    slot,
+                    conversations: Set::default(),
+                    version: 0,
+                },
+            );
+        }
+        self.users
+            .get_mut(user_id)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// Takes `user_id` offline: out of every conversation, its slot freed.
+    fn remove_user(&mut self, user_id: &UserId) {
+        let Some(user) = self.users.remove(user_id) else {
+            return;
+        };
+        for conversation_id in user.conversations {
+            self.remove_online_member(conversation_id, user.slot);
+        }
+        self.online[user.slot] = None;
+        self.free.push(user.slot);
+    }
+
+    fn add_online_member(&mut self, conversation_id: ConversationId, slot: Slot) {
+        let members = self.conversations.entry(conversation_id).or_default();
+        if !members.contains(&slot) {
+            members.push(slot);
+        }
+    }
+
+    fn remove_online_member(&mut self, conversation_id: ConversationId, slot: Slot) {
+        if let Some(members) = self.conversations.get_mut(&conversation_id) {
+            if let Some(index) = members.iter().position(|member| *member == slot) {
+                members.swap_remove(index);
+            }
+            if members.is_empty() {
+                self.conversations.remove(&conversation_id);
+            }
+        }
+    }
+
+    /// Flags and removes connections whose queue overflowed. Dropping the sender ends the
+    /// connection's queue; the flag tells it why.
+    fn drop_slow(&mut self, user_id: &UserId, slow: &[ConnectionId], counter: &AtomicU64) {
+        if slow.is_empty() {
+            return;
+        }
+        let Some(connections) = self.connections_mut(user_id) else {
+            return;
+        };
+        connections.retain(|entry| {
+            if slow.contains(&entry.connection_id) {
+                entry.slow.store(true, Ordering::Release);
+                counter.fetch_add(1, Ordering::Relaxed);
+                false
+            } else {
+                true
+            }
+        });
+        if connections.is_empty() {
+            self.remove_user(user_id);
+        }
+    }
 }
 
 /// Counters for metrics and tests.
@@ -130,6 +247,8 @@ impl<P: Clone> Hub<P> {
             inner: RwLock::new(Inner {
                 conversations: Map::default(),
                 users: Map::default(),
+                online: Vec::new(),
+                free: Vec::new(),
             }),
             next_connection_id: AtomicU64::new(1),
             queue_len_max,
@@ -160,25 +279,20 @@ impl<P: Clone> Hub<P> {
         let (sender, receiver) = queue(self.queue_len_max);
         let slow = Arc::new(AtomicBool::new(false));
         let mut inner = self.write();
-        let user = inner
-            .users
-            .entry(user_id.clone())
-            .or_insert_with(|| UserEntry {
-                connections: Vec::new(),
-                conversations: Set::default(),
-                version: 0,
+        let version = inner.user(user_id).version;
+        if let Some(connections) = inner.connections_mut(user_id) {
+            connections.push(ConnectionEntry {
+                connection_id,
+                sender,
+                slow: Arc::clone(&slow),
+                credential,
             });
-        user.connections.push(ConnectionEntry {
-            connection_id,
-            sender,
-            slow: Arc::clone(&slow),
-            credential,
-        });
+        }
         Subscription {
             connection_id,
             receiver,
             slow,
-            version: user.version,
+            version,
         }
     }
 
@@ -192,20 +306,20 @@ impl<P: Clone> Hub<P> {
         conversation_ids: &[ConversationId],
     ) -> Result<(), u64> {
         let mut inner = self.write();
-        let Inner {
-            conversations,
-            users,
-        } = &mut *inner;
-        let Some(user) = users.get_mut(user_id) else {
+        let Some(user) = inner.users.get_mut(user_id) else {
             return Ok(());
         };
         if user.version != version {
             return Err(user.version);
         }
-        for conversation_id in conversation_ids {
-            if user.conversations.insert(*conversation_id) {
-                add_online_member(conversations, *conversation_id, user_id);
-            }
+        let slot = user.slot;
+        let added: Vec<ConversationId> = conversation_ids
+            .iter()
+            .copied()
+            .filter(|conversation_id| user.conversations.insert(*conversation_id))
+            .collect();
+        for conversation_id in added {
+            inner.add_online_member(conversation_id, slot);
         }
         Ok(())
     }
@@ -213,41 +327,30 @@ impl<P: Clone> Hub<P> {
     /// Removes a connection; the user's last connection takes the user out of every conversation.
     pub fn unregister(&self, user_id: &UserId, connection_id: ConnectionId) {
         let mut inner = self.write();
-        let Inner {
-            conversations,
-            users,
-        } = &mut *inner;
-        let Some(user) = users.get_mut(user_id) else {
+        let Some(connections) = inner.connections_mut(user_id) else {
             return;
         };
-        user.connections
-            .retain(|entry| entry.connection_id != connection_id);
-        if !user.connections.is_empty() {
-            return;
-        }
-        if let Some(user) = users.remove(user_id) {
-            for conversation_id in user.conversations {
-                remove_online_member(conversations, conversation_id, user_id);
-            }
+        connections.retain(|entry| entry.connection_id != connection_id);
+        if connections.is_empty() {
+            inner.remove_user(user_id);
         }
     }
 
     /// `user_id` became a member of `conversation_id` (after the store committed it).
     pub fn member_added(&self, conversation_id: ConversationId, user_id: &UserId) {
         let mut inner = self.write();
-        let Inner {
-            conversations,
-            users,
-        } = &mut *inner;
-        let Some(user) = users.get_mut(user_id) else {
+        let Some(user) = inner.users.get_mut(user_id) else {
             return;
         };
         user.version += 1;
+        let slot = user.slot;
         if user.conversations.insert(conversation_id) {
-            add_online_member(conversations, conversation_id, user_id);
+            inner.add_online_member(conversation_id, slot);
         }
-        let slow = notify(&user.connections, &Event::Joined(conversation_id));
-        drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
+        let slow = inner.at(slot).map_or_else(Vec::new, |online| {
+            notify(&online.connections, &Event::Joined(conversation_id))
+        });
+        inner.drop_slow(user_id, &slow, &self.slow_consumers);
     }
 
     /// `user_id` is no longer a member of `conversation_id`: called *before* the store commits
@@ -255,11 +358,7 @@ impl<P: Clone> Hub<P> {
     /// published after this call reaches the user.
     pub fn member_removed(&self, conversation_id: ConversationId, user_id: &UserId) {
         let mut inner = self.write();
-        let Inner {
-            conversations,
-            users,
-        } = &mut *inner;
-        let Some(user) = users.get_mut(user_id) else {
+        let Some(user) = inner.users.get_mut(user_id) else {
             return;
         };
         // Bumped even when the conversation is not (yet) in the set: a listing taken before this
@@ -268,9 +367,12 @@ impl<P: Clone> Hub<P> {
         if !user.conversations.remove(&conversation_id) {
             return;
         }
-        remove_online_member(conversations, conversation_id, user_id);
-        let slow = notify(&user.connections, &Event::Left(conversation_id));
-        drop_slow(users, user_id, &slow, conversations, &self.slow_consumers);
+        let slot = user.slot;
+        inner.remove_online_member(conversation_id, slot);
+        let slow = inner.at(slot).map_or_else(Vec::new, |online| {
+            notify(&online.connections, &Event::Left(conversation_id))
+        });
+        inner.drop_slow(user_id, &slow, &self.slow_consumers);
     }
 
     /// `publish`: hands the frame to every connection of every online member, without waiting,
@@ -295,18 +397,15 @@ impl<P: Clone> Hub<P> {
             let Some(members) = inner.conversations.get(&conversation_id) else {
                 return 0;
             };
-            for user_id in members {
-                let Some(user) = inner.users.get(user_id) else {
-                    continue;
-                };
-                for entry in &user.connections {
+            for online in members.iter().filter_map(|slot| inner.at(*slot)) {
+                for entry in &online.connections {
                     if Some(entry.connection_id) == origin {
                         continue;
                     }
                     if entry.sender.try_send(event.clone()) {
                         delivered += 1;
                     } else {
-                        slow.push((user_id.clone(), entry.connection_id));
+                        slow.push((online.user_id.clone(), entry.connection_id));
                     }
                 }
             }
@@ -331,16 +430,15 @@ impl<P: Clone> Hub<P> {
             let Some(members) = inner.conversations.get(&conversation_id) else {
                 return 0;
             };
-            for user_id in members {
-                let (Some(user), Some(payload)) = (inner.users.get(user_id), payload_for(user_id))
-                else {
+            for online in members.iter().filter_map(|slot| inner.at(*slot)) {
+                let Some(payload) = payload_for(&online.user_id) else {
                     continue;
                 };
-                for entry in &user.connections {
+                for entry in &online.connections {
                     if self.offer(entry, Event::Signal(payload.clone()), delivery) {
                         delivered += 1;
                     } else if delivery == Delivery::Reliable {
-                        slow.push((user_id.clone(), entry.connection_id));
+                        slow.push((online.user_id.clone(), entry.connection_id));
                     }
                 }
             }
@@ -359,8 +457,8 @@ impl<P: Clone> Hub<P> {
     ) -> bool {
         let sent = {
             let inner = self.read();
-            let Some(entry) = inner.users.get(user_id).and_then(|user| {
-                user.connections
+            let Some(entry) = inner.connections(user_id).and_then(|connections| {
+                connections
                     .iter()
                     .find(|entry| entry.connection_id == connection_id)
             }) else {
@@ -385,11 +483,10 @@ impl<P: Clone> Hub<P> {
         let mut told = 0;
         {
             let inner = self.read();
-            let Some(user) = inner.users.get(user_id) else {
+            let Some(connections) = inner.connections(user_id) else {
                 return 0;
             };
-            for entry in user
-                .connections
+            for entry in connections
                 .iter()
                 .filter(|entry| entry.credential == credential)
             {
@@ -412,10 +509,10 @@ impl<P: Clone> Hub<P> {
         let mut slow = Vec::new();
         {
             let inner = self.read();
-            for (user_id, user) in &inner.users {
-                for entry in &user.connections {
+            for online in inner.online.iter().flatten() {
+                for entry in &online.connections {
                     if !entry.sender.try_send(Event::ShuttingDown) {
-                        slow.push((user_id.clone(), entry.connection_id));
+                        slow.push((online.user_id.clone(), entry.connection_id));
                     }
                 }
             }
@@ -425,10 +522,7 @@ impl<P: Clone> Hub<P> {
 
     /// How many connections `user_id` has registered.
     pub fn connections_of(&self, user_id: &UserId) -> usize {
-        self.read()
-            .users
-            .get(user_id)
-            .map_or(0, |user| user.connections.len())
+        self.read().connections(user_id).map_or(0, Vec::len)
     }
 
     /// Whether `user_id` is online and a member of `conversation_id` (as the hub knows it).
@@ -451,18 +545,8 @@ impl<P: Clone> Hub<P> {
             return;
         }
         let mut inner = self.write();
-        let Inner {
-            conversations,
-            users,
-        } = &mut *inner;
         for (user_id, connection_id) in slow {
-            drop_slow(
-                users,
-                &user_id,
-                &[connection_id],
-                conversations,
-                &self.slow_consumers,
-            );
+            inner.drop_slow(&user_id, &[connection_id], &self.slow_consumers);
         }
     }
 
@@ -483,8 +567,8 @@ impl<P: Clone> Hub<P> {
         let event = Event::Committed(outcome);
         let delivered = {
             let inner = self.read();
-            let Some(entry) = inner.users.get(user_id).and_then(|user| {
-                user.connections
+            let Some(entry) = inner.connections(user_id).and_then(|connections| {
+                connections
                     .iter()
                     .find(|entry| entry.connection_id == connection_id)
             }) else {
@@ -503,32 +587,13 @@ impl<P: Clone> Hub<P> {
         let inner = self.read();
         HubStats {
             users: inner.users.len(),
-            connections: inner.users.values().map(|u| u.connections.len()).sum(),
+            connections: inner
+                .online
+                .iter()
+                .flatten()
+                .map(|online| online.connections.len())
+                .sum(),
             conversations: inner.conversations.len(),
-        }
-    }
-}
-
-fn add_online_member(
-    conversations: &mut Map<ConversationId, Set<UserId>>,
-    conversation_id: ConversationId,
-    user_id: &UserId,
-) {
-    conversations
-        .entry(conversation_id)
-        .or_default()
-        .insert(user_id.clone());
-}
-
-fn remove_online_member(
-    conversations: &mut Map<ConversationId, Set<UserId>>,
-    conversation_id: ConversationId,
-    user_id: &UserId,
-) {
-    if let Some(members) = conversations.get_mut(&conversation_id) {
-        members.remove(user_id);
-        if members.is_empty() {
-            conversations.remove(&conversation_id);
         }
     }
 }
@@ -540,39 +605,6 @@ fn notify<P: Clone>(connections: &[ConnectionEntry<P>], event: &Event<P>) -> Vec
         .filter(|entry| !entry.sender.try_send(event.clone()))
         .map(|entry| entry.connection_id)
         .collect()
-}
-
-/// Flags and removes connections whose queue overflowed. Dropping the sender ends the
-/// connection's queue; the flag tells it why.
-fn drop_slow<P>(
-    users: &mut Map<UserId, UserEntry<P>>,
-    user_id: &UserId,
-    slow: &[ConnectionId],
-    conversations: &mut Map<ConversationId, Set<UserId>>,
-    counter: &AtomicU64,
-) {
-    if slow.is_empty() {
-        return;
-    }
-    let Some(user) = users.get_mut(user_id) else {
-        return;
-    };
-    user.connections.retain(|entry| {
-        if slow.contains(&entry.connection_id) {
-            entry.slow.store(true, Ordering::Release);
-            counter.fetch_add(1, Ordering::Relaxed);
-            false
-        } else {
-            true
-        }
-    });
-    if user.connections.is_empty()
-        && let Some(user) = users.remove(user_id)
-    {
-        for conversation_id in user.conversations {
-            remove_online_member(conversations, conversation_id, user_id);
-        }
-    }
 }
 
 #[cfg(test)]
