@@ -478,6 +478,94 @@ mod tests {
         assert_eq!((wire.buffered(), wire.out.capacity()), (0, 0));
     }
 
+    /// Feeds `bytes` in pieces of the given sizes, parsing after each; what came out, and the
+    /// error that stopped it.
+    fn parse_in_pieces(bytes: &[u8], sizes: &[usize]) -> (Vec<Incoming>, Option<WireError>) {
+        let mut wire = Wire::new(tokio::io::empty(), &[], MAX);
+        let mut got = Vec::new();
+        let (mut at, mut sizes) = (0, sizes.iter().cycle());
+        while at < bytes.len() {
+            let end = (at + sizes.next().copied().unwrap_or(1).max(1)).min(bytes.len());
+            wire.unparsed.extend_from_slice(&bytes[at..end]);
+            at = end;
+            loop {
+                match wire.parse() {
+                    Ok(Some(incoming)) => got.push(incoming),
+                    Ok(None) => break,
+                    Err(err) => return (got, Some(err)),
+                }
+            }
+        }
+        (got, None)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_pieces_end_in_messages_or_a_refusal(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            sizes in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            // No panic and no endless loop: every call consumes a frame, waits or refuses.
+            let (got, _) = parse_in_pieces(&bytes, &sizes);
+            proptest::prop_assert!(got.len() <= bytes.len() / 2);
+        }
+
+        #[test]
+        fn messages_fragmented_and_split_anywhere_arrive_whole_and_in_order(
+            messages in proptest::collection::vec(
+                (0u8..3, "[a-zé€ ]{0,40}", 1usize..4, proptest::array::uniform4(proptest::num::u8::ANY)),
+                1..6,
+            ),
+            sizes in proptest::collection::vec(1usize..40, 1..6),
+        ) {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for (kind, text, fragments, mask) in &messages {
+                let payload = text.as_bytes();
+                match kind {
+                    0 | 1 => {
+                        // Fragments of roughly equal size; a ping between the first two.
+                        let step = payload.len().div_ceil(*fragments).max(1);
+                        let pieces: Vec<&[u8]> = if payload.is_empty() {
+                            vec![&[]]
+                        } else {
+                            payload.chunks(step).collect()
+                        };
+                        for (i, piece) in pieces.iter().enumerate() {
+                            let opcode = if i == 0 { if *kind == 0 { 1 } else { 2 } } else { 0 };
+                            let fin = if i + 1 == pieces.len() { 0x80 } else { 0 };
+                            bytes.extend(masked(fin | opcode, piece, *mask));
+                            if i == 0 && pieces.len() > 1 {
+                                bytes.extend(masked(0x89, b"p", *mask));
+                                expected.push(Incoming::Ping);
+                            }
+                        }
+                        expected.push(if *kind == 0 {
+                            Incoming::Text(text.clone())
+                        } else {
+                            Incoming::Binary
+                        });
+                    }
+                    _ => {
+                        bytes.extend(masked(0x8A, &payload[..payload.len().min(125)], *mask));
+                        expected.push(Incoming::Pong);
+                    }
+                }
+            }
+            let (got, error) = parse_in_pieces(&bytes, &sizes);
+            proptest::prop_assert_eq!(error, None);
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
+
+    /// A client frame of at most 125 bytes masked with `mask`.
+    fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![first, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
     #[tokio::test]
     async fn bytes_read_with_the_upgrade_come_first_and_nothing_is_kept_between_frames() {
         let (server, mut client) = tokio::io::duplex(1024);
