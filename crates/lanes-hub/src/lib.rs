@@ -174,11 +174,12 @@ impl<P> Inner<P> {
         self.free.push(user.slot);
     }
 
+    /// Callers add a slot only when the user's own set gained the conversation, so it is not
+    /// listed yet (checked in tests; a group's online members can be 10,000).
     fn add_online_member(&mut self, conversation_id: ConversationId, slot: Slot) {
         let members = self.conversations.entry(conversation_id).or_default();
-        if !members.contains(&slot) {
-            members.push(slot);
-        }
+        debug_assert!(!members.contains(&slot), "listed twice");
+        members.push(slot);
     }
 
     fn remove_online_member(&mut self, conversation_id: ConversationId, slot: Slot) {
@@ -639,6 +640,23 @@ mod tests {
         assert_eq!(drain(&mut phone), [Event::Revoked]);
         assert_eq!(drain(&mut laptop), []);
         assert_eq!(drain(&mut app), []);
+    }
+
+    #[test]
+    fn a_reused_slot_does_not_inherit_its_previous_user_s_conversations() {
+        let hub: Hub<u32> = Hub::new(8);
+        let (alice, bob) = (user("alice"), user("bob"));
+        let phone = hub.register(&alice);
+        hub.set_conversations(&alice, phone.version, &[ConversationId(1)])
+            .unwrap();
+        hub.unregister(&alice, phone.connection_id);
+        let mut laptop = hub.register(&bob);
+        hub.set_conversations(&bob, laptop.version, &[ConversationId(2)])
+            .unwrap();
+        assert_eq!(hub.publish(ConversationId(1), Seq(1), 1, None), 0);
+        assert_eq!(hub.publish(ConversationId(2), Seq(1), 2, None), 1);
+        assert_eq!(drain(&mut laptop), [message(2, 1, 2)]);
+        assert_eq!(hub.stats().conversations, 1);
     }
 
     #[test]
