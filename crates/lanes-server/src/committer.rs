@@ -73,16 +73,17 @@ pub(crate) fn spawn(
 ) -> std::io::Result<(std::thread::JoinHandle<()>, oneshot::Receiver<()>)> {
     let (stopped_sender, stopped) = oneshot::channel::<()>();
     let runtime = tokio::runtime::Handle::current();
-    let (committed_sender, committed) = std::sync::mpsc::sync_channel(PUBLISH_QUEUE_BATCHES);
+    let (committed_sender, mut committed) = mpsc::channel(PUBLISH_QUEUE_BATCHES);
     let publisher_metrics = Arc::clone(&metrics);
-    let publisher = std::thread::Builder::new()
-        .name("lanes-publisher".into())
-        .spawn(move || {
-            // In commit order; ends when the committer is gone and everything is published.
-            for batch in committed {
-                publish(batch, &hub, &publisher_metrics);
-            }
-        })?;
+    // A task on the runtime rather than a thread: waking thousands of connection tasks from a
+    // worker puts them on its own run queue instead of the shared injection queue (measured,
+    // docs/BENCHMARKS.md). A batch of a 10,000-member group holds the worker for milliseconds.
+    let publisher = runtime.spawn(async move {
+        // In commit order; ends when the committer is gone and everything is published.
+        while let Some(batch) = committed.recv().await {
+            publish(batch, &hub, &publisher_metrics);
+        }
+    });
     let thread = std::thread::Builder::new()
         .name("lanes-committer".into())
         .spawn(move || {
@@ -99,7 +100,7 @@ pub(crate) fn spawn(
             // Every committed batch is published and answered before the committer counts as
             // stopped (shutdown waits for it).
             drop(committed_sender);
-            let _ = publisher.join();
+            let _ = runtime.block_on(publisher);
         })?;
     Ok((thread, stopped))
 }
@@ -120,7 +121,7 @@ struct Committed {
 fn run(
     mut requests: mpsc::Receiver<CommitRequest>,
     store: &dyn Store,
-    publisher: &std::sync::mpsc::SyncSender<Committed>,
+    publisher: &mpsc::Sender<Committed>,
     metrics: &Metrics,
     linger: Duration,
     runtime: &tokio::runtime::Handle,
@@ -142,7 +143,10 @@ fn run(
         }
         match queue.poll_batch(Instant::now()) {
             Some(batch) => {
-                if publisher.send(commit(batch, store, metrics)).is_err() {
+                if publisher
+                    .blocking_send(commit(batch, store, metrics))
+                    .is_err()
+                {
                     // The publisher died: nothing can be answered any more; stop the server.
                     tracing::error!("the publisher stopped; stopping the committer");
                     return;
