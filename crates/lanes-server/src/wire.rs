@@ -139,9 +139,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                             Ok(Some(Incoming::Ping))
                         }
                         Control::Pong => Ok(Some(Incoming::Pong)),
-                        // A close payload is empty or starts with a two-byte code.
-                        Control::Close if payload.len() == 1 => Err(WireError::Protocol),
-                        Control::Close => Ok(Some(Incoming::Close)),
+                        Control::Close if valid_close(&payload) => Ok(Some(Incoming::Close)),
+                        Control::Close => Err(WireError::Protocol),
                         Control::Reserved(_) => Err(WireError::Protocol),
                     };
                 }
@@ -243,6 +242,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             self.out = Vec::new();
         }
         self.io.flush().await
+    }
+}
+
+/// A close payload is empty, or a code a peer may send (RFC 6455 §7.4) and a UTF-8 reason.
+fn valid_close(payload: &[u8]) -> bool {
+    match payload {
+        [] => true,
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            sendable && std::str::from_utf8(reason).is_ok()
+        }
+        [_] => false,
     }
 }
 
@@ -392,6 +404,16 @@ mod tests {
             (
                 "one-byte close",
                 frame(0x88, &[3], true),
+                WireError::Protocol,
+            ),
+            (
+                "close with a reserved code",
+                frame(0x88, &1005u16.to_be_bytes(), true),
+                WireError::Protocol,
+            ),
+            (
+                "close with a reason that is not UTF-8",
+                frame(0x88, &[0x03, 0xE8, 0xff], true),
                 WireError::Protocol,
             ),
             (
