@@ -14,6 +14,18 @@ struct State<T> {
     waiting: Option<Waker>,
 }
 
+impl<T> State<T> {
+    /// The next item. A drained queue gives its memory back: after a burst it would otherwise
+    /// keep room for thousands of events for the connection's whole life.
+    fn pop(&mut self) -> Option<T> {
+        let item = self.items.pop_front();
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+        item
+    }
+}
+
 struct Shared<T> {
     /// Held only to push, pop or register a waker; never across an await.
     state: Mutex<State<T>>,
@@ -111,7 +123,7 @@ impl<T> QueueReceiver<T> {
     /// `recv` as a poll: the next item, or `Pending` with `cx`'s waker registered.
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
         let mut state = lock(&self.shared);
-        if let Some(item) = state.items.pop_front() {
+        if let Some(item) = state.pop() {
             return Poll::Ready(Some(item));
         }
         if state.closed {
@@ -127,7 +139,7 @@ impl<T> QueueReceiver<T> {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        lock(&self.shared).items.pop_front()
+        lock(&self.shared).pop()
     }
 
     /// Items queued now.
@@ -167,6 +179,11 @@ mod tests {
         });
         assert_eq!(drained, [Some(2), Some(4), None]);
         assert!(receiver.is_empty());
+        assert_eq!(
+            lock(&receiver.shared).items.capacity(),
+            0,
+            "a drained queue keeps no room"
+        );
     }
 
     #[test]
