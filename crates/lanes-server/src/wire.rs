@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 /// Bytes read per `read` call (on the stack of the poll, not kept).
 const READ_CHUNK_BYTES: usize = 4096;
@@ -250,9 +250,8 @@ fn valid_close(payload: &[u8]) -> bool {
     match payload {
         [] => true,
         [high, low, reason @ ..] => {
-            let code = u16::from_be_bytes([*high, *low]);
-            let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-            sendable && std::str::from_utf8(reason).is_ok()
+            let code = CloseCode::from(u16::from_be_bytes([*high, *low]));
+            code.is_allowed() && std::str::from_utf8(reason).is_ok()
         }
         [_] => false,
     }
