@@ -332,6 +332,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let _ = shutdown.changed().await;
             }));
         }
+        // One timer for the connection's life, moved only when its deadline moves (mostly once
+        // per ping interval): a new one per wake-up added and removed a timer-wheel entry for
+        // every message (`clear_entry` in profiles).
+        let mut sleep = std::pin::pin!(None::<tokio::time::Sleep>);
         loop {
             self.flush_outputs().await?;
             if self.pending_sync {
@@ -361,15 +365,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             let waiting = {
                 let wants_read = self.connection.wants_read();
-                let sleep = self
-                    .connection
-                    .poll_timeout()
-                    .map(|deadline| tokio::time::sleep_until(deadline.into()));
-                let mut sleep = std::pin::pin!(sleep);
+                let deadline = self.connection.poll_timeout();
+                if let Some(deadline) = deadline.map(tokio::time::Instant::from) {
+                    match sleep.as_mut().as_pin_mut() {
+                        Some(timer) if timer.deadline() == deadline => {}
+                        Some(timer) => timer.reset(deadline),
+                        None => sleep.set(Some(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                let mut timer = deadline.and(sleep.as_mut().as_pin_mut());
                 // One hand-written poll rather than `select!`: its waiting state is what every
-                // idle connection holds, and this keeps it to the timer and a few pointers.
+                // idle connection holds, and this keeps it to a few pointers.
                 let wake =
-                    std::future::poll_fn(|cx| self.poll_wake(cx, wants_read, sleep.as_mut())).await;
+                    std::future::poll_fn(|cx| self.poll_wake(cx, wants_read, timer.as_mut())).await;
                 self.handle_wake(wake)?
             };
             // Awaited outside the block, so neither the `Wake` nor the `Waiting` is kept across
@@ -403,7 +411,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         cx: &mut std::task::Context<'_>,
         wants_read: bool,
-        sleep: std::pin::Pin<&mut Option<tokio::time::Sleep>>,
+        timer: Option<&mut std::pin::Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wake> {
         if let Some(wait) = &mut self.shutdown_wait
             && wait.as_mut().poll(cx).is_ready()
@@ -418,8 +426,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if wants_read && let Poll::Ready(incoming) = self.wire.poll_next(cx) {
             return Poll::Ready(Wake::Incoming(incoming));
         }
-        if let Some(sleep) = sleep.as_pin_mut()
-            && sleep.poll(cx).is_ready()
+        if let Some(timer) = timer
+            && timer.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Wake::Timeout);
         }
