@@ -36,6 +36,9 @@ if [ ! -d web/e2e/node_modules/playwright-core ]; then
     npm ci --prefix web/e2e --no-audit --no-fund
 fi
 export LANES_TEST_REQUIRE_BROWSER=1
+# A clean clone gains nothing from incremental compilation and it wrote ~1 GB more to a CI disk
+# that has run out of space once; export CARGO_INCREMENTAL=1 to keep it for repeated local runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
