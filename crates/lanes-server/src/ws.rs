@@ -337,7 +337,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // every message (`clear_entry` in profiles).
         let mut sleep = std::pin::pin!(None::<tokio::time::Sleep>);
         loop {
-            self.flush_outputs().await?;
+            self.write_outputs().await?;
+            // Not flushed before the initial sync or a catch-up: `welcome` then leaves in one
+            // write with `synced` (a second write and read per connect cost both sides more
+            // than the sync itself), and a catch-up flushes each page it writes.
             if self.pending_sync {
                 self.pending_sync = false;
                 // Boxed: these run once per connection or join, and inlined they would make every
@@ -357,6 +360,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Box::pin(self.catch_up(conversation_id)).await?;
                 continue;
             }
+            self.flush().await?;
             if let Some(subscription) = &self.subscription
                 && subscription.slow.load(std::sync::atomic::Ordering::Acquire)
             {
@@ -458,12 +462,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(WireError::Gone) => return Err(End::Socket),
         }
         Ok(())
-    }
-
-    /// Carries out everything the state machine decided, then flushes the socket once.
-    async fn flush_outputs(&mut self) -> Result<(), End> {
-        self.write_outputs().await?;
-        self.flush().await
     }
 
     /// Carries out everything the state machine decided so far, without flushing. What may wait
