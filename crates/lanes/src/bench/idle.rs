@@ -2,6 +2,7 @@
 //! connect rate and the server's resident memory per connection. When one process may not hold
 //! C sockets (its descriptor limit), helper processes (`idle-worker`) hold the rest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -60,7 +61,7 @@ pub(crate) struct IdleWorkerArgs {
 const DESCRIPTORS_SPARE: usize = 256;
 
 pub(crate) async fn run(
-    target: &Target,
+    target: &Arc<Target>,
     spawned: Option<&SpawnedServer>,
     args: IdleArgs,
 ) -> anyhow::Result<Report> {
@@ -159,7 +160,7 @@ pub(crate) async fn run(
 }
 
 /// Runs in a helper process: connects its share, says so on stdout, holds until stdin closes.
-pub(crate) async fn worker(target: &Target, args: IdleWorkerArgs) -> anyhow::Result<()> {
+pub(crate) async fn worker(target: &Arc<Target>, args: IdleWorkerArgs) -> anyhow::Result<()> {
     let (holders, _) = open(
         target,
         &args.run,
@@ -183,7 +184,7 @@ pub(crate) async fn worker(target: &Target, args: IdleWorkerArgs) -> anyhow::Res
 /// Opens connections `first..first + count` of the run, `parallel` at a time, each held by a
 /// task that keeps reading (so pings are answered).
 async fn open(
-    target: &Target,
+    target: &Arc<Target>,
     run: &str,
     first: usize,
     count: usize,
@@ -197,14 +198,20 @@ async fn open(
         .collect();
     // A sliding window of `parallel` connects in flight, not batches: a batch waits for its
     // slowest connect, which made the tail, not the server, set the measured rate.
-    let mut connects = futures_util::stream::iter(names.iter().map(|name| async move {
-        let started = Instant::now();
-        let connected = target.connect(name, Vec::new()).await?;
-        anyhow::Ok((connected, started.elapsed()))
+    // Each connect is its own task: run inside this future they all ran on the thread that
+    // blocks on it, which then had to be woken from the runtime's threads for every socket
+    // event and became the driver's bottleneck (perf: ~80% busy while the workers idled).
+    let mut connects = futures_util::stream::iter(names.into_iter().map(|name| {
+        let target = Arc::clone(target);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let connected = target.connect(&name, Vec::new()).await?;
+            anyhow::Ok((connected, started.elapsed()))
+        })
     }))
     .buffer_unordered(parallel.max(1));
     while let Some(connected) = connects.next().await {
-        let ((socket, _), took) = connected.context("connect")?;
+        let ((socket, _), took) = connected.context("connect task")?.context("connect")?;
         let _ = connect_latency.record(took.as_micros() as u64);
         holders.push(tokio::spawn(async move {
             let mut socket = socket;

@@ -200,7 +200,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let base_url = spawned
         .as_ref()
         .map_or_else(|| args.addr.clone(), |server| server.base_url.clone());
-    let target = Target::new(&base_url, &args.jwt_secret, args.sources);
+    let target = std::sync::Arc::new(Target::new(&base_url, &args.jwt_secret, args.sources));
     let time_limit = Duration::from_secs(args.time_limit_secs);
     if let Scenario::IdleWorker(worker) = args.scenario {
         return tokio::time::timeout(time_limit, idle::worker(&target, worker))
