@@ -2,7 +2,7 @@
 //! Reports deliveries/s and, per message, the time until the last member received it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,9 +71,7 @@ pub(crate) async fn run(
         }
     }
     let total = (args.rate * args.duration_secs).ceil() as usize;
-    // Per message: the latest arrival (µs after its send) over all members, and how many got it.
-    let slowest = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
-    let arrivals = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(Slowest::new(total));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_secs) + Duration::from_secs(30);
     let mut receivers = Vec::new();
@@ -83,10 +81,22 @@ pub(crate) async fn run(
             senders.push(socket);
             continue;
         }
-        let (slowest, arrivals) = (Arc::clone(&slowest), Arc::clone(&arrivals));
-        receivers.push(tokio::spawn(receive(
-            socket, total, started, deadline, slowest, arrivals,
-        )));
+        let slowest = Arc::clone(&slowest);
+        receivers.push(tokio::spawn(async move {
+            let mut socket = socket;
+            let mut arrivals = 0;
+            let received = tokio::time::timeout_at(
+                deadline,
+                receive(&mut socket, total, started, &slowest, &mut arrivals),
+            )
+            .await;
+            // Complete, or late (then only its arrivals count).
+            let complete = match received {
+                Ok(received) => received.map(|()| 1)?,
+                Err(_) => 0,
+            };
+            anyhow::Ok((complete, arrivals))
+        }));
     }
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut acked = 0;
@@ -111,17 +121,18 @@ pub(crate) async fn run(
         let expected = (index..total).step_by(args.senders).count();
         acked += drain_acks(sender, expected, deadline).await?;
     }
-    let mut complete = 0;
+    let (mut complete, mut deliveries) = (0, 0);
     for receiver in receivers {
-        complete += receiver.await.context("receiver")??;
+        let (done, arrivals) = receiver.await.context("receiver")??;
+        complete += done;
+        deliveries += arrivals;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut reach = histogram();
-    for latest in slowest.iter() {
-        let _ = reach.record(latest.load(Ordering::Relaxed).max(1));
+    for message in 0..total {
+        let _ = reach.record(slowest.latest(message).max(1));
     }
     let receivers_count = args.members - args.senders;
-    let deliveries = arrivals.load(Ordering::Relaxed);
     let mut report = Report::new(
         "fanout",
         json!({
@@ -168,41 +179,77 @@ async fn drain_acks(
     Ok(acks)
 }
 
-/// Reads until all `total` messages arrived (1 when complete, 0 when the deadline hit first).
+/// Reads until all `total` messages arrived, counting them in `arrivals`.
 /// Thousands of receivers share the cores with the server, so they read only what they check
-/// (seq and the body's `n:send-time`) instead of decoding whole frames.
+/// (seq and the body's `n:send-time`) instead of decoding whole frames, count locally, and have
+/// the caller put one deadline on the whole read rather than a timer on every frame.
 async fn receive(
-    mut socket: Socket,
+    socket: &mut Socket,
     total: usize,
     started: Instant,
-    deadline: Instant,
-    slowest: Arc<Vec<AtomicU64>>,
-    arrivals: Arc<AtomicU64>,
-) -> anyhow::Result<usize> {
+    slowest: &Slowest,
+    arrivals: &mut u64,
+) -> anyhow::Result<()> {
     let mut last_seq = 0;
     while last_seq < total as u64 {
-        let text = match tokio::time::timeout_at(deadline, next_text(&mut socket)).await {
-            Ok(text) => text?,
-            Err(_) => return Ok(0),
-        };
+        let text = next_text(socket).await?;
         let Quick::Message { seq, body, .. } = quick(text.as_str()) else {
             continue;
         };
         anyhow::ensure!(seq == last_seq + 1, "gap or duplicate at seq {seq}");
         last_seq = seq;
-        arrivals.fetch_add(1, Ordering::Relaxed);
+        *arrivals += 1;
         let parsed = body.split_once(':').and_then(|(n, rest)| {
             let end = rest
-                .find(|c: char| !c.is_ascii_digit())
+                .bytes()
+                .position(|byte| !byte.is_ascii_digit())
                 .unwrap_or(rest.len());
             Some((n.parse::<usize>().ok()?, rest[..end].parse::<u64>().ok()?))
         });
-        if let Some((n, sent_at)) = parsed
-            && let Some(slot) = slowest.get(n)
-        {
+        if let Some((n, sent_at)) = parsed {
             let latency = (started.elapsed().as_micros() as u64).saturating_sub(sent_at);
-            slot.fetch_max(latency, Ordering::Relaxed);
+            slowest.record(n, latency);
         }
     }
-    Ok(1)
+    Ok(())
+}
+
+/// Shards of `Slowest`: more than the runtime's threads, so each thread writes its own.
+const SHARDS: usize = 8;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// Per message, the latest arrival (µs after its send) over all members. Kept per thread
+/// shard: with one cell per message, every delivery on either core wrote the same cache line.
+struct Slowest {
+    messages: usize,
+    cells: Vec<AtomicU64>,
+}
+
+impl Slowest {
+    fn new(messages: usize) -> Slowest {
+        Slowest {
+            messages,
+            cells: (0..messages * SHARDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn record(&self, message: usize, latency: u64) {
+        if message < self.messages {
+            let cell = SHARD.with(|shard| &self.cells[shard * self.messages + message]);
+            cell.fetch_max(latency, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest arrival of `message` over all shards.
+    fn latest(&self, message: usize) -> u64 {
+        (0..SHARDS)
+            .map(|shard| self.cells[shard * self.messages + message].load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
 }
