@@ -40,7 +40,7 @@ pub(crate) struct FanoutArgs {
 }
 
 pub(crate) async fn run(
-    target: &Target,
+    target: &Arc<Target>,
     spawned: Option<&SpawnedServer>,
     args: FanoutArgs,
 ) -> anyhow::Result<Report> {
@@ -63,13 +63,7 @@ pub(crate) async fn run(
         .await
         .context("create group")?
         .conversation_id;
-    let mut sockets = Vec::with_capacity(args.members);
-    for chunk in names.chunks(256) {
-        let connects = chunk.iter().map(|name| target.connect(name, Vec::new()));
-        for (socket, _) in futures_util::future::try_join_all(connects).await? {
-            sockets.push(socket);
-        }
-    }
+    let sockets = super::net::connect_all(target, &names).await?;
     let total = (args.rate * args.duration_secs).ceil() as usize;
     let slowest = Arc::new(Slowest::new(total));
     let started = Instant::now();

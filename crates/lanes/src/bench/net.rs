@@ -3,8 +3,8 @@
 //! task and channels) so that the driver stays cheaper than the server it measures.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -138,6 +138,28 @@ impl Target {
             }
         }
     }
+}
+
+/// Connects in flight at once when a scenario sets up its users.
+pub(crate) const CONNECTS_IN_FLIGHT: usize = 256;
+
+/// Connects `names` (their sockets in the same order), `CONNECTS_IN_FLIGHT` at a time, each
+/// connect a task of its own: run inside the caller's future, every connect ran on the one
+/// thread blocking on the run (see `idle`).
+pub(crate) async fn connect_all(
+    target: &Arc<Target>,
+    names: &[String],
+) -> anyhow::Result<Vec<Socket>> {
+    let mut connects = futures_util::stream::iter(names.iter().map(|name| {
+        let (target, name) = (Arc::clone(target), name.clone());
+        tokio::spawn(async move { target.connect(&name, Vec::new()).await })
+    }))
+    .buffered(CONNECTS_IN_FLIGHT);
+    let mut sockets = Vec::with_capacity(names.len());
+    while let Some(connected) = connects.next().await {
+        sockets.push(connected.context("connect task")??.0);
+    }
+    Ok(sockets)
 }
 
 /// The next server frame, skipping pings; an error when the socket ends.

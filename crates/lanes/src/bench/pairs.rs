@@ -52,7 +52,7 @@ struct UserResult {
 }
 
 pub(crate) async fn run(
-    target: &Target,
+    target: &Arc<Target>,
     spawned: Option<&SpawnedServer>,
     args: PairsArgs,
 ) -> anyhow::Result<Report> {
@@ -73,14 +73,8 @@ pub(crate) async fn run(
             .context("create direct conversation")?;
         conversations.push(conversation.conversation_id);
     }
-    let mut sockets = Vec::with_capacity(args.users);
     let connect_started = Instant::now();
-    for chunk in names.chunks(100) {
-        let connects = chunk.iter().map(|name| target.connect(name, Vec::new()));
-        for (socket, _) in futures_util::future::try_join_all(connects).await? {
-            sockets.push(socket);
-        }
-    }
+    let sockets = super::net::connect_all(target, &names).await?;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let rss_before = spawned.and_then(SpawnedServer::rss_kib);
 
