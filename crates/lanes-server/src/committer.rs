@@ -16,7 +16,7 @@ use lanes_protocol::{AckFrame, ErrorCode, ErrorFrame, MessageFrame, ServerFrame,
 use lanes_store::{AppendOutcome, AppendRejection, NewMessage, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Metrics;
+use crate::metrics::{COMMIT_MICROS_BOUNDS, COMMIT_SENDS_BOUNDS, Metrics};
 use crate::now_millis;
 
 /// Where the answer to a send goes.
@@ -170,11 +170,18 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, metrics: &Metrics) -> Co
         .into_iter()
         .map(|request| (request.message, request.origin))
         .unzip();
+    let started = Instant::now();
     let outcomes = store
         .append_batch(&messages, now_millis())
         .map_err(|err| err.to_string());
     match &outcomes {
-        Ok(_) => Metrics::add(&metrics.commits, 1),
+        Ok(_) => {
+            Metrics::add(&metrics.commits, 1);
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            metrics.commit_micros.observe(&COMMIT_MICROS_BOUNDS, micros);
+            let sends = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+            metrics.commit_sends.observe(&COMMIT_SENDS_BOUNDS, sends);
+        }
         Err(_) => Metrics::add(&metrics.commit_failures, 1),
     }
     Committed {

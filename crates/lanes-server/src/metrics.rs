@@ -17,6 +17,66 @@ pub(crate) struct Metrics {
     pub(crate) receipt_commits: AtomicU64,
     pub(crate) typing_events: AtomicU64,
     pub(crate) presence_updates: AtomicU64,
+    /// How long each group commit took (the store's transaction and fsync), in microseconds.
+    pub(crate) commit_micros: Histogram<{ COMMIT_MICROS_BOUNDS.len() }>,
+    /// How many sends each group commit carried.
+    pub(crate) commit_sends: Histogram<{ COMMIT_SENDS_BOUNDS.len() }>,
+}
+
+/// Upper bounds of the commit-duration buckets, in microseconds (rendered in seconds).
+pub(crate) const COMMIT_MICROS_BOUNDS: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Upper bounds of the batch-size buckets, in sends.
+pub(crate) const COMMIT_SENDS_BOUNDS: [u64; 12] =
+    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
+
+/// A Prometheus histogram with fixed buckets: one atomic per bucket, no lock, no allocation.
+#[derive(Debug)]
+pub(crate) struct Histogram<const N: usize> {
+    /// Observations per bucket (not cumulative); beyond the last bound only `count` grows.
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    pub(crate) fn observe(&self, bounds: &[u64; N], value: u64) {
+        if let Some(bucket) = bounds.iter().position(|bound| value <= *bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Renders `name` with cumulative `le` buckets; bounds and sum are divided by `unit`
+    /// (1,000,000 renders microseconds as seconds).
+    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64; N], unit: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = *bound as f64 / unit;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / unit;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+        );
+    }
 }
 
 impl Metrics {
@@ -117,6 +177,50 @@ impl Metrics {
             "1 when every commit is fsync'd (synchronous=FULL), 0 when relaxed.",
             u64::from(durability_full),
         );
+        self.commit_micros.render(
+            &mut out,
+            "lanes_commit_duration_seconds",
+            "Time of each group commit: the store's transaction and its fsync.",
+            &COMMIT_MICROS_BOUNDS,
+            1_000_000.0,
+        );
+        self.commit_sends.render(
+            &mut out,
+            "lanes_commit_batch_sends",
+            "Sends carried by each group commit.",
+            &COMMIT_SENDS_BOUNDS,
+            1.0,
+        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_renders_cumulative_buckets_in_the_unit() {
+        let histogram = Histogram::<3>::default();
+        let bounds = [1_000, 10_000, 100_000];
+        for micros in [500, 1_000, 7_000, 2_000_000] {
+            histogram.observe(&bounds, micros);
+        }
+        let mut out = String::new();
+        histogram.render(&mut out, "t_seconds", "help", &bounds, 1_000_000.0);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP t_seconds help",
+                "# TYPE t_seconds histogram",
+                "t_seconds_bucket{le=\"0.001\"} 2",
+                "t_seconds_bucket{le=\"0.01\"} 3",
+                "t_seconds_bucket{le=\"0.1\"} 3",
+                "t_seconds_bucket{le=\"+Inf\"} 4",
+                "t_seconds_sum 2.0085",
+                "t_seconds_count 4",
+            ]
+        );
     }
 }

@@ -75,6 +75,20 @@ async fn concurrent_sends_share_commits() {
         "{commits} commits for {messages} messages"
     );
     assert_eq!(metric(&http, "lanes_durability_full").await, 1);
+    // The histograms saw every commit, and the batch sizes add up to the sends.
+    let all_commits = metric(&http, "lanes_commits_total").await;
+    assert_eq!(
+        metric(&http, "lanes_commit_duration_seconds_count").await,
+        all_commits
+    );
+    assert_eq!(
+        metric(&http, "lanes_commit_batch_sends_count").await,
+        all_commits
+    );
+    assert_eq!(
+        metric(&http, "lanes_commit_batch_sends_sum").await,
+        messages
+    );
     server.assert_clean_log();
 }
 
