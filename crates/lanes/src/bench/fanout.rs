@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
 use super::net::{
-    Quick, Socket, Target, create_users, next_frame, next_text, quick, run_id, user_id, user_name,
+    Quick, Socket, Target, create_users, leading_number, next_frame, next_text, quick, run_id,
+    user_id, user_name,
 };
 use super::report::{Report, histogram, latency_ms};
 
@@ -193,13 +194,9 @@ async fn receive(
         anyhow::ensure!(seq == last_seq + 1, "gap or duplicate at seq {seq}");
         last_seq = seq;
         *arrivals += 1;
-        let parsed = body.split_once(':').and_then(|(n, rest)| {
-            let end = rest
-                .bytes()
-                .position(|byte| !byte.is_ascii_digit())
-                .unwrap_or(rest.len());
-            Some((n.parse::<usize>().ok()?, rest[..end].parse::<u64>().ok()?))
-        });
+        let parsed = body
+            .split_once(':')
+            .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, leading_number(rest)?)));
         if let Some((n, sent_at)) = parsed {
             let latency = (started.elapsed().as_micros() as u64).saturating_sub(sent_at);
             slowest.record(n, latency);

@@ -141,7 +141,7 @@ impl Target {
 }
 
 /// Connects in flight at once when a scenario sets up its users.
-pub(crate) const CONNECTS_IN_FLIGHT: usize = 256;
+const CONNECTS_IN_FLIGHT: usize = 256;
 
 /// Connects `names` (their sockets in the same order), `CONNECTS_IN_FLIGHT` at a time, each
 /// connect a task of its own: run inside the caller's future, every connect ran on the one
@@ -233,14 +233,7 @@ pub(crate) fn quick(text: &str) -> Quick<'_> {
         key.find(text.as_bytes())
             .and_then(|start| text.get(start + key.needle().len()..))
     };
-    let number = |key: &memmem::Finder<'_>| -> Option<u64> {
-        let rest = after(key)?;
-        let end = rest
-            .bytes()
-            .position(|byte| !byte.is_ascii_digit())
-            .unwrap_or(rest.len());
-        rest[..end].parse().ok()
-    };
+    let number = |key: &memmem::Finder<'_>| leading_number(after(key)?);
     let string = |key: &memmem::Finder<'_>| -> Option<&str> {
         let rest = after(key)?;
         Some(&rest[..memchr::memchr(b'"', rest.as_bytes())?])
@@ -261,6 +254,15 @@ pub(crate) fn quick(text: &str) -> Quick<'_> {
     } else {
         Quick::Other
     }
+}
+
+/// The decimal number `text` starts with.
+pub(crate) fn leading_number(text: &str) -> Option<u64> {
+    let end = text
+        .bytes()
+        .position(|byte| !byte.is_ascii_digit())
+        .unwrap_or(text.len());
+    text[..end].parse().ok()
 }
 
 /// The next text frame, skipping pings; an error when the socket ends.
