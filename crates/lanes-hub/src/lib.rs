@@ -38,8 +38,9 @@ pub enum Event<P> {
     ShuttingDown,
     /// The outcome of one of this connection's own sends. It travels in the same queue as the
     /// messages, after every message the committer published before it, so an ack takes its
-    /// message's place in the conversation's order on this connection.
-    Committed(Result<AckFrame, ErrorFrame>),
+    /// message's place in the conversation's order on this connection. Boxed: inline, it made
+    /// every queued event 72 bytes instead of 56.
+    Committed(Box<Result<AckFrame, ErrorFrame>>),
 }
 
 /// How a signal treats a busy connection.
@@ -565,7 +566,7 @@ impl<P: Clone> Hub<P> {
         connection_id: ConnectionId,
         outcome: Result<AckFrame, ErrorFrame>,
     ) -> bool {
-        let event = Event::Committed(outcome);
+        let event = Event::Committed(Box::new(outcome));
         let delivered = {
             let inner = self.read();
             let Some(entry) = inner.connections(user_id).and_then(|connections| {
@@ -785,7 +786,7 @@ mod tests {
             drain(&mut phone),
             [
                 message(1, 1, 1),
-                Event::Committed(Ok(ack(2))),
+                Event::Committed(Box::new(Ok(ack(2)))),
                 message(1, 3, 3)
             ]
         );
@@ -793,6 +794,12 @@ mod tests {
             !hub.reply(&alice, ConnectionId(999), Ok(ack(4))),
             "unknown connection"
         );
+    }
+
+    #[test]
+    fn a_queued_event_stays_small() {
+        // A 32-byte payload, as the server's shared frames: every queued event is this size.
+        assert!(std::mem::size_of::<Event<[usize; 4]>>() <= 56);
     }
 
     #[test]

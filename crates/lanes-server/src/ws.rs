@@ -816,7 +816,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Event::Committed(outcome) => {
                 // Written now, between the frames queued before and after it: the ack takes its
                 // message's place in the conversation's order.
-                self.connection.handle_committed(outcome);
+                self.connection.handle_committed(*outcome);
                 return self.write_ready_outputs();
             }
         }
