@@ -120,6 +120,12 @@ impl<P> Inner<P> {
         self.at(slot).map(|online| &online.connections)
     }
 
+    fn entry(&self, user_id: &UserId, connection_id: ConnectionId) -> Option<&ConnectionEntry<P>> {
+        self.connections(user_id)?
+            .iter()
+            .find(|entry| entry.connection_id == connection_id)
+    }
+
     fn connections_mut(&mut self, user_id: &UserId) -> Option<&mut Vec<ConnectionEntry<P>>> {
         let slot = self.users.get(user_id)?.slot;
         self.online
@@ -459,11 +465,7 @@ impl<P: Clone> Hub<P> {
     ) -> bool {
         let sent = {
             let inner = self.read();
-            let Some(entry) = inner.connections(user_id).and_then(|connections| {
-                connections
-                    .iter()
-                    .find(|entry| entry.connection_id == connection_id)
-            }) else {
+            let Some(entry) = inner.entry(user_id, connection_id) else {
                 return false;
             };
             self.offer(entry, Event::Signal(payload), delivery)
@@ -569,11 +571,7 @@ impl<P: Clone> Hub<P> {
         let event = Event::Committed(Box::new(outcome));
         let delivered = {
             let inner = self.read();
-            let Some(entry) = inner.connections(user_id).and_then(|connections| {
-                connections
-                    .iter()
-                    .find(|entry| entry.connection_id == connection_id)
-            }) else {
+            let Some(entry) = inner.entry(user_id, connection_id) else {
                 return false;
             };
             entry.sender.try_send(event)
@@ -617,6 +615,18 @@ mod tests {
         UserId::parse(name).unwrap()
     }
 
+    /// A connection of `user_id`, registered and listed as a member of `conversation`.
+    fn online(hub: &Hub<u32>, user_id: &UserId, conversation: u64) -> Subscription<u32> {
+        let subscription = hub.register(user_id);
+        hub.set_conversations(
+            user_id,
+            subscription.version,
+            &[ConversationId(conversation)],
+        )
+        .unwrap();
+        subscription
+    }
+
     fn drain(subscription: &mut Subscription<u32>) -> Vec<Event<u32>> {
         std::iter::from_fn(|| subscription.receiver.try_recv()).collect()
     }
@@ -647,13 +657,9 @@ mod tests {
     fn a_reused_slot_does_not_inherit_its_previous_user_s_conversations() {
         let hub: Hub<u32> = Hub::new(8);
         let (alice, bob) = (user("alice"), user("bob"));
-        let phone = hub.register(&alice);
-        hub.set_conversations(&alice, phone.version, &[ConversationId(1)])
-            .unwrap();
+        let phone = online(&hub, &alice, 1);
         hub.unregister(&alice, phone.connection_id);
-        let mut laptop = hub.register(&bob);
-        hub.set_conversations(&bob, laptop.version, &[ConversationId(2)])
-            .unwrap();
+        let mut laptop = online(&hub, &bob, 2);
         assert_eq!(hub.publish(ConversationId(1), Seq(1), 1, None), 0);
         assert_eq!(hub.publish(ConversationId(2), Seq(1), 2, None), 1);
         assert_eq!(drain(&mut laptop), [message(2, 1, 2)]);
@@ -682,12 +688,8 @@ mod tests {
     fn droppable_signals_give_way_and_reliable_ones_do_not() {
         let hub: Hub<u32> = Hub::new(4);
         let (alice, bob) = (user("alice"), user("bob"));
-        let mut alice_phone = hub.register(&alice);
-        hub.set_conversations(&alice, alice_phone.version, &[ConversationId(1)])
-            .unwrap();
-        let bob_phone = hub.register(&bob);
-        hub.set_conversations(&bob, bob_phone.version, &[ConversationId(2)])
-            .unwrap();
+        let mut alice_phone = online(&hub, &alice, 1);
+        let _bob_phone = online(&hub, &bob, 2);
         assert!(hub.is_online_member(&alice, ConversationId(1)));
         assert!(!hub.is_online_member(&bob, ConversationId(1)));
         let to_alice = |user: &UserId| (user.as_str() == "alice").then_some(7);
@@ -731,16 +733,10 @@ mod tests {
     fn publish_reaches_every_connection_of_every_online_member() {
         let hub: Hub<u32> = Hub::new(16);
         let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
-        let mut alice_phone = hub.register(&alice);
-        hub.set_conversations(&alice, alice_phone.version, &[ConversationId(1)])
-            .unwrap();
+        let mut alice_phone = online(&hub, &alice, 1);
         let mut alice_laptop = hub.register(&alice);
-        let mut bob_phone = hub.register(&bob);
-        hub.set_conversations(&bob, bob_phone.version, &[ConversationId(1)])
-            .unwrap();
-        let mut carol_phone = hub.register(&carol);
-        hub.set_conversations(&carol, carol_phone.version, &[ConversationId(2)])
-            .unwrap();
+        let mut bob_phone = online(&hub, &bob, 1);
+        let mut carol_phone = online(&hub, &carol, 2);
         assert_eq!(hub.publish(ConversationId(1), Seq(1), 10, None), 3);
         assert_eq!(drain(&mut alice_phone), [message(1, 1, 10)]);
         assert_eq!(drain(&mut alice_laptop), [message(1, 1, 10)]);
@@ -765,12 +761,8 @@ mod tests {
     fn a_reply_follows_what_was_published_before_it() {
         let hub: Hub<u32> = Hub::new(16);
         let (alice, bob) = (user("alice"), user("bob"));
-        let mut phone = hub.register(&alice);
-        hub.set_conversations(&alice, phone.version, &[ConversationId(1)])
-            .unwrap();
-        let bob_phone = hub.register(&bob);
-        hub.set_conversations(&bob, bob_phone.version, &[ConversationId(1)])
-            .unwrap();
+        let mut phone = online(&hub, &alice, 1);
+        let bob_phone = online(&hub, &bob, 1);
         let ack = |seq| AckFrame {
             client_msg_id: lanes_protocol::ClientMsgId::parse("a").unwrap(),
             conversation_id: ConversationId(1),
@@ -840,12 +832,8 @@ mod tests {
     fn a_full_queue_drops_and_flags_only_that_connection() {
         let hub: Hub<u32> = Hub::new(2);
         let (alice, bob) = (user("alice"), user("bob"));
-        let slow = hub.register(&alice);
-        hub.set_conversations(&alice, slow.version, &[ConversationId(1)])
-            .unwrap();
-        let mut fast = hub.register(&bob);
-        hub.set_conversations(&bob, fast.version, &[ConversationId(1)])
-            .unwrap();
+        let slow = online(&hub, &alice, 1);
+        let mut fast = online(&hub, &bob, 1);
         for seq in 1..=3 {
             hub.publish(ConversationId(1), Seq(seq), seq as u32, None);
             drain(&mut fast);
@@ -861,9 +849,7 @@ mod tests {
     fn last_connection_leaving_clears_the_user() {
         let hub: Hub<u32> = Hub::new(4);
         let alice = user("alice");
-        let phone = hub.register(&alice);
-        hub.set_conversations(&alice, phone.version, &[ConversationId(1)])
-            .unwrap();
+        let phone = online(&hub, &alice, 1);
         let laptop = hub.register(&alice);
         hub.unregister(&alice, phone.connection_id);
         assert_eq!(

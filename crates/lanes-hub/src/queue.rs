@@ -93,10 +93,7 @@ impl<T> QueueSender<T> {
             state.items.push_back(item);
             state.waiting.take()
         };
-        // Woken outside the lock: the receiver takes it at once.
-        if let Some(waker) = waiting {
-            waker.wake();
-        }
+        wake(waiting);
         true
     }
 }
@@ -108,9 +105,14 @@ impl<T> Drop for QueueSender<T> {
             state.closed = true;
             state.waiting.take()
         };
-        if let Some(waker) = waiting {
-            waker.wake();
-        }
+        wake(waiting);
+    }
+}
+
+/// Wakes the receiver taken from the state, outside the lock: it takes the lock at once.
+fn wake(waiting: Option<Waker>) {
+    if let Some(waker) = waiting {
+        waker.wake();
     }
 }
 
