@@ -12,7 +12,7 @@ use std::io::Cursor;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
@@ -218,30 +218,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// write (a `Pending` leaves a no-op waker registered, replaced by the next real poll).
     pub(crate) fn try_flush(&mut self) -> std::io::Result<bool> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        while !self.out.is_empty() {
-            match Pin::new(&mut self.io).poll_write(&mut cx, &self.out) {
-                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(written)) if written == self.out.len() => self.out = Vec::new(),
-                Poll::Ready(Ok(written)) => {
-                    self.out.drain(..written);
-                }
-                Poll::Ready(Err(err)) => return Err(err),
-                Poll::Pending => return Ok(false),
-            }
-        }
-        match Pin::new(&mut self.io).poll_flush(&mut cx) {
+        match self.poll_flush_out(&mut cx) {
             Poll::Ready(result) => result.map(|()| true),
             Poll::Pending => Ok(false),
         }
     }
 
-    /// Writes everything queued, waiting as long as it takes, then releases the write buffer.
+    /// Writes everything queued, then releases the write buffer.
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out = Vec::new();
+        std::future::poll_fn(|cx| self.poll_flush_out(cx)).await
+    }
+
+    /// Writes the queue until it is empty (its buffer released) and the socket flushed.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(written)) if written == self.out.len() => self.out = Vec::new(),
+                Poll::Ready(Ok(written)) => {
+                    self.out.drain(..written);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        self.io.flush().await
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 }
 
@@ -276,7 +279,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const MAX: usize = 1000;
 
