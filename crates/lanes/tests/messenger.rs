@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use common::{Http, RawWs, start_with_config};
 use lanes_test_support::TestServer;
@@ -69,6 +70,22 @@ fn stored_files(server: &TestServer) -> BTreeMap<String, Vec<u8>> {
             (path.to_string_lossy().into_owned(), bytes)
         })
         .collect()
+}
+
+/// The files once the store has settled: the background checkpointer copies committed pages
+/// into the database file within ~50 ms of a write, and nothing changes after that until the
+/// next write.
+async fn settled_files(server: &TestServer) -> BTreeMap<String, Vec<u8>> {
+    let mut files = stored_files(server);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = stored_files(server);
+        if now == files {
+            return files;
+        }
+        files = now;
+    }
+    panic!("the store's files kept changing with nothing written");
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -490,7 +507,7 @@ async fn typing_is_announced_expires_is_rate_limited_and_never_stored() {
     let other = http.direct(&bob, "carol").await;
     let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
     let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
-    let files_before = stored_files(&server);
+    let files_before = settled_files(&server).await;
 
     let typing = |state: &str| json!({"type": "typing", "conversation_id": direct, "state": state});
     alice_ws.send(typing("start")).await;
