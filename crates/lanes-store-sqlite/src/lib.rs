@@ -53,10 +53,16 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// WAL pages after which the writer checkpoints inline, right after a commit (SQLite's
 /// `wal_autocheckpoint`): only when the background checkpointer has fallen this far behind or
-/// could not start. With the inline checkpoint at SQLite's default of 1,000 pages, one commit
-/// in ~90 paid for copying 4 MB and the e2e p99 was 3.3–3.6 ms instead of 2.1–2.7
-/// (docs/BENCHMARKS.md, fifth session).
-const INLINE_CHECKPOINT_PAGES: i64 = 4000;
+/// could not start. At SQLite's default of 1,000 pages one commit in ~90 paid for copying 4 MB
+/// and the e2e p99 at 3,000 msgs/s was 3.3–3.8 ms instead of 2.1–2.7; under a full write load
+/// the log outgrows any 50 ms interval, and 16,000 pages (with the cache below) gave +12% acked
+/// msgs/s over 4,000 (docs/BENCHMARKS.md, fifth session). The log file stays below ~70 MB.
+const INLINE_CHECKPOINT_PAGES: i64 = 16_000;
+
+/// The writer's page cache, in KiB (SQLite's default is 2,000). A group commit of a few
+/// thousand messages dirties a page or two per message; with 2 MB SQLite spilled dirty pages to
+/// the log mid-transaction and re-read pages it had just written.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 /// A Lanes store in one SQLite file.
 pub struct SqliteStore {
@@ -150,6 +156,9 @@ impl SqliteStore {
                 "journal_mode is {mode}, expected wal"
             )));
         }
+        writer
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(unavailable)?;
         let epoch = schema::migrate(&mut writer)?;
         let checkpoint = Arc::new(Mutex::new(()));
         // A checkpoint syncs the log before and the database after copying as `synchronous`
