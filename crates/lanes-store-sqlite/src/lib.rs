@@ -48,16 +48,21 @@ const READERS_KEPT_MAX: usize = 64;
 /// How long a connection waits for a lock held by another.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often the background checkpointer copies committed WAL frames into the database.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the background checkpointer copies committed WAL frames into the database while
+/// commits keep coming, and while nothing has been committed since its last pass. Small passes
+/// keep each checkpoint's fsync of the database file small: it shares the disk with the
+/// commits' fsyncs of the log.
+const CHECKPOINT_INTERVAL_BUSY: Duration = Duration::from_millis(10);
+const CHECKPOINT_INTERVAL_IDLE: Duration = Duration::from_millis(100);
 
 /// WAL pages after which the writer checkpoints inline, right after a commit (SQLite's
-/// `wal_autocheckpoint`): only when the background checkpointer has fallen this far behind or
-/// could not start. At SQLite's default of 1,000 pages one commit in ~90 paid for copying 4 MB
-/// and the e2e p99 at 3,000 msgs/s was 3.3–3.8 ms instead of 2.1–2.7; under a full write load
-/// the log outgrows any 50 ms interval, and 16,000 pages (with the cache below) gave +12% acked
-/// msgs/s over 4,000 (docs/BENCHMARKS.md, fifth session). The log file stays below ~70 MB.
-const INLINE_CHECKPOINT_PAGES: i64 = 16_000;
+/// `wal_autocheckpoint`). Under load the background passes rarely find the log fully copied at
+/// a moment the writer could start it over, so the log is restarted here; by then the
+/// background has copied nearly all of it. At SQLite's default of 1,000 pages, with no
+/// background checkpointer, one commit in ~90 copied 4 MB and the e2e p99 at 3,000 msgs/s was
+/// 3.3–3.8 ms instead of 2.0–2.7 (docs/BENCHMARKS.md, fifth session). With 16,000 pages, runs
+/// with stalls of 200–700 ms were more frequent.
+const INLINE_CHECKPOINT_PAGES: i64 = 4000;
 
 /// The writer's page cache, in KiB (SQLite's default is 2,000). A group commit of a few
 /// thousand messages dirties a page or two per message; with 2 MB SQLite spilled dirty pages to
@@ -78,10 +83,11 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
 }
 
-/// A thread with a connection of its own that runs a `PASSIVE` checkpoint every
-/// `CHECKPOINT_INTERVAL`: it copies what no reader still needs and never waits for the writer
-/// or readers, so commits rarely pay for a checkpoint; the writer restarts the log at its next
-/// transaction once everything has been copied. Dropping it stops the thread.
+/// A thread with a connection of its own that runs a `PASSIVE` checkpoint every 10 ms while
+/// commits come (100 ms otherwise): it copies what no reader still needs and never waits for
+/// the writer or readers, so commits rarely pay for copying; the writer starts the log over
+/// when it finds everything copied, or after its inline checkpoint. Dropping it stops the
+/// thread.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -93,15 +99,26 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("lanes-checkpoint".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
-                {
+                // (frames in the log, frames copied) after the last pass
+                let mut last = (0, 0);
+                let mut interval = CHECKPOINT_INTERVAL_IDLE;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Err(err) =
-                        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
+                    let pass: rusqlite::Result<(i64, i64)> =
+                        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                            Ok((row.get(1)?, row.get(2)?))
+                        });
+                    match pass {
+                        Ok(now) => {
+                            interval = if now == last {
+                                CHECKPOINT_INTERVAL_IDLE
+                            } else {
+                                CHECKPOINT_INTERVAL_BUSY
+                            };
+                            last = now;
+                        }
                         // The writer's inline checkpoint still bounds the log.
-                        tracing::debug!("background checkpoint: {err}");
+                        Err(err) => tracing::debug!("background checkpoint: {err}"),
                     }
                 }
             })?;
