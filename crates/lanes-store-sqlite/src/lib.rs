@@ -49,10 +49,11 @@ const READERS_KEPT_MAX: usize = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the background checkpointer copies committed WAL frames into the database while
-/// commits keep coming, and while nothing has been committed since its last pass. Small passes
-/// keep each checkpoint's fsync of the database file small: it shares the disk with the
-/// commits' fsyncs of the log.
+/// commits keep coming. Small passes keep each checkpoint's fsync of the database file small:
+/// it shares the disk with the commits' fsyncs of the log.
 const CHECKPOINT_INTERVAL_BUSY: Duration = Duration::from_millis(10);
+
+/// How often it looks while nothing has been committed since its last pass.
 const CHECKPOINT_INTERVAL_IDLE: Duration = Duration::from_millis(100);
 
 /// WAL pages after which the writer checkpoints inline, right after a commit (SQLite's

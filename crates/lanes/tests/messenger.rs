@@ -73,7 +73,7 @@ fn stored_files(server: &TestServer) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The files once the store has settled: the background checkpointer copies committed pages
-/// into the database file within ~50 ms of a write, and nothing changes after that until the
+/// into the database file within ~100 ms of a write, and nothing changes after that until the
 /// next write.
 async fn settled_files(server: &TestServer) -> BTreeMap<String, Vec<u8>> {
     let mut files = stored_files(server);
