@@ -16,7 +16,7 @@ use lanes_protocol::{AckFrame, ErrorCode, ErrorFrame, MessageFrame, ServerFrame,
 use lanes_store::{AppendOutcome, AppendRejection, NewMessage, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::{COMMIT_MICROS_BOUNDS, COMMIT_SENDS_BOUNDS, Metrics};
+use crate::metrics::Metrics;
 use crate::now_millis;
 
 /// Where the answer to a send goes.
@@ -178,9 +178,9 @@ fn commit(batch: Vec<CommitRequest>, store: &dyn Store, metrics: &Metrics) -> Co
         Ok(_) => {
             Metrics::add(&metrics.commits, 1);
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            metrics.commit_micros.observe(&COMMIT_MICROS_BOUNDS, micros);
+            metrics.commit_micros.observe(micros);
             let sends = u64::try_from(messages.len()).unwrap_or(u64::MAX);
-            metrics.commit_sends.observe(&COMMIT_SENDS_BOUNDS, sends);
+            metrics.commit_sends.observe(sends);
         }
         Err(_) => Metrics::add(&metrics.commit_failures, 1),
     }

@@ -18,54 +18,82 @@ pub(crate) struct Metrics {
     pub(crate) typing_events: AtomicU64,
     pub(crate) presence_updates: AtomicU64,
     /// How long each group commit took (the store's transaction and fsync), in microseconds.
-    pub(crate) commit_micros: Histogram<{ COMMIT_MICROS_BOUNDS.len() }>,
+    pub(crate) commit_micros: Histogram<CommitMicros>,
     /// How many sends each group commit carried.
-    pub(crate) commit_sends: Histogram<{ COMMIT_SENDS_BOUNDS.len() }>,
+    pub(crate) commit_sends: Histogram<CommitSends>,
 }
 
-/// Upper bounds of the commit-duration buckets, in microseconds (rendered in seconds).
-pub(crate) const COMMIT_MICROS_BOUNDS: [u64; 12] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
-];
+/// What a histogram is: its name, help, bucket bounds and the unit it renders them in.
+pub(crate) trait Buckets {
+    const NAME: &'static str;
+    const HELP: &'static str;
+    /// Upper bounds of the buckets, ascending.
+    const BOUNDS: [u64; BUCKETS];
+    /// Observed values and bounds are divided by this when rendered (1,000,000: µs as seconds).
+    const UNIT: f64;
+}
 
-/// Upper bounds of the batch-size buckets, in sends.
-pub(crate) const COMMIT_SENDS_BOUNDS: [u64; 12] =
-    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
+/// Buckets per histogram.
+const BUCKETS: usize = 12;
+
+#[derive(Debug)]
+pub(crate) struct CommitMicros;
+
+impl Buckets for CommitMicros {
+    const NAME: &'static str = "lanes_commit_duration_seconds";
+    const HELP: &'static str = "Time of each group commit: the store's transaction and its fsync.";
+    const BOUNDS: [u64; BUCKETS] = [
+        100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    ];
+    const UNIT: f64 = 1_000_000.0;
+}
+
+#[derive(Debug)]
+pub(crate) struct CommitSends;
+
+impl Buckets for CommitSends {
+    const NAME: &'static str = "lanes_commit_batch_sends";
+    const HELP: &'static str = "Sends carried by each group commit.";
+    const BOUNDS: [u64; BUCKETS] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
+    const UNIT: f64 = 1.0;
+}
 
 /// A Prometheus histogram with fixed buckets: one atomic per bucket, no lock, no allocation.
 #[derive(Debug)]
-pub(crate) struct Histogram<const N: usize> {
+pub(crate) struct Histogram<B> {
     /// Observations per bucket (not cumulative); beyond the last bound only `count` grows.
-    buckets: [AtomicU64; N],
+    buckets: [AtomicU64; BUCKETS],
     count: AtomicU64,
     sum: AtomicU64,
+    kind: std::marker::PhantomData<B>,
 }
 
-impl<const N: usize> Default for Histogram<N> {
+impl<B> Default for Histogram<B> {
     fn default() -> Self {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
+            kind: std::marker::PhantomData,
         }
     }
 }
 
-impl<const N: usize> Histogram<N> {
-    pub(crate) fn observe(&self, bounds: &[u64; N], value: u64) {
-        if let Some(bucket) = bounds.iter().position(|bound| value <= *bound) {
+impl<B: Buckets> Histogram<B> {
+    pub(crate) fn observe(&self, value: u64) {
+        if let Some(bucket) = B::BOUNDS.iter().position(|bound| value <= *bound) {
             self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
-    /// Renders `name` with cumulative `le` buckets; bounds and sum are divided by `unit`
-    /// (1,000,000 renders microseconds as seconds).
-    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64; N], unit: f64) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    /// Renders the histogram with cumulative `le` buckets.
+    fn render(&self, out: &mut String) {
+        let (name, unit) = (B::NAME, B::UNIT);
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", B::HELP);
         let mut cumulative = 0;
-        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+        for (bound, bucket) in B::BOUNDS.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let le = *bound as f64 / unit;
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
@@ -177,20 +205,8 @@ impl Metrics {
             "1 when every commit is fsync'd (synchronous=FULL), 0 when relaxed.",
             u64::from(durability_full),
         );
-        self.commit_micros.render(
-            &mut out,
-            "lanes_commit_duration_seconds",
-            "Time of each group commit: the store's transaction and its fsync.",
-            &COMMIT_MICROS_BOUNDS,
-            1_000_000.0,
-        );
-        self.commit_sends.render(
-            &mut out,
-            "lanes_commit_batch_sends",
-            "Sends carried by each group commit.",
-            &COMMIT_SENDS_BOUNDS,
-            1.0,
-        );
+        self.commit_micros.render(&mut out);
+        self.commit_sends.render(&mut out);
         out
     }
 }
@@ -199,15 +215,26 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    struct TestSeconds;
+
+    impl Buckets for TestSeconds {
+        const NAME: &'static str = "t_seconds";
+        const HELP: &'static str = "help";
+        const BOUNDS: [u64; BUCKETS] = [
+            1_000, 10_000, 100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 700_000, 800_000,
+            900_000, 1_000_000,
+        ];
+        const UNIT: f64 = 1_000_000.0;
+    }
+
     #[test]
     fn histogram_renders_cumulative_buckets_in_the_unit() {
-        let histogram = Histogram::<3>::default();
-        let bounds = [1_000, 10_000, 100_000];
+        let histogram = Histogram::<TestSeconds>::default();
         for micros in [500, 1_000, 7_000, 2_000_000] {
-            histogram.observe(&bounds, micros);
+            histogram.observe(micros);
         }
         let mut out = String::new();
-        histogram.render(&mut out, "t_seconds", "help", &bounds, 1_000_000.0);
+        histogram.render(&mut out);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines,
@@ -217,6 +244,15 @@ mod tests {
                 "t_seconds_bucket{le=\"0.001\"} 2",
                 "t_seconds_bucket{le=\"0.01\"} 3",
                 "t_seconds_bucket{le=\"0.1\"} 3",
+                "t_seconds_bucket{le=\"0.2\"} 3",
+                "t_seconds_bucket{le=\"0.3\"} 3",
+                "t_seconds_bucket{le=\"0.4\"} 3",
+                "t_seconds_bucket{le=\"0.5\"} 3",
+                "t_seconds_bucket{le=\"0.6\"} 3",
+                "t_seconds_bucket{le=\"0.7\"} 3",
+                "t_seconds_bucket{le=\"0.8\"} 3",
+                "t_seconds_bucket{le=\"0.9\"} 3",
+                "t_seconds_bucket{le=\"1\"} 3",
                 "t_seconds_bucket{le=\"+Inf\"} 4",
                 "t_seconds_sum 2.0085",
                 "t_seconds_count 4",

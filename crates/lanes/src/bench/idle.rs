@@ -198,20 +198,9 @@ async fn open(
         .collect();
     // A sliding window of `parallel` connects in flight, not batches: a batch waits for its
     // slowest connect, which made the tail, not the server, set the measured rate.
-    // Each connect is its own task: run inside this future they all ran on the thread that
-    // blocks on it, which then had to be woken from the runtime's threads for every socket
-    // event and became the driver's bottleneck (perf: ~80% busy while the workers idled).
-    let mut connects = futures_util::stream::iter(names.into_iter().map(|name| {
-        let target = Arc::clone(target);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let connected = target.connect(&name, Vec::new()).await?;
-            anyhow::Ok((connected, started.elapsed()))
-        })
-    }))
-    .buffer_unordered(parallel.max(1));
+    let mut connects = super::net::connect_tasks(target, names).buffer_unordered(parallel.max(1));
     while let Some(connected) = connects.next().await {
-        let ((socket, _), took) = connected.context("connect task")?.context("connect")?;
+        let (socket, took) = connected.context("connect task")?.context("connect")?;
         let _ = connect_latency.record(took.as_micros() as u64);
         holders.push(tokio::spawn(async move {
             let mut socket = socket;

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -143,18 +144,32 @@ impl Target {
 /// Connects in flight at once when a scenario sets up its users.
 const CONNECTS_IN_FLIGHT: usize = 256;
 
-/// Connects `names` (their sockets in the same order), `CONNECTS_IN_FLIGHT` at a time, each
-/// connect a task of its own: run inside the caller's future, every connect ran on the one
-/// thread blocking on the run (see `idle`).
+/// One connect per name, each a task of its own, started as the stream is polled (so a
+/// `buffered(n)` keeps n in flight); each yields its socket and how long the connect took.
+/// Run inside the caller's future, every connect ran on the one thread blocking on the run,
+/// which then had to be woken from the runtime's threads for every socket event and became the
+/// driver's bottleneck (perf: ~80% busy while the workers idled).
+pub(crate) fn connect_tasks(
+    target: &Arc<Target>,
+    names: impl IntoIterator<Item = String>,
+) -> impl futures_util::Stream<Item = tokio::task::JoinHandle<anyhow::Result<(Socket, Duration)>>> {
+    let target = Arc::clone(target);
+    futures_util::stream::iter(names.into_iter().map(move |name| {
+        let target = Arc::clone(&target);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let (socket, _) = target.connect(&name, Vec::new()).await?;
+            Ok((socket, started.elapsed()))
+        })
+    }))
+}
+
+/// Connects `names` (their sockets in the same order), `CONNECTS_IN_FLIGHT` at a time.
 pub(crate) async fn connect_all(
     target: &Arc<Target>,
     names: &[String],
 ) -> anyhow::Result<Vec<Socket>> {
-    let mut connects = futures_util::stream::iter(names.iter().map(|name| {
-        let (target, name) = (Arc::clone(target), name.clone());
-        tokio::spawn(async move { target.connect(&name, Vec::new()).await })
-    }))
-    .buffered(CONNECTS_IN_FLIGHT);
+    let mut connects = connect_tasks(target, names.iter().cloned()).buffered(CONNECTS_IN_FLIGHT);
     let mut sockets = Vec::with_capacity(names.len());
     while let Some(connected) = connects.next().await {
         sockets.push(connected.context("connect task")??.0);
