@@ -306,9 +306,10 @@ impl SqliteStore {
             // nothing do we look at why. (An `INSERT … SELECT … WHERE EXISTS` did both in one
             // statement, but SQLite keeps a statement journal for it: ~16% of the committer's
             // time, docs/BENCHMARKS.md.) Events that refer to another message (replies, edits,
-            // deletes, reactions) are checked against it first. Heads are read once per
-            // conversation and written once per batch. The application's system messages need
-            // no membership (the conversation must exist: its head is read first).
+            // deletes, reactions) are checked against it first. A conversation's head is its
+            // highest seq, read once per batch from the (conversation_id, seq) index; nothing
+            // besides the messages themselves is written. The application's system messages
+            // need no membership, only an existing conversation.
             let mut insert = transaction.prepare_cached(
                 "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body,
                                        server_ts, target_seq, reply_to, emoji)
@@ -318,9 +319,10 @@ impl SqliteStore {
             let mut find_duplicate = transaction.prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
             ))?;
-            let mut read_head = transaction
-                .prepare_cached("SELECT head_seq FROM conversations WHERE conversation_id = ?1")?;
-            let mut heads: HashMap<ConversationId, (u64, bool)> = HashMap::new();
+            let mut read_head = transaction.prepare_cached(HEAD_SEQ)?;
+            let mut exists = transaction
+                .prepare_cached("SELECT 1 FROM conversations WHERE conversation_id = ?1")?;
+            let mut heads: HashMap<ConversationId, u64> = HashMap::new();
             let mut outcomes = Vec::with_capacity(batch.len());
             for message in batch {
                 let conversation_id = message.conversation_id;
@@ -347,26 +349,20 @@ impl SqliteStore {
                         continue;
                     }
                 }
+                let allowed = if system {
+                    exists.exists([sql_i64(conversation_id.0)])?
+                } else {
+                    refers || is_member(transaction, conversation_id, &message.sender_id)?
+                };
                 let head = match heads.get(&conversation_id) {
-                    Some((head, _)) => Some(*head),
-                    None => {
-                        let head = read_head
-                            .query_row([sql_i64(conversation_id.0)], |row| u64_column(row, 0))
-                            .optional()?;
-                        if let Some(head) = head {
-                            heads.insert(conversation_id, (head, false));
-                        }
-                        head
-                    }
+                    Some(head) => *head,
+                    None if allowed => read_head
+                        .query_row([sql_i64(conversation_id.0)], |row| u64_column(row, 0))?,
+                    None => 0,
                 };
                 let (kind, body, target_seq, reply_to, emoji) = event_columns(&message.content);
-                let inserted = match head {
-                    Some(head)
-                        if system
-                            || refers
-                            || is_member(transaction, conversation_id, &message.sender_id)? =>
-                    {
-                        insert.execute(params![
+                let inserted = allowed
+                    && insert.execute(params![
                         sql_i64(conversation_id.0),
                         sql_i64(head + 1),
                         message.sender_id.as_str(),
@@ -377,13 +373,10 @@ impl SqliteStore {
                         target_seq.map(|seq| sql_i64(seq.0)),
                         reply_to.map(|seq| sql_i64(seq.0)),
                         emoji
-                    ])? == 1
-                    }
-                    _ => false,
-                };
+                    ])? == 1;
                 if inserted {
-                    let seq = head.unwrap_or(0) + 1;
-                    heads.insert(conversation_id, (seq, true));
+                    let seq = head + 1;
+                    heads.insert(conversation_id, seq);
                     let mut frame = MessageFrame::new_message(
                         conversation_id,
                         Seq(seq),
@@ -410,14 +403,6 @@ impl SqliteStore {
                     Some(original) => AppendOutcome::Duplicate(original),
                     None => AppendOutcome::NotMember,
                 });
-            }
-            let mut write_head = transaction.prepare_cached(
-                "UPDATE conversations SET head_seq = ?2, last_activity_at = ?3 WHERE conversation_id = ?1",
-            )?;
-            for (conversation_id, (head, touched)) in heads {
-                if touched {
-                    write_head.execute(params![sql_i64(conversation_id.0), sql_i64(head), now.0])?;
-                }
             }
             Ok(outcomes)
         })
@@ -485,6 +470,9 @@ fn sql_i64(value: u64) -> i64 {
     // cannot exist in the database, so clamping turns it into "not found" rather than a wrap.
     i64::try_from(value).unwrap_or(i64::MAX)
 }
+
+/// A conversation's head: its highest seq, 0 before the first event.
+const HEAD_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1";
 
 const MESSAGE_COLUMNS: &str = "conversation_id, seq, message_id, sender_id, client_msg_id, \
      kind, body, server_ts, target_seq, reply_to, emoji, edited_at, deleted";
@@ -731,7 +719,9 @@ fn view_of(
 ) -> rusqlite::Result<Option<Conversation>> {
     let head = connection
         .prepare_cached(
-            "SELECT c.kind, c.name, c.head_seq, c.created_at, m.read_seq
+            "SELECT c.kind, c.name,
+                    (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1),
+                    c.created_at, m.read_seq
              FROM conversations c JOIN members m ON m.conversation_id = c.conversation_id
              WHERE c.conversation_id = ?1 AND m.user_id = ?2",
         )?
@@ -1043,8 +1033,8 @@ impl Store for SqliteStore {
                 return Ok((ConversationId(u64::try_from(id).unwrap_or(0)), false));
             }
             transaction.execute(
-                "INSERT INTO conversations (kind, name, direct_key, created_at, last_activity_at)
-                 VALUES ('direct', NULL, ?1, ?2, ?2)",
+                "INSERT INTO conversations (kind, name, direct_key, created_at)
+                 VALUES ('direct', NULL, ?1, ?2)",
                 params![direct_key, now.0],
             )?;
             let id = ConversationId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0));
@@ -1063,8 +1053,8 @@ impl Store for SqliteStore {
     ) -> Result<ConversationId, StoreError> {
         self.write(|transaction| {
             transaction.execute(
-                "INSERT INTO conversations (kind, name, direct_key, created_at, last_activity_at)
-                 VALUES ('group', ?1, NULL, ?2, ?2)",
+                "INSERT INTO conversations (kind, name, direct_key, created_at)
+                 VALUES ('group', ?1, NULL, ?2)",
                 params![name, now.0],
             )?;
             let id = ConversationId(u64::try_from(transaction.last_insert_rowid()).unwrap_or(0));
@@ -1117,10 +1107,15 @@ impl Store for SqliteStore {
             let connection: &Connection = &transaction;
             let ids: Vec<u64> = connection
                 .prepare_cached(
+                    // Last activity: the newest event's time, or the creation for none yet.
                     "SELECT c.conversation_id FROM members m
                      JOIN conversations c ON c.conversation_id = m.conversation_id
                      WHERE m.user_id = ?1
-                     ORDER BY c.last_activity_at DESC, c.conversation_id DESC",
+                     ORDER BY COALESCE(
+                         (SELECT server_ts FROM messages e
+                          WHERE e.conversation_id = c.conversation_id ORDER BY e.seq DESC LIMIT 1),
+                         c.created_at) DESC,
+                       c.conversation_id DESC",
                 )?
                 .query_map([user_id.as_str()], |row| u64_column(row, 0))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -1139,9 +1134,10 @@ impl Store for SqliteStore {
         self.read(|connection| {
             connection
                 .prepare_cached(
-                    "SELECT c.conversation_id, c.head_seq FROM members m
-                     JOIN conversations c ON c.conversation_id = m.conversation_id
-                     WHERE m.user_id = ?1 ORDER BY c.conversation_id",
+                    "SELECT m.conversation_id,
+                            (SELECT COALESCE(MAX(seq), 0) FROM messages e
+                             WHERE e.conversation_id = m.conversation_id)
+                     FROM members m WHERE m.user_id = ?1 ORDER BY m.conversation_id",
                 )?
                 .query_map([user_id.as_str()], |row| {
                     Ok((
@@ -1299,7 +1295,8 @@ impl Store for SqliteStore {
                 "UPDATE members SET
                      delivered_seq = MAX(delivered_seq, MIN(MAX(?3, ?4), c.head_seq)),
                      read_seq = MAX(read_seq, MIN(?4, c.head_seq))
-                 FROM (SELECT head_seq FROM conversations WHERE conversation_id = ?1) AS c
+                 FROM (SELECT COALESCE(MAX(seq), 0) AS head_seq FROM messages
+                       WHERE conversation_id = ?1) AS c
                  WHERE conversation_id = ?1 AND user_id = ?2
                    AND (delivered_seq < MIN(MAX(?3, ?4), c.head_seq) OR read_seq < MIN(?4, c.head_seq))
                  RETURNING delivered_seq, read_seq",
