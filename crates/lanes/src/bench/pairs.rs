@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use hdrhistogram::Histogram;
 use lanes_protocol::codec::encode_client;
 use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId};
@@ -265,47 +265,64 @@ impl User {
                 text = next_text(&mut socket) => text?,
                 _ = tokio::time::sleep_until(wake_at) => continue,
             };
-            match quick(text.as_str()) {
-                Quick::Ack { seq } => {
-                    // The ack is this connection's copy of its own message: its seq takes its
-                    // place in the conversation's order.
-                    if seq <= last_seq {
-                        result.duplicated += 1;
-                    } else {
-                        result.gaps += seq - last_seq - 1;
-                        last_seq = seq;
-                    }
-                    if let Some(sent_at) = in_flight.pop_front() {
-                        result.acked += 1;
-                        result
-                            .ack_latency
-                            .push(micros_u32(sent_at.elapsed().as_micros()));
-                    }
-                }
-                Quick::Message { seq, sender, body } => {
-                    if seq <= last_seq {
-                        result.duplicated += 1;
-                        continue;
-                    }
-                    result.gaps += seq - last_seq - 1;
-                    last_seq = seq;
-                    if sender != self.me {
-                        result.received += 1;
-                        if let Some(sent_at) = sent_at_micros(body) {
-                            let now = self.started.elapsed().as_micros();
-                            result
-                                .e2e_latency
-                                .push(micros_u32(now.saturating_sub(u128::from(sent_at))));
-                        }
-                    }
-                }
-                Quick::Error => {
-                    let error = lanes_protocol::codec::decode_server(text.as_str());
-                    anyhow::bail!("server error: {error:?}");
-                }
-                Quick::Other => {}
+            self.on_frame(text.as_str(), &mut result, &mut in_flight, &mut last_seq)?;
+            // Frames that already arrived are read before sending again, so the sends they let
+            // through go out in one write, as a client flushing its outbox does.
+            while let Some(text) = next_text(&mut socket).now_or_never() {
+                self.on_frame(text?.as_str(), &mut result, &mut in_flight, &mut last_seq)?;
             }
         }
         Ok(result)
+    }
+
+    /// Counts one frame: an ack of this connection's own oldest unacked send, or a message.
+    fn on_frame(
+        &self,
+        text: &str,
+        result: &mut UserResult,
+        in_flight: &mut VecDeque<Instant>,
+        last_seq: &mut u64,
+    ) -> anyhow::Result<()> {
+        match quick(text) {
+            Quick::Ack { seq } => {
+                // The ack is this connection's copy of its own message: its seq takes its
+                // place in the conversation's order.
+                if seq <= *last_seq {
+                    result.duplicated += 1;
+                } else {
+                    result.gaps += seq - *last_seq - 1;
+                    *last_seq = seq;
+                }
+                if let Some(sent_at) = in_flight.pop_front() {
+                    result.acked += 1;
+                    result
+                        .ack_latency
+                        .push(micros_u32(sent_at.elapsed().as_micros()));
+                }
+            }
+            Quick::Message { seq, sender, body } => {
+                if seq <= *last_seq {
+                    result.duplicated += 1;
+                    return Ok(());
+                }
+                result.gaps += seq - *last_seq - 1;
+                *last_seq = seq;
+                if sender != self.me {
+                    result.received += 1;
+                    if let Some(sent_at) = sent_at_micros(body) {
+                        let now = self.started.elapsed().as_micros();
+                        result
+                            .e2e_latency
+                            .push(micros_u32(now.saturating_sub(u128::from(sent_at))));
+                    }
+                }
+            }
+            Quick::Error => {
+                let error = lanes_protocol::codec::decode_server(text);
+                anyhow::bail!("server error: {error:?}");
+            }
+            Quick::Other => {}
+        }
+        Ok(())
     }
 }
