@@ -90,3 +90,79 @@ fn the_wal_is_checkpointed_in_the_background() {
     }
     store.integrity_check().expect("intact");
 }
+
+/// A long read holds back every checkpoint, so the log grows past its usual size; once the read
+/// ends and the writer starts the log over, the file is cut back to `WAL_SIZE_LIMIT_BYTES`
+/// instead of keeping its largest size for good.
+#[test]
+fn a_log_grown_behind_a_long_read_shrinks_again() {
+    use lanes_protocol::{ClientMsgId, Content, UnixMillis, UserId};
+    use lanes_store::{AppendOutcome, NewMessage};
+    use lanes_store_sqlite::WAL_SIZE_LIMIT_BYTES;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), Durability::Full).expect("open");
+    let alice = UserId::parse("alice").expect("valid");
+    let bob = UserId::parse("bob").expect("valid");
+    store.ensure_user(&alice, UnixMillis(1)).expect("user");
+    store.ensure_user(&bob, UnixMillis(1)).expect("user");
+    let (conversation_id, _) = store
+        .create_direct(&alice, &bob, UnixMillis(1))
+        .expect("direct");
+    let log_bytes = || {
+        std::fs::metadata(dir.path().join("lanes.db-wal"))
+            .expect("log file")
+            .len()
+    };
+    let mut next = 0;
+    let mut append = |count: usize| {
+        let batch: Vec<NewMessage> = (0..count)
+            .map(|_| {
+                next += 1;
+                NewMessage {
+                    sender_id: alice.clone(),
+                    client_msg_id: ClientMsgId::parse(&format!("m{next}")).expect("valid"),
+                    conversation_id,
+                    content: Content::Message {
+                        body: "x".repeat(60 * 1024),
+                        reply_to: None,
+                    },
+                }
+            })
+            .collect();
+        let outcomes = store.append_batch(&batch, UnixMillis(2)).expect("append");
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, AppendOutcome::Appended(_)))
+        );
+    };
+    // A reader of its own holds a snapshot while ~90 MB of messages are committed.
+    let reader = rusqlite::Connection::open(dir.path().join("lanes.db")).expect("reader");
+    reader.execute_batch("BEGIN").expect("begin");
+    let _: i64 = reader
+        .query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))
+        .expect("snapshot");
+    for _ in 0..15 {
+        append(100);
+    }
+    let grown = log_bytes();
+    assert!(
+        grown > u64::try_from(WAL_SIZE_LIMIT_BYTES).expect("positive"),
+        "the log grew to only {grown} bytes"
+    );
+    reader.execute_batch("COMMIT").expect("end the read");
+    drop(reader);
+    // Commits go on; the log is copied back and started over, and then cut to the limit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while log_bytes() > u64::try_from(WAL_SIZE_LIMIT_BYTES).expect("positive") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log kept {} bytes (grew to {grown})",
+            log_bytes()
+        );
+        append(1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    store.integrity_check().expect("intact");
+}
