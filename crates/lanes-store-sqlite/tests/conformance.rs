@@ -166,3 +166,55 @@ fn a_log_grown_behind_a_long_read_shrinks_again() {
     }
     store.integrity_check().expect("intact");
 }
+
+/// The checkpointer thread runs at a lower priority than the rest of the server (Linux, where
+/// the nice value is per thread): it reads its own nice value from `/proc`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_checkpointer_yields_to_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _store = SqliteStore::open(dir.path(), Durability::Full).expect("open");
+    let nice_of_checkpointers = || -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|task| {
+                let path = task.expect("task").path();
+                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                // Thread names are cut to 15 bytes: "lanes-checkpoint" reads "lanes-checkpoin".
+                if !"lanes-checkpoint".starts_with(comm.trim()) || comm.trim().len() < 15 {
+                    return None;
+                }
+                // Field 19 of `stat`, counted after the command name's closing parenthesis.
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                let after_name = &stat[stat.rfind(')')? + 2..];
+                after_name.split(' ').nth(16)?.parse().ok()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let nice = nice_of_checkpointers();
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
+        let own: i32 = stat[stat.rfind(')').expect("name") + 2..]
+            .split(' ')
+            .nth(16)
+            .and_then(|field| field.parse().ok())
+            .expect("nice field");
+        assert_eq!(
+            own, 0,
+            "only the checkpointer's thread is lowered, not the process"
+        );
+        if !nice.is_empty()
+            && nice
+                .iter()
+                .all(|&n| n == lanes_store_sqlite::CHECKPOINTER_NICENESS)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpointer nice values: {nice:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
