@@ -58,7 +58,7 @@ const CHECKPOINT_INTERVAL_IDLE: Duration = Duration::from_millis(100);
 
 /// The checkpointer's niceness: under full load the single writer is the server's limit, and
 /// the copying can wait (the writer's inline checkpoint bounds the log if it falls behind).
-/// Pairs throughput +3.7% in 7 alternating rounds, 6 of them better (docs/BENCHMARKS.md).
+/// Pairs throughput +4.6% in 7 alternating rounds, 5 of them better (docs/BENCHMARKS.md).
 pub const CHECKPOINTER_NICENESS: i32 = 10;
 
 /// WAL pages after which the writer checkpoints inline, right after a commit (SQLite's
