@@ -4,6 +4,19 @@
 
 mod schema;
 
+/// A conversation's head as an SQL expression: its highest seq (one seek in the
+/// `(conversation_id, seq)` index), 0 before the first event. `$conversation` is the SQL for its
+/// id: a parameter or a column of the outer query.
+macro_rules! head_of {
+    ($conversation:literal) => {
+        concat!(
+            "(SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ",
+            $conversation,
+            ")"
+        )
+    };
+}
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
@@ -339,7 +352,7 @@ impl SqliteStore {
             let mut find_duplicate = transaction.prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
             ))?;
-            let mut read_head = transaction.prepare_cached(HEAD_SEQ)?;
+            let mut read_head = transaction.prepare_cached(concat!("SELECT ", head_of!("?1")))?;
             let mut exists = transaction
                 .prepare_cached("SELECT 1 FROM conversations WHERE conversation_id = ?1")?;
             let mut heads: HashMap<ConversationId, u64> = HashMap::new();
@@ -490,9 +503,6 @@ fn sql_i64(value: u64) -> i64 {
     // cannot exist in the database, so clamping turns it into "not found" rather than a wrap.
     i64::try_from(value).unwrap_or(i64::MAX)
 }
-
-/// A conversation's head: its highest seq, 0 before the first event.
-const HEAD_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1";
 
 const MESSAGE_COLUMNS: &str = "conversation_id, seq, message_id, sender_id, client_msg_id, \
      kind, body, server_ts, target_seq, reply_to, emoji, edited_at, deleted";
@@ -738,13 +748,13 @@ fn view_of(
     viewer: &UserId,
 ) -> rusqlite::Result<Option<Conversation>> {
     let head = connection
-        .prepare_cached(
-            "SELECT c.kind, c.name,
-                    (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1),
-                    c.created_at, m.read_seq
+        .prepare_cached(concat!(
+            "SELECT c.kind, c.name, ",
+            head_of!("?1"),
+            ", c.created_at, m.read_seq
              FROM conversations c JOIN members m ON m.conversation_id = c.conversation_id
-             WHERE c.conversation_id = ?1 AND m.user_id = ?2",
-        )?
+             WHERE c.conversation_id = ?1 AND m.user_id = ?2"
+        ))?
         .query_row(
             params![sql_i64(conversation_id.0), viewer.as_str()],
             |row| {
@@ -1153,12 +1163,11 @@ impl Store for SqliteStore {
     fn heads_of(&self, user_id: &UserId) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
         self.read(|connection| {
             connection
-                .prepare_cached(
-                    "SELECT m.conversation_id,
-                            (SELECT COALESCE(MAX(seq), 0) FROM messages e
-                             WHERE e.conversation_id = m.conversation_id)
-                     FROM members m WHERE m.user_id = ?1 ORDER BY m.conversation_id",
-                )?
+                .prepare_cached(concat!(
+                    "SELECT m.conversation_id, ",
+                    head_of!("m.conversation_id"),
+                    " FROM members m WHERE m.user_id = ?1 ORDER BY m.conversation_id"
+                ))?
                 .query_map([user_id.as_str()], |row| {
                     Ok((
                         ConversationId(u64_column(row, 0)?),
@@ -1311,16 +1320,17 @@ impl Store for SqliteStore {
     fn advance_markers(&self, updates: &[MarkerUpdate]) -> Result<Vec<ReceiptRow>, StoreError> {
         self.write(|transaction| {
             // Positions only move forward and never past the head; reading implies receiving.
-            let mut advance = transaction.prepare_cached(
+            let mut advance = transaction.prepare_cached(concat!(
                 "UPDATE members SET
                      delivered_seq = MAX(delivered_seq, MIN(MAX(?3, ?4), c.head_seq)),
                      read_seq = MAX(read_seq, MIN(?4, c.head_seq))
-                 FROM (SELECT COALESCE(MAX(seq), 0) AS head_seq FROM messages
-                       WHERE conversation_id = ?1) AS c
+                 FROM (SELECT ",
+                head_of!("?1"),
+                " AS head_seq) AS c
                  WHERE conversation_id = ?1 AND user_id = ?2
                    AND (delivered_seq < MIN(MAX(?3, ?4), c.head_seq) OR read_seq < MIN(?4, c.head_seq))
-                 RETURNING delivered_seq, read_seq",
-            )?;
+                 RETURNING delivered_seq, read_seq"
+            ))?;
             let mut hidden = transaction
                 .prepare_cached("SELECT hide_read_receipts FROM users WHERE user_id = ?1")?;
             let mut changed = Vec::new();

@@ -1,5 +1,6 @@
 //! Runs the shared `Store` conformance suite against SQLite, each behaviour on a fresh database
 //! in its own temporary directory, plus SQLite-only checks (durability setting, reopen).
+#![allow(clippy::expect_used)]
 
 use lanes_store::Store;
 use lanes_store_sqlite::{Durability, SqliteStore};
@@ -39,56 +40,96 @@ fn full_durability_is_in_force_and_data_survives_reopen() {
     assert!(store.user(&alice).expect("read").is_some());
 }
 
+/// A store in a temporary directory with one direct conversation, appending messages from
+/// alice; for the checks that look at the files themselves.
+struct Chat {
+    dir: tempfile::TempDir,
+    store: SqliteStore,
+    alice: lanes_protocol::UserId,
+    conversation_id: lanes_protocol::ConversationId,
+    sent: usize,
+}
+
+impl Chat {
+    fn open() -> Chat {
+        use lanes_protocol::{UnixMillis, UserId};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path(), Durability::Full).expect("open");
+        let alice = UserId::parse("alice").expect("valid");
+        let bob = UserId::parse("bob").expect("valid");
+        store.ensure_user(&alice, UnixMillis(1)).expect("user");
+        store.ensure_user(&bob, UnixMillis(1)).expect("user");
+        let (conversation_id, _) = store
+            .create_direct(&alice, &bob, UnixMillis(1))
+            .expect("direct");
+        Chat {
+            dir,
+            store,
+            alice,
+            conversation_id,
+            sent: 0,
+        }
+    }
+
+    /// Commits `count` new messages of `body_bytes` each in one batch.
+    fn append(&mut self, count: usize, body_bytes: usize) {
+        use lanes_protocol::{ClientMsgId, Content, UnixMillis};
+        use lanes_store::{AppendOutcome, NewMessage};
+        let batch: Vec<NewMessage> = (0..count)
+            .map(|_| {
+                self.sent += 1;
+                NewMessage {
+                    sender_id: self.alice.clone(),
+                    client_msg_id: ClientMsgId::parse(&format!("m{}", self.sent)).expect("valid"),
+                    conversation_id: self.conversation_id,
+                    content: Content::Message {
+                        body: "x".repeat(body_bytes),
+                        reply_to: None,
+                    },
+                }
+            })
+            .collect();
+        let outcomes = self
+            .store
+            .append_batch(&batch, UnixMillis(2))
+            .expect("append");
+        assert_eq!(outcomes.len(), count);
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, AppendOutcome::Appended(_)))
+        );
+    }
+
+    fn file_bytes(&self, name: &str) -> u64 {
+        std::fs::metadata(self.dir.path().join(name))
+            .expect("store file")
+            .len()
+    }
+}
+
 /// Commits leave their pages in the WAL; the background checkpointer copies them into the
 /// database file well before the writer's own inline checkpoint would (4,000 pages).
 #[test]
 fn the_wal_is_checkpointed_in_the_background() {
-    use lanes_protocol::{ClientMsgId, Content, UnixMillis, UserId};
-    use lanes_store::{AppendOutcome, NewMessage};
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path(), Durability::Full).expect("open");
-    let alice = UserId::parse("alice").expect("valid");
-    let bob = UserId::parse("bob").expect("valid");
-    store.ensure_user(&alice, UnixMillis(1)).expect("user");
-    store.ensure_user(&bob, UnixMillis(1)).expect("user");
-    let (conversation_id, _) = store
-        .create_direct(&alice, &bob, UnixMillis(1))
-        .expect("direct");
-    let database_bytes = || {
-        std::fs::metadata(dir.path().join("lanes.db"))
-            .expect("database file")
-            .len()
-    };
+    let mut chat = Chat::open();
     // One commit per message, each a few pages: ~1,000 pages in all.
-    let before = database_bytes();
-    for i in 0..200 {
-        let message = NewMessage {
-            sender_id: alice.clone(),
-            client_msg_id: ClientMsgId::parse(&format!("m{i}")).expect("valid"),
-            conversation_id,
-            content: Content::Message {
-                body: "x".repeat(2000),
-                reply_to: None,
-            },
-        };
-        let outcomes = store
-            .append_batch(&[message], UnixMillis(2))
-            .expect("append");
-        assert!(matches!(outcomes[..], [AppendOutcome::Appended(_)]));
+    let before = chat.file_bytes("lanes.db");
+    for _ in 0..200 {
+        chat.append(1, 2000);
     }
     // 200 messages of 2,000 bytes need ~100 pages of their own in the database file.
     let grown = before + 100 * 4096;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while database_bytes() < grown {
+    while chat.file_bytes("lanes.db") < grown {
         assert!(
             std::time::Instant::now() < deadline,
             "the database file stayed at {} bytes (was {before}): nothing was checkpointed",
-            database_bytes()
+            chat.file_bytes("lanes.db")
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    store.integrity_check().expect("intact");
+    chat.store.integrity_check().expect("intact");
 }
 
 /// A long read holds back every checkpoint, so the log grows past its usual size; once the read
@@ -96,75 +137,33 @@ fn the_wal_is_checkpointed_in_the_background() {
 /// instead of keeping its largest size for good.
 #[test]
 fn a_log_grown_behind_a_long_read_shrinks_again() {
-    use lanes_protocol::{ClientMsgId, Content, UnixMillis, UserId};
-    use lanes_store::{AppendOutcome, NewMessage};
-    use lanes_store_sqlite::WAL_SIZE_LIMIT_BYTES;
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path(), Durability::Full).expect("open");
-    let alice = UserId::parse("alice").expect("valid");
-    let bob = UserId::parse("bob").expect("valid");
-    store.ensure_user(&alice, UnixMillis(1)).expect("user");
-    store.ensure_user(&bob, UnixMillis(1)).expect("user");
-    let (conversation_id, _) = store
-        .create_direct(&alice, &bob, UnixMillis(1))
-        .expect("direct");
-    let log_bytes = || {
-        std::fs::metadata(dir.path().join("lanes.db-wal"))
-            .expect("log file")
-            .len()
-    };
-    let mut next = 0;
-    let mut append = |count: usize| {
-        let batch: Vec<NewMessage> = (0..count)
-            .map(|_| {
-                next += 1;
-                NewMessage {
-                    sender_id: alice.clone(),
-                    client_msg_id: ClientMsgId::parse(&format!("m{next}")).expect("valid"),
-                    conversation_id,
-                    content: Content::Message {
-                        body: "x".repeat(60 * 1024),
-                        reply_to: None,
-                    },
-                }
-            })
-            .collect();
-        let outcomes = store.append_batch(&batch, UnixMillis(2)).expect("append");
-        assert!(
-            outcomes
-                .iter()
-                .all(|outcome| matches!(outcome, AppendOutcome::Appended(_)))
-        );
-    };
+    let limit = u64::try_from(lanes_store_sqlite::WAL_SIZE_LIMIT_BYTES).expect("positive");
+    let mut chat = Chat::open();
     // A reader of its own holds a snapshot while ~90 MB of messages are committed.
-    let reader = rusqlite::Connection::open(dir.path().join("lanes.db")).expect("reader");
+    let reader = rusqlite::Connection::open(chat.dir.path().join("lanes.db")).expect("reader");
     reader.execute_batch("BEGIN").expect("begin");
     let _: i64 = reader
         .query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))
         .expect("snapshot");
     for _ in 0..15 {
-        append(100);
+        chat.append(100, 60 * 1024);
     }
-    let grown = log_bytes();
-    assert!(
-        grown > u64::try_from(WAL_SIZE_LIMIT_BYTES).expect("positive"),
-        "the log grew to only {grown} bytes"
-    );
+    let grown = chat.file_bytes("lanes.db-wal");
+    assert!(grown > limit, "the log grew to only {grown} bytes");
     reader.execute_batch("COMMIT").expect("end the read");
     drop(reader);
     // Commits go on; the log is copied back and started over, and then cut to the limit.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while log_bytes() > u64::try_from(WAL_SIZE_LIMIT_BYTES).expect("positive") {
+    while chat.file_bytes("lanes.db-wal") > limit {
         assert!(
             std::time::Instant::now() < deadline,
             "the log kept {} bytes (grew to {grown})",
-            log_bytes()
+            chat.file_bytes("lanes.db-wal")
         );
-        append(1);
+        chat.append(1, 60 * 1024);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    store.integrity_check().expect("intact");
+    chat.store.integrity_check().expect("intact");
 }
 
 /// The checkpointer thread runs at a lower priority than the rest of the server (Linux, where
