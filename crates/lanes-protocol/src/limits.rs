@@ -40,8 +40,10 @@ pub const PAGE_LEN_DEFAULT: usize = 100;
 pub const INFLIGHT_SENDS_MAX: usize = 256;
 /// Frames queued for one connection before it is declared a slow consumer.
 pub const CONNECTION_QUEUE_LEN_MAX: usize = 4096;
-/// Most items one group commit may carry.
-pub const COMMIT_BATCH_LEN_MAX: usize = 2048;
+/// Most items one group commit may carry. Under full load (`lanes bench pairs`, 1,000 users,
+/// window 10) commits settle near 3,500 sends; a cap of 2,048 cut them short and cost ~5% of
+/// throughput (docs/BENCHMARKS.md, seventh session).
+pub const COMMIT_BATCH_LEN_MAX: usize = 8192;
 /// Longest reaction emoji, in bytes (the longest ZWJ sequences are ~35).
 pub const EMOJI_BYTES_MAX: usize = 64;
 /// Most users one connection may watch the presence of.
