@@ -17,7 +17,7 @@ macro_rules! head_of {
     };
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
@@ -356,6 +356,9 @@ impl SqliteStore {
             let mut exists = transaction
                 .prepare_cached("SELECT 1 FROM conversations WHERE conversation_id = ?1")?;
             let mut heads: HashMap<ConversationId, u64> = HashMap::new();
+            // Membership cannot change inside this transaction: a sender found a member once is
+            // not looked up again for the rest of the batch.
+            let mut members: HashSet<(ConversationId, &UserId)> = HashSet::new();
             let mut outcomes = Vec::with_capacity(batch.len());
             for message in batch {
                 let conversation_id = message.conversation_id;
@@ -373,7 +376,7 @@ impl SqliteStore {
                         outcomes.push(AppendOutcome::Duplicate(original));
                         continue;
                     }
-                    if !system && !is_member(transaction, conversation_id, &message.sender_id)? {
+                    if !system && !sender_is_member(transaction, &mut members, message)? {
                         outcomes.push(AppendOutcome::NotMember);
                         continue;
                     }
@@ -385,7 +388,7 @@ impl SqliteStore {
                 let allowed = if system {
                     exists.exists([sql_i64(conversation_id.0)])?
                 } else {
-                    refers || is_member(transaction, conversation_id, &message.sender_id)?
+                    refers || sender_is_member(transaction, &mut members, message)?
                 };
                 let head = match heads.get(&conversation_id) {
                     Some(head) => *head,
@@ -730,6 +733,23 @@ fn members_of(
         Ok((user_id_column(row, 0)?, role_column(row, 1)?))
     })?;
     rows.collect()
+}
+
+/// `is_member` for a send's sender, remembering who was found a member in `members`.
+fn sender_is_member<'a>(
+    connection: &Connection,
+    members: &mut HashSet<(ConversationId, &'a UserId)>,
+    message: &'a NewMessage,
+) -> rusqlite::Result<bool> {
+    let key = (message.conversation_id, &message.sender_id);
+    if members.contains(&key) {
+        return Ok(true);
+    }
+    let member = is_member(connection, message.conversation_id, &message.sender_id)?;
+    if member {
+        members.insert(key);
+    }
+    Ok(member)
 }
 
 fn is_member(

@@ -251,25 +251,33 @@ pub fn duplicate_client_msg_id_returns_original(store: &dyn Store) {
     );
 }
 
-/// Non-members and unknown conversations get `NotMember`, and nothing is written.
+/// Non-members and unknown conversations get `NotMember`, and nothing is written, also in a
+/// batch where the same sender or the same conversation has just passed the membership check.
 pub fn non_member_cannot_append(store: &dyn Store) {
     let alice = user(store, "alice");
     let bob = user(store, "bob");
+    let carol = user(store, "carol");
     let mallory = user(store, "mallory");
     let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    let (bc, _) = store.create_direct(&bob, &carol, NOW).expect("create");
     let outcomes = store
         .append_batch(
             &[
+                message(&alice, "z", ab),
                 message(&mallory, "x", ab),
                 message(&alice, "y", ConversationId(999_999)),
-                message(&alice, "z", ab),
+                message(&alice, "w", bc),
+                message(&alice, "v", ab),
             ],
             NOW,
         )
         .expect("append");
-    assert_eq!(outcomes[0], AppendOutcome::NotMember);
+    assert_eq!(appended_seqs(&outcomes[..1]), [1]);
     assert_eq!(outcomes[1], AppendOutcome::NotMember);
-    assert_eq!(appended_seqs(&outcomes[2..]), [1]);
+    assert_eq!(outcomes[2], AppendOutcome::NotMember);
+    assert_eq!(outcomes[3], AppendOutcome::NotMember);
+    assert_eq!(appended_seqs(&outcomes[4..]), [2]);
+    assert_eq!(history(store, &bob, bc).len(), 0);
 }
 
 /// `messages_after` pages forwards in seq order.
