@@ -132,6 +132,56 @@ fn the_wal_is_checkpointed_in_the_background() {
     chat.store.integrity_check().expect("intact");
 }
 
+/// A commit of 1,024 sends or more means the writer is the server's limit: for a while the
+/// background checkpointer pauses and the writer checkpoints a larger log itself; then the
+/// background passes and the usual threshold come back.
+#[test]
+fn a_saturated_writer_checkpoints_a_larger_log_itself() {
+    let mut chat = Chat::open();
+    assert_eq!(chat.store.inline_checkpoint_pages().expect("pragma"), 4000);
+    // A few commits, so the background passes every 10 ms (not 100 ms, as when idle).
+    for _ in 0..5 {
+        chat.append(1, 10);
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+    let started = std::time::Instant::now();
+    // ~100 pages of new messages, in one commit.
+    chat.append(1024, 200);
+    let before = chat.file_bytes("lanes.db");
+    assert_eq!(
+        chat.store.inline_checkpoint_pages().expect("pragma"),
+        16_000
+    );
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let paused = chat.file_bytes("lanes.db");
+    // The pause lasts 200 ms from the commit's start; past that (a stalled test thread) this
+    // says nothing.
+    if started.elapsed() < std::time::Duration::from_millis(190) {
+        assert_eq!(
+            paused, before,
+            "the background copied while the writer was saturated"
+        );
+    }
+    // Afterwards the background copies the pages into the database file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while chat.file_bytes("lanes.db") < before + 50 * 4096 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes (was {before})",
+            chat.file_bytes("lanes.db")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "copied during the pause"
+    );
+    // And the next small commit after the pause restores the usual threshold.
+    chat.append(1, 10);
+    assert_eq!(chat.store.inline_checkpoint_pages().expect("pragma"), 4000);
+    chat.store.integrity_check().expect("intact");
+}
+
 /// A long read holds back every checkpoint, so the log grows past its usual size; once the read
 /// ends and the writer starts the log over, the file is cut back to `WAL_SIZE_LIMIT_BYTES`
 /// instead of keeping its largest size for good.
