@@ -90,7 +90,10 @@ pub(crate) async fn run(
                 Ok(received) => received.map(|()| 1)?,
                 Err(_) => 0,
             };
-            anyhow::Ok((complete, arrivals))
+            // The socket stays open until every member is done: closing it while others still
+            // wait for the last message would make the server and the bench handle thousands
+            // of disconnects inside that message's measured time.
+            anyhow::Ok((complete, arrivals, socket))
         }));
     }
     let interval = Duration::from_secs_f64(1.0 / args.rate);
@@ -117,12 +120,15 @@ pub(crate) async fn run(
         acked += drain_acks(sender, expected, deadline).await?;
     }
     let (mut complete, mut deliveries) = (0, 0);
+    let mut open = Vec::with_capacity(receivers.len());
     for receiver in receivers {
-        let (done, arrivals) = receiver.await.context("receiver")??;
+        let (done, arrivals, socket) = receiver.await.context("receiver")??;
         complete += done;
         deliveries += arrivals;
+        open.push(socket);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    drop(open);
     let mut reach = histogram();
     for message in 0..total {
         let _ = reach.record(slowest.latest(message).max(1));
