@@ -57,7 +57,8 @@ pub struct StoreEpoch(pub String);
     feature = "openapi",
     schema(value_type = String, pattern = r"^[A-Za-z0-9_.@-]{1,64}$")
 )]
-#[serde(try_from = "String", into = "String")]
+// Serialized as the plain string it wraps (a newtype), without a copy; checked when read.
+#[serde(try_from = "String")]
 pub struct UserId(String);
 
 /// Why a string is not a valid id.
@@ -75,6 +76,11 @@ impl std::error::Error for InvalidId {}
 impl UserId {
     /// Checks the id: 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.` and `@`.
     pub fn parse(value: &str) -> Result<UserId, InvalidId> {
+        Self::check(value)?;
+        Ok(UserId(value.to_owned()))
+    }
+
+    fn check(value: &str) -> Result<(), InvalidId> {
         if value.is_empty() || value.len() > USER_ID_BYTES_MAX {
             return Err(InvalidId("user id must be 1 to 64 bytes"));
         }
@@ -86,7 +92,7 @@ impl UserId {
                 "user id may contain only ASCII letters, digits, '_', '-', '.' and '@'",
             ));
         }
-        Ok(UserId(value.to_owned()))
+        Ok(())
     }
 
     /// The id as text.
@@ -98,7 +104,8 @@ impl UserId {
 impl TryFrom<String> for UserId {
     type Error = InvalidId;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        UserId::parse(&value)
+        UserId::check(&value)?;
+        Ok(UserId(value))
     }
 }
 
@@ -122,19 +129,25 @@ impl fmt::Display for UserId {
     feature = "openapi",
     schema(value_type = String, pattern = r"^[!-~]{1,64}$")
 )]
-#[serde(try_from = "String", into = "String")]
+// Serialized as the plain string it wraps (a newtype), without a copy; checked when read.
+#[serde(try_from = "String")]
 pub struct ClientMsgId(String);
 
 impl ClientMsgId {
     /// Checks the id: 1 to 64 bytes of printable ASCII.
     pub fn parse(value: &str) -> Result<ClientMsgId, InvalidId> {
+        Self::check(value)?;
+        Ok(ClientMsgId(value.to_owned()))
+    }
+
+    fn check(value: &str) -> Result<(), InvalidId> {
         if value.is_empty() || value.len() > CLIENT_MSG_ID_BYTES_MAX {
             return Err(InvalidId("client_msg_id must be 1 to 64 bytes"));
         }
         if !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(InvalidId("client_msg_id must be printable ASCII"));
         }
-        Ok(ClientMsgId(value.to_owned()))
+        Ok(())
     }
 
     /// The id as text.
@@ -146,7 +159,8 @@ impl ClientMsgId {
 impl TryFrom<String> for ClientMsgId {
     type Error = InvalidId;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        ClientMsgId::parse(&value)
+        ClientMsgId::check(&value)?;
+        Ok(ClientMsgId(value))
     }
 }
 
@@ -201,6 +215,23 @@ mod tests {
         assert!(ClientMsgId::parse(&"x".repeat(65)).is_err());
         let decoded: Result<ClientMsgId, _> = serde_json::from_str("\"\"");
         assert!(decoded.is_err());
+    }
+
+    /// In JSON both ids are plain strings, and reading one checks it like `parse`.
+    #[test]
+    fn ids_are_json_strings_checked_when_read() -> Result<(), serde_json::Error> {
+        let user = UserId::parse("a.b-c_d@example.com").map_err(serde::de::Error::custom)?;
+        let id = ClientMsgId::parse("m-1/\\x").map_err(serde::de::Error::custom)?;
+        let text = serde_json::to_string(&(&user, &id))?;
+        assert_eq!(text, r#"["a.b-c_d@example.com","m-1/\\x"]"#);
+        assert_eq!(
+            serde_json::from_str::<(UserId, ClientMsgId)>(&text)?,
+            (user, id)
+        );
+        assert!(serde_json::from_str::<UserId>("\"has space\"").is_err());
+        assert!(serde_json::from_str::<UserId>("\"\"").is_err());
+        assert!(serde_json::from_str::<ClientMsgId>("\"a b\"").is_err());
+        Ok(())
     }
 
     /// The schemas' patterns are written out by hand: they must keep saying what `parse` checks.
