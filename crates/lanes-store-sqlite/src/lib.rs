@@ -96,14 +96,15 @@ const SATURATION_HOLD: Duration = Duration::from_millis(200);
 /// Background passes every 10 ms copy each commit's pages separately, on cores the full load
 /// already uses; the writer's own checkpoint of a 16,000-page log copies each of the pages the
 /// commits keep rewriting (the newest leaves of the indexes) once. Pairs throughput +10%, better
-/// in 6 of 6 alternating rounds (docs/BENCHMARKS.md, seventh session). Under light load the
+/// in 5 of 5 alternating rounds (docs/BENCHMARKS.md, seventh session). Under light load the
 /// 10 ms passes and the 4,000-page threshold stay: a big checkpoint then would stall commits.
 const SATURATED_INLINE_CHECKPOINT_PAGES: i64 = 16_000;
 
 /// The size the log file is cut back to when the writer starts it over (SQLite's
 /// `journal_size_limit`). It normally peaks near the inline threshold (~16 MB; ~70 MB under full
-/// load, `SATURATED_INLINE_CHECKPOINT_PAGES`), but while a long read (a backup, an export) holds back every checkpoint it grows
-/// without bound, and without a limit the file would keep that size for good.
+/// load, `SATURATED_INLINE_CHECKPOINT_PAGES`), but while a long read (a backup, an export) holds
+/// back every checkpoint it grows without bound, and without a limit the file would keep that
+/// size for good.
 pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// The writer's page cache, in KiB (SQLite's default is 2,000). A group commit of a few
@@ -131,10 +132,10 @@ pub struct SqliteStore {
 }
 
 /// A thread with a connection of its own that runs a `PASSIVE` checkpoint every 10 ms while
-/// commits come (100 ms otherwise): it copies what no reader still needs and never waits for
-/// the writer or readers, so commits rarely pay for copying; the writer starts the log over
-/// when it finds everything copied, or after its inline checkpoint. Dropping it stops the
-/// thread.
+/// commits come (100 ms otherwise, none while the writer is saturated): it copies what no reader
+/// still needs and never waits for the writer or readers, so commits rarely pay for copying;
+/// the writer starts the log over when it finds everything copied, or after its inline
+/// checkpoint. Dropping it stops the thread.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
