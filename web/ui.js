@@ -321,6 +321,7 @@ export class Ui {
       this.rendered.clear();
       $("message-list").replaceChildren();
       $("conv-list").replaceChildren();
+      this.listItems?.clear();
       $("auth-username").focus();
     }
     this.renderStatus();
@@ -360,24 +361,44 @@ export class Ui {
     const list = $("conv-list");
     const conversations = [...lanes.conversations.values()].sort((a, b) => b.activity - a.activity || b.id - a.id);
     $("list-empty").hidden = conversations.length > 0;
+    // Each conversation keeps its element: updated in place and moved, never replaced, so a
+    // click that lands while a message arrives still reaches the conversation it was aimed at.
+    this.listItems ??= new Map();
     const items = conversations.map((c) => {
+      let item = this.listItems.get(c.id);
+      if (!item) {
+        item = h("li", {},
+          h("button", { type: "button", class: "conv-item", "data-id": c.id, onclick: () => this.go(c.id) },
+            h("span", { "aria-hidden": "true" }),
+            h("span", { class: "conv-name" }),
+            h("time", { class: "conv-time" }),
+            h("span", { class: "conv-last" }),
+            h("span", { class: "badge", "aria-hidden": "true" })));
+        this.listItems.set(c.id, item);
+      }
       const presence = this.presenceOf(c);
       const state = presence ? presence.state : c.kind === "direct" ? "offline" : "group";
       const last = c.last;
       const lastText = last ? `${last.sender_id === lanes.me ? "You" : last.sender_id}: ${last.deleted ? "message deleted" : last.body}` : "No messages yet";
-      const label = `${this.title(c)}${presence ? `, ${state}` : ""}${c.unread ? `, ${c.unread} unread` : ""}, ${lastText}`;
-      return h("li", {},
-        h("button", {
-          type: "button", class: "conv-item", "data-id": c.id, "aria-label": label,
-          "aria-current": c.id === lanes.visible ? "true" : null,
-          onclick: () => this.go(c.id),
-        },
-        h("span", { class: `dot ${state}`, "aria-hidden": "true", title: state }),
-        h("span", { class: "conv-name" }, this.title(c)),
-        h("time", { class: "conv-time" }, last ? clock(last.server_ts) : ""),
-        h("span", { class: "conv-last" }, lastText),
-        c.unread ? h("span", { class: "badge", "aria-hidden": "true" }, c.unread > 999 ? "999+" : String(c.unread)) : null));
+      const button = item.firstChild;
+      const [dot, name, time, lastLine, badge] = button.children;
+      button.setAttribute("aria-label", `${this.title(c)}${presence ? `, ${state}` : ""}${c.unread ? `, ${c.unread} unread` : ""}, ${lastText}`);
+      if (c.id === lanes.visible) button.setAttribute("aria-current", "true");
+      else button.removeAttribute("aria-current");
+      dot.className = `dot ${state}`;
+      dot.title = state;
+      name.textContent = this.title(c);
+      time.textContent = last ? clock(last.server_ts) : "";
+      lastLine.textContent = lastText;
+      badge.hidden = !c.unread;
+      badge.textContent = c.unread > 999 ? "999+" : String(c.unread || "");
+      return item;
     });
+    for (const id of [...this.listItems.keys()]) {
+      if (!lanes.conversations.has(id)) this.listItems.delete(id);
+    }
+    const shown = list.children;
+    if (shown.length === items.length && items.every((item, i) => shown[i] === item)) return;
     const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.id : null;
     list.replaceChildren(...items);
     if (focused && list.contains(document.activeElement) === false) {

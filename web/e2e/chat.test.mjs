@@ -250,8 +250,16 @@ async function scenario(browser) {
   await alice.getByRole("button", { name: "Add", exact: true }).click();
   await until(alice, "carol in the member list", () => document.getElementById("member-list").textContent.includes("carol"));
   await until(alice, "the member count", () => document.getElementById("conv-sub").textContent === "3 members");
-  await send(alice, "Welcome to the team");
   await until(carol, "the group in carol's list", () => [...document.querySelectorAll(".conv-name")].some((el) => el.textContent === "Team"));
+  // A list entry is updated in place when a message arrives, not replaced: a click aimed at it
+  // while the list re-renders must not land on a discarded element.
+  const teamItem = await carol.evaluateHandle(() => [...document.querySelectorAll(".conv-item")]
+    .find((el) => el.querySelector(".conv-name").textContent === "Team"));
+  await send(alice, "Welcome to the team");
+  await until(carol, "the group's last message in carol's list", () => [...document.querySelectorAll(".conv-item")]
+    .some((el) => el.querySelector(".conv-name").textContent === "Team" && el.querySelector(".conv-last").textContent.includes("Welcome to the team")));
+  assert(await teamItem.evaluate((el) => el.isConnected && el.querySelector(".conv-last").textContent.includes("Welcome to the team")),
+    "carol's list replaced the group's entry instead of updating it");
   await openConversation(carol, "Team");
   await seeMessage(carol, "Welcome to the team");
   await send(carol, "Thanks! (from a network without WebSockets)");
