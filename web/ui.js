@@ -450,17 +450,23 @@ export class Ui {
     const myRole = (c.members.find((m) => m.user_id === lanes.me) || {}).role;
     const manager = myRole === "owner" || myRole === "admin";
     $("add-member").hidden = !manager;
-    $("member-list").replaceChildren(...c.members.map((m) => {
+    const rows = c.members.map((m) => {
       const presence = m.user_id === lanes.me ? { state: lanes.status === "online" ? "online" : "offline" } : lanes.presence.get(m.user_id);
       const canRemove = manager && m.user_id !== lanes.me && m.role !== "owner" && (myRole === "owner" || m.role === "member");
-      return h("li", {},
-        h("span", { class: `dot ${presence ? presence.state : "offline"}`, "aria-hidden": "true" }),
-        ` ${m.user_id} `, m.role !== "member" ? h("span", { class: "role" }, m.role) : null,
-        canRemove ? h("button", {
-          type: "button", class: "link", "aria-label": `Remove ${m.user_id}`,
-          onclick: () => lanes.removeMember(c.id, m.user_id).catch((e) => { $("members-error").textContent = e.message; }),
-        }, "Remove") : null);
-    }));
+      return { id: m.user_id, role: m.role, state: presence ? presence.state : "offline", canRemove };
+    });
+    // Rebuilt only when it shows something else: every message re-renders the conversation, and
+    // a "Remove" click must not land on a discarded button.
+    const sig = JSON.stringify([c.id, rows]);
+    if (this.membersSig === sig) return;
+    this.membersSig = sig;
+    $("member-list").replaceChildren(...rows.map((m) => h("li", {},
+      h("span", { class: `dot ${m.state}`, "aria-hidden": "true" }),
+      ` ${m.id} `, m.role !== "member" ? h("span", { class: "role" }, m.role) : null,
+      m.canRemove ? h("button", {
+        type: "button", class: "link", "aria-label": `Remove ${m.id}`,
+        onclick: () => lanes.removeMember(c.id, m.id).catch((e) => { $("members-error").textContent = e.message; }),
+      }, "Remove") : null)));
   }
 
   /** The element of one message, rebuilt only when what it shows changed. */

@@ -262,8 +262,11 @@ async function scenario(browser) {
     "carol's list replaced the group's entry instead of updating it");
   await openConversation(carol, "Team");
   await seeMessage(carol, "Welcome to the team");
+  // Likewise the member list is not rebuilt when a message arrives.
+  const removeCarol = await alice.evaluateHandle(() => document.querySelector('#member-list button[aria-label="Remove carol"]'));
   await send(carol, "Thanks! (from a network without WebSockets)");
   await seeMessage(alice, "Thanks! (from a network without WebSockets)");
+  assert(await removeCarol.evaluate((el) => el !== null && el.isConnected), "alice's member list was rebuilt by a message");
   await bob.getByRole("button", { name: "Back to conversations" }).click();
   await openConversation(bob, "Team");
   await seeMessage(bob, "Thanks! (from a network without WebSockets)");
