@@ -398,7 +398,7 @@ pub(crate) async fn require_room(state: &AppState, users: Vec<UserId>) -> Result
     let max = state.config.limits.conversations_per_user_max;
     let full = blocking(&state.store, move |store| {
         for user_id in users {
-            if store.heads_of(&user_id)?.len() >= max {
+            if store.conversation_count(&user_id)? >= max {
                 return Ok(Some(user_id));
             }
         }

@@ -1290,6 +1290,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn conversation_count(&self, user_id: &UserId) -> Result<usize, StoreError> {
+        self.read(|connection| {
+            let count: i64 = connection
+                .prepare_cached("SELECT COUNT(*) FROM members WHERE user_id = ?1")?
+                .query_row([user_id.as_str()], |row| row.get(0))?;
+            Ok(usize::try_from(count).unwrap_or(0))
+        })
+    }
+
     fn add_member(
         &self,
         conversation_id: ConversationId,

@@ -407,6 +407,14 @@ pub fn membership_changes(store: &dyn Store) {
         store.heads_of(&carol).expect("heads"),
         vec![(group, Seq(1))]
     );
+    assert_eq!(store.conversation_count(&carol).expect("count"), 1);
+    assert_eq!(
+        store.conversation_count(&bob).expect("count"),
+        heads.len(),
+        "a removed member no longer counts the group"
+    );
+    let nobody = user(store, "nobody");
+    assert_eq!(store.conversation_count(&nobody).expect("count"), 0);
 }
 
 /// When the owner leaves, the longest-standing admin becomes owner (else the oldest member).

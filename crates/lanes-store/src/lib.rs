@@ -232,6 +232,8 @@ pub trait Store: Send + Sync + 'static {
     fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError>;
     /// Every conversation of `user_id` with its head seq (for catch-up).
     fn heads_of(&self, user_id: &UserId) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
+    /// How many conversations `user_id` is a member of.
+    fn conversation_count(&self, user_id: &UserId) -> Result<usize, StoreError>;
     /// Adds a member with a role.
     fn add_member(
         &self,
