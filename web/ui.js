@@ -322,6 +322,7 @@ export class Ui {
       $("message-list").replaceChildren();
       $("conv-list").replaceChildren();
       this.listItems?.clear();
+      this.membersSig = null;
       $("auth-username").focus();
     }
     this.renderStatus();
