@@ -106,6 +106,19 @@ impl Chat {
             .expect("store file")
             .len()
     }
+
+    /// Waits until a checkpoint has grown the database file to `bytes` (failing after 10 s).
+    fn wait_for_database_bytes(&self, bytes: u64, was: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.file_bytes("lanes.db") < bytes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes (was {was}): nothing was checkpointed",
+                self.file_bytes("lanes.db")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// Commits leave their pages in the WAL; the background checkpointer copies them into the
@@ -119,16 +132,7 @@ fn the_wal_is_checkpointed_in_the_background() {
         chat.append(1, 2000);
     }
     // 200 messages of 2,000 bytes need ~100 pages of their own in the database file.
-    let grown = before + 100 * 4096;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while chat.file_bytes("lanes.db") < grown {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the database file stayed at {} bytes (was {before}): nothing was checkpointed",
-            chat.file_bytes("lanes.db")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    chat.wait_for_database_bytes(before + 100 * 4096, before);
     chat.store.integrity_check().expect("intact");
 }
 
@@ -163,15 +167,7 @@ fn a_saturated_writer_checkpoints_a_larger_log_itself() {
         );
     }
     // Afterwards the background copies the pages into the database file.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while chat.file_bytes("lanes.db") < before + 50 * 4096 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the database file stayed at {} bytes (was {before})",
-            chat.file_bytes("lanes.db")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    chat.wait_for_database_bytes(before + 50 * 4096, before);
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(200),
         "copied during the pause"
@@ -223,6 +219,14 @@ fn a_log_grown_behind_a_long_read_shrinks_again() {
 fn the_checkpointer_yields_to_the_writer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _store = SqliteStore::open(dir.path(), Durability::Full).expect("open");
+    // Field 19 of a `stat` file, counted after the command name's closing parenthesis.
+    let nice_in = |stat: &str| -> Option<i32> {
+        stat[stat.rfind(')')? + 2..]
+            .split(' ')
+            .nth(16)?
+            .parse()
+            .ok()
+    };
     let nice_of_checkpointers = || -> Vec<i32> {
         std::fs::read_dir("/proc/self/task")
             .expect("tasks")
@@ -233,10 +237,7 @@ fn the_checkpointer_yields_to_the_writer() {
                 if !"lanes-checkpoint".starts_with(comm.trim()) || comm.trim().len() < 15 {
                     return None;
                 }
-                // Field 19 of `stat`, counted after the command name's closing parenthesis.
-                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-                let after_name = &stat[stat.rfind(')')? + 2..];
-                after_name.split(' ').nth(16)?.parse().ok()
+                nice_in(&std::fs::read_to_string(path.join("stat")).ok()?)
             })
             .collect()
     };
@@ -244,11 +245,7 @@ fn the_checkpointer_yields_to_the_writer() {
     loop {
         let nice = nice_of_checkpointers();
         let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
-        let own: i32 = stat[stat.rfind(')').expect("name") + 2..]
-            .split(' ')
-            .nth(16)
-            .and_then(|field| field.parse().ok())
-            .expect("nice field");
+        let own = nice_in(&stat).expect("nice field");
         assert_eq!(
             own, 0,
             "only the checkpointer's thread is lowered, not the process"

@@ -283,16 +283,21 @@ impl User {
         in_flight: &mut VecDeque<Instant>,
         last_seq: &mut u64,
     ) -> anyhow::Result<()> {
+        // Each seq takes its place in the conversation's order: behind the last one is a
+        // duplicate, beyond the next one leaves a gap. Says whether it was new.
+        let mut place = |seq: u64| {
+            if seq <= *last_seq {
+                result.duplicated += 1;
+                return false;
+            }
+            result.gaps += seq - *last_seq - 1;
+            *last_seq = seq;
+            true
+        };
         match quick(text) {
             Quick::Ack { seq } => {
-                // The ack is this connection's copy of its own message: its seq takes its
-                // place in the conversation's order.
-                if seq <= *last_seq {
-                    result.duplicated += 1;
-                } else {
-                    result.gaps += seq - *last_seq - 1;
-                    *last_seq = seq;
-                }
+                // The ack is this connection's copy of its own message.
+                place(seq);
                 if let Some(sent_at) = in_flight.pop_front() {
                     result.acked += 1;
                     result
@@ -301,12 +306,9 @@ impl User {
                 }
             }
             Quick::Message { seq, sender, body } => {
-                if seq <= *last_seq {
-                    result.duplicated += 1;
+                if !place(seq) {
                     return Ok(());
                 }
-                result.gaps += seq - *last_seq - 1;
-                *last_seq = seq;
                 if sender != self.me {
                     result.received += 1;
                     if let Some(sent_at) = sent_at_micros(body) {
