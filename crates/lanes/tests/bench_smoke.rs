@@ -85,6 +85,23 @@ fn fanout() {
 }
 
 #[test]
+fn floor() {
+    let report = bench(&[
+        "floor",
+        "--members",
+        "8",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "0.5",
+    ]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["messages"], 10);
+    assert_eq!(report["deliveries"], 80, "10 messages × 8 members");
+    assert_eq!(report["reach_all_ms"]["count"], 10);
+}
+
+#[test]
 fn storm() {
     let report = bench(&[
         "storm",

@@ -4,6 +4,7 @@
 
 mod crash;
 mod fanout;
+mod floor;
 mod idle;
 mod longpoll;
 mod net;
@@ -70,6 +71,9 @@ enum Scenario {
     Crash(crash::CrashArgs),
     /// W long-poll waiters held at once: server memory per waiter, then all woken by one message.
     Longpoll(longpoll::LongpollArgs),
+    /// No server: the kernel's own cost of a fan-out over M loopback connections, the floor
+    /// under `fanout`'s reach on this machine.
+    Floor(floor::FloorArgs),
 }
 
 /// A `lanes serve` started by the bench.
@@ -192,6 +196,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!("RLIMIT_NOFILE raised to {limit}"),
         Err(err) => tracing::warn!("could not raise RLIMIT_NOFILE: {err}"),
     }
+    if let Scenario::Floor(floor) = args.scenario {
+        // Blocking threads of its own; it stops by itself (its sends, then a grace period).
+        let report = tokio::task::spawn_blocking(move || floor::run(floor))
+            .await
+            .context("floor")??;
+        return finish(&report);
+    }
     let mut spawned = if args.spawn {
         Some(SpawnedServer::start(&args.jwt_secret, &args.durability)?)
     } else {
@@ -211,7 +222,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         match args.scenario {
             Scenario::Pairs(pairs) => pairs::run(&target, spawned.as_ref(), pairs).await,
             Scenario::Idle(idle) => idle::run(&target, spawned.as_ref(), idle).await,
-            Scenario::IdleWorker(_) => unreachable!("workers return before any report"),
+            Scenario::IdleWorker(_) | Scenario::Floor(_) => {
+                unreachable!("handled before the server starts")
+            }
             Scenario::Fanout(fanout) => fanout::run(&target, spawned.as_ref(), fanout).await,
             Scenario::Storm(storm) => storm::run(&target, spawned.as_mut(), storm).await,
             Scenario::Sync(sync) => sync::run(&target, spawned.as_ref(), sync).await,
@@ -224,6 +237,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = tokio::time::timeout(time_limit, work)
         .await
         .context("the run hit --time-limit-secs")??;
+    finish(&report)
+}
+
+/// Prints the report; an error if the run lost or duplicated anything.
+fn finish(report: &report::Report) -> anyhow::Result<()> {
     report.print();
     if report.failed() {
         bail!("lost or duplicated messages (or unanswered waiters): see the report above");
