@@ -342,6 +342,8 @@ export class Lanes extends EventTarget {
       case "welcome":
         if (this.epoch && frame.epoch !== this.epoch) this.newEpoch();
         this.epoch = frame.epoch;
+        // Past this many members the server shares only our own receipt positions.
+        if (frame.receipts_members_max) this.receiptsMembersMax = frame.receipts_members_max;
         this.setStatus("syncing");
         break;
       case "synced":

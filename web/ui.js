@@ -502,6 +502,10 @@ export class Ui {
       const mark = state === "sent" ? "✓" : "✓✓";
       return { state, text: mark, label: { sent: "Sent", delivered: "Delivered", read: "Read" }[state] };
     }
+    if (c.members.length > (this.lanes.receiptsMembersMax || Infinity)) {
+      const label = `Sent; receipts are not shared in groups of more than ${this.lanes.receiptsMembersMax}`;
+      return { state: "sent", text: "✓", label };
+    }
     const state = read === others.length ? "read" : delivered ? "delivered" : "sent";
     const label = `Sent; delivered to ${delivered} of ${others.length}; read by ${read}`;
     return { state, text: `✓${delivered ? "✓" : ""} ${read}/${others.length}`, label };

@@ -258,7 +258,7 @@ async fn handshake_untimed(url: &str, hello: String) -> Result<Welcomed, ClientE
             }
         };
         match decode_server(text.as_str()) {
-            Ok(ServerFrame::Welcome { user_id, epoch }) => {
+            Ok(ServerFrame::Welcome { user_id, epoch, .. }) => {
                 return Ok(Welcomed {
                     channel: Channel::WebSocket(Box::new(ws)),
                     user_id,

@@ -109,6 +109,7 @@ impl FakeServer {
         conn.send(ServerFrame::Welcome {
             user_id: UserId::parse("alice").unwrap(),
             epoch: StoreEpoch(epoch.into()),
+            receipts_members_max: 100,
         })
         .await;
         (conn, cursors, hello_epoch)

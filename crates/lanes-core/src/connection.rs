@@ -30,6 +30,9 @@ pub struct ConnectionConfig {
     pub limits: Limits,
     /// The server's store epoch; cursors from another epoch are ignored.
     pub epoch: StoreEpoch,
+    /// Told to the client in `welcome`: beyond this many members, a conversation's receipts
+    /// are the user's own only.
+    pub receipts_members_max: usize,
 }
 
 impl ConnectionConfig {
@@ -42,6 +45,7 @@ impl ConnectionConfig {
             inflight_sends_max: limits::INFLIGHT_SENDS_MAX,
             limits: Limits::default(),
             epoch,
+            receipts_members_max: limits::RECEIPTS_MEMBERS_DEFAULT,
         }
     }
 }
@@ -359,6 +363,7 @@ impl Connection {
         self.outputs.push_back(Output::Write(ServerFrame::Welcome {
             user_id: user_id.clone(),
             epoch: self.config.epoch.clone(),
+            receipts_members_max: self.config.receipts_members_max,
         }));
         self.state = State::CatchingUp { user_id };
     }

@@ -14,6 +14,11 @@ pub struct Cursor {
     pub seq: Seq,
 }
 
+/// What a `welcome` from a server that does not say means.
+fn receipts_members_default() -> usize {
+    crate::limits::RECEIPTS_MEMBERS_DEFAULT
+}
+
 /// A frame a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -512,6 +517,10 @@ pub enum ServerFrame {
         user_id: UserId,
         /// Identity of the server's store, to be sent back with cursors.
         epoch: StoreEpoch,
+        /// In conversations with more members than this, `receipts` frames carry only the
+        /// user's own positions (the others': `GET /v1/conversations/{id}/receipts`).
+        #[serde(default = "receipts_members_default")]
+        receipts_members_max: usize,
     },
     /// Catch-up is complete: everything the client missed has been sent; live frames follow.
     Synced,

@@ -22,6 +22,10 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Most members a group may have, by default.
 pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
+/// Largest conversation whose members are sent each other's receipt positions, by default.
+/// In a larger one every position change would go to every member (members² per message):
+/// members get only their own positions and ask for the others' when they want them.
+pub const RECEIPTS_MEMBERS_DEFAULT: usize = 100;
 /// `unread_count` stops counting here ("1000 or more"): counting is a scan of the unread
 /// messages, and a listing must not cost a conversation's whole history.
 pub const UNREAD_COUNT_MAX: u64 = 1000;

@@ -424,7 +424,8 @@ pub(crate) async fn receipts(
     head_as_member(&state, &caller.user_id, conversation_id).await?;
     let viewer = caller.user_id.clone();
     let rows = blocking(&state.store, move |store| {
-        store.receipts_of(&viewer, Some(conversation_id))
+        // Asked for explicitly: every member's, whatever the conversation's size.
+        store.receipts_of(&viewer, Some(conversation_id), usize::MAX)
     })
     .await?;
     let ServerFrame::Receipts { receipts, .. } =

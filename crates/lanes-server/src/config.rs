@@ -197,6 +197,9 @@ pub struct RealtimeConfig {
     pub presence_grace_ms: u64,
     /// How often presence changes are sent to watchers, in milliseconds.
     pub presence_flush_ms: u64,
+    /// Largest conversation whose members are sent each other's receipt positions; in larger
+    /// ones each member gets only their own (others' on request).
+    pub receipts_members_max: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -208,6 +211,7 @@ impl Default for RealtimeConfig {
             typing_starts_burst: 10,
             presence_grace_ms: 5_000,
             presence_flush_ms: 250,
+            receipts_members_max: lanes_protocol::limits::RECEIPTS_MEMBERS_DEFAULT,
         }
     }
 }
@@ -322,6 +326,9 @@ impl Config {
         if realtime.typing_starts_per_sec == 0 || realtime.typing_starts_burst == 0 {
             return Err("realtime typing rate limits must be positive".into());
         }
+        if realtime.receipts_members_max < 2 {
+            return Err("realtime.receipts_members_max must be at least 2".into());
+        }
         Ok(())
     }
 
@@ -335,6 +342,7 @@ impl Config {
         config.hello_timeout = std::time::Duration::from_millis(self.websocket.hello_timeout_ms);
         config.ping_interval = std::time::Duration::from_millis(self.websocket.ping_interval_ms);
         config.idle_timeout = std::time::Duration::from_millis(self.websocket.idle_timeout_ms);
+        config.receipts_members_max = self.realtime.receipts_members_max;
         config
     }
 
@@ -344,5 +352,23 @@ impl Config {
             message_body_bytes_max: self.limits.message_body_bytes_max,
             group_members_max: self.limits.group_members_max,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_are_shared_at_least_between_two() {
+        let mut config = Config::default();
+        assert_eq!(config.check(), Ok(()));
+        config.realtime.receipts_members_max = 1;
+        assert_eq!(
+            config.check(),
+            Err("realtime.receipts_members_max must be at least 2".into())
+        );
+        config.realtime.receipts_members_max = 2;
+        assert_eq!(config.check(), Ok(()));
     }
 }

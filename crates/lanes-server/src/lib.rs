@@ -218,6 +218,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         Arc::clone(&hub),
         Arc::clone(&metrics),
         Duration::from_millis(realtime.receipts_flush_ms),
+        realtime.receipts_members_max,
     );
     let (Some(per_sec), Some(burst)) = (
         NonZeroU32::new(realtime.typing_starts_per_sec),

@@ -3,7 +3,9 @@
 //! highest position per member wins), stores it in one transaction (`Store::advance_markers`:
 //! monotonic, clamped to the head) and only then tells each conversation's online members, in
 //! one `receipts` frame per conversation. A member who hides read receipts has the read
-//! position left out of what the others receive.
+//! position left out of what the others receive. In a conversation of more than
+//! `receipts_members_max` members, a position goes only to its own user's devices: sent to
+//! everyone, each message's receipts would cost members² frames entries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,9 +29,10 @@ pub(crate) fn spawn(
     hub: Arc<Hub<Utf8Bytes>>,
     metrics: Arc<Metrics>,
     flush: Duration,
+    members_max: usize,
 ) -> mpsc::Sender<MarkerUpdate> {
     let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
-    tokio::spawn(run(receiver, store, hub, metrics, flush));
+    tokio::spawn(run(receiver, store, hub, metrics, flush, members_max));
     sender
 }
 
@@ -39,6 +42,7 @@ async fn run(
     hub: Arc<Hub<Utf8Bytes>>,
     metrics: Arc<Metrics>,
     flush: Duration,
+    members_max: usize,
 ) {
     while let Some(first) = updates.recv().await {
         tokio::time::sleep(flush).await;
@@ -66,11 +70,20 @@ async fn run(
             )
             .collect();
         let writer = Arc::clone(&store);
-        let stored = tokio::task::spawn_blocking(move || writer.advance_markers(&batch)).await;
+        let stored = tokio::task::spawn_blocking(move || {
+            let changed = writer.advance_markers(&batch)?;
+            let mut touched: Vec<ConversationId> =
+                changed.iter().map(|row| row.conversation_id).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            let large = writer.larger_than(&touched, members_max)?;
+            Ok::<_, lanes_store::StoreError>((changed, large))
+        })
+        .await;
         match stored {
-            Ok(Ok(changed)) => {
+            Ok(Ok((changed, large))) => {
                 Metrics::add(&metrics.receipt_commits, 1);
-                announce(&hub, changed);
+                announce(&hub, changed, &large);
             }
             // Positions are re-sent by clients with their next receipt; nothing acked is lost.
             Ok(Err(err)) => tracing::error!("storing receipt positions failed: {err}"),
@@ -79,8 +92,9 @@ async fn run(
     }
 }
 
-/// Tells each conversation's online members the positions that changed.
-fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>) {
+/// Tells each conversation's online members the positions that changed; in the `large`
+/// conversations each member only their own.
+fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>, large: &[ConversationId]) {
     let mut by_conversation: BTreeMap<ConversationId, Vec<ReceiptRow>> = BTreeMap::new();
     for row in changed {
         by_conversation
@@ -89,6 +103,25 @@ fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>) {
             .push(row);
     }
     for (conversation_id, rows) in by_conversation {
+        if large.contains(&conversation_id) {
+            let own: HashMap<&UserId, Utf8Bytes> = rows
+                .iter()
+                .map(|row| {
+                    let frame = frame(
+                        conversation_id,
+                        std::slice::from_ref(row),
+                        Some(&row.user_id),
+                    );
+                    (&row.user_id, Utf8Bytes::from(encode_server(&frame)))
+                })
+                .collect();
+            hub.signal(
+                conversation_id,
+                |user_id| own.get(user_id).cloned(),
+                Delivery::Reliable,
+            );
+            continue;
+        }
         let encode = |viewer: Option<&UserId>| {
             Utf8Bytes::from(encode_server(&frame(conversation_id, &rows, viewer)))
         };

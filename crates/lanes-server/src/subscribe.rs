@@ -17,7 +17,8 @@ const LISTING_ATTEMPTS_MAX: usize = 16;
 pub(crate) struct Listing {
     /// Every conversation with its head.
     pub(crate) heads: Vec<(ConversationId, Seq)>,
-    /// Every member's receipt positions in them (when asked for), read after subscribing:
+    /// Receipt positions in them (when asked for; in conversations over
+    /// `realtime.receipts_members_max` members only the user's own), read after subscribing:
     /// later changes arrive through the hub.
     pub(crate) receipts: Vec<ReceiptRow>,
 }
@@ -34,6 +35,7 @@ pub(crate) async fn listing(
     // One trip to the blocking pool for the whole listing: connect storms are bound by these
     // hand-offs more than by the queries.
     let hub = Arc::clone(&state.hub);
+    let receipts_members_max = state.config.realtime.receipts_members_max;
     let listed = user_id.clone();
     let heads = blocking(&state.store, move |store| {
         let mut version = version;
@@ -48,7 +50,7 @@ pub(crate) async fn listing(
                 Ok(()) => {
                     let heads = store.heads_of(&listed)?;
                     let receipts = if with_receipts {
-                        store.receipts_of(&listed, None)?
+                        store.receipts_of(&listed, None, receipts_members_max)?
                     } else {
                         Vec::new()
                     };

@@ -593,6 +593,11 @@ fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     })
 }
 
+/// A count for `LIMIT ?n + 1`: clamped so that adding one cannot overflow.
+fn sql_limit(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX).min(i64::MAX - 1)
+}
+
 fn sql_i64(value: u64) -> i64 {
     // Ids and seqs come from SQLite's own i64 columns or from clients; anything above i64::MAX
     // cannot exist in the database, so clamping turns it into "not found" rather than a wrap.
@@ -1490,21 +1495,44 @@ impl Store for SqliteStore {
         &self,
         user_id: &UserId,
         conversation: Option<ConversationId>,
+        members_max: usize,
     ) -> Result<Vec<ReceiptRow>, StoreError> {
         self.read(|connection| {
+            // A conversation's size is counted only up to `members_max + 1`, and in a larger one
+            // only the user's own row is read: a connect costs the same in a 10,000-member group
+            // as in a small one.
             connection
                 .prepare_cached(
-                    "SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq,
+                    "WITH mine AS MATERIALIZED (
+                         SELECT me.conversation_id,
+                                (SELECT COUNT(*) FROM (SELECT 1 FROM members c
+                                                       WHERE c.conversation_id = me.conversation_id
+                                                       LIMIT ?3 + 1)) <= ?3 AS open
+                         FROM members me
+                         WHERE me.user_id = ?1 AND (?2 IS NULL OR me.conversation_id = ?2)
+                     ),
+                     shown AS (
+                         SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq
+                         FROM mine JOIN members m ON m.conversation_id = mine.conversation_id
+                         WHERE mine.open
+                         UNION ALL
+                         SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq
+                         FROM mine JOIN members m
+                              ON m.conversation_id = mine.conversation_id AND m.user_id = ?1
+                         WHERE NOT mine.open
+                     )
+                     SELECT s.conversation_id, s.user_id, s.delivered_seq, s.read_seq,
                             COALESCE(u.hide_read_receipts, 0)
-                     FROM members mine
-                     JOIN members m ON m.conversation_id = mine.conversation_id
-                     LEFT JOIN users u ON u.user_id = m.user_id
-                     WHERE mine.user_id = ?1 AND m.delivered_seq > 0
-                       AND (?2 IS NULL OR mine.conversation_id = ?2)
-                     ORDER BY m.conversation_id, m.user_id",
+                     FROM shown s LEFT JOIN users u ON u.user_id = s.user_id
+                     WHERE s.delivered_seq > 0
+                     ORDER BY s.conversation_id, s.user_id",
                 )?
                 .query_map(
-                    params![user_id.as_str(), conversation.map(|id| sql_i64(id.0))],
+                    params![
+                        user_id.as_str(),
+                        conversation.map(|id| sql_i64(id.0)),
+                        sql_limit(members_max),
+                    ],
                     |row| {
                         Ok(ReceiptRow {
                             conversation_id: ConversationId(u64_column(row, 0)?),
@@ -1516,6 +1544,27 @@ impl Store for SqliteStore {
                     },
                 )?
                 .collect()
+        })
+    }
+
+    fn larger_than(
+        &self,
+        conversations: &[ConversationId],
+        members_max: usize,
+    ) -> Result<Vec<ConversationId>, StoreError> {
+        self.read(|connection| {
+            let mut larger = connection.prepare_cached(
+                "SELECT COUNT(*) > ?2 FROM (SELECT 1 FROM members WHERE conversation_id = ?1
+                                             LIMIT ?2 + 1)",
+            )?;
+            let max = sql_limit(members_max);
+            let mut found = Vec::new();
+            for conversation_id in conversations {
+                if larger.query_row(params![sql_i64(conversation_id.0), max], |row| row.get(0))? {
+                    found.push(*conversation_id);
+                }
+            }
+            Ok(found)
         })
     }
 

@@ -49,6 +49,10 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
             events_refer_to_messages_only,
         ),
         ("markers_only_move_forward", markers_only_move_forward),
+        (
+            "large_groups_show_only_own_positions",
+            large_groups_show_only_own_positions,
+        ),
         ("settings_and_presence", settings_and_presence),
         ("unread_count_saturates", unread_count_saturates),
         (
@@ -793,19 +797,101 @@ pub fn markers_only_move_forward(store: &dyn Store) {
         .expect("view")
         .expect("member");
     assert_eq!((view.read_seq, view.unread_count), (Seq(5), 0));
-    let receipts = store.receipts_of(&alice, None).expect("receipts");
+    let receipts = store
+        .receipts_of(&alice, None, usize::MAX)
+        .expect("receipts");
     assert_eq!(receipts.len(), 1);
     assert_eq!((&receipts[0].user_id, receipts[0].read_seq), (&bob, Seq(5)));
     assert_eq!(
-        store.receipts_of(&alice, Some(ab)).expect("receipts"),
+        store
+            .receipts_of(&alice, Some(ab), usize::MAX)
+            .expect("receipts"),
         receipts
     );
     assert!(
         store
-            .receipts_of(&carol, Some(ab))
+            .receipts_of(&carol, Some(ab), usize::MAX)
             .expect("receipts")
             .is_empty(),
         "only a member sees a conversation's positions"
+    );
+}
+
+/// Beyond `members_max` members, a member is shown only their own positions; conversations are
+/// judged by size one by one; `larger_than` finds the same ones.
+pub fn large_groups_show_only_own_positions(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let carol = user(store, "carol");
+    let group = store
+        .create_group(&alice, "team", &[bob.clone(), carol.clone()], NOW)
+        .expect("group");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("direct");
+    let batch = vec![message(&alice, "g1", group), message(&alice, "d1", ab)];
+    store.append_batch(&batch, NOW).expect("append");
+    let updates: Vec<MarkerUpdate> = [(&alice, group), (&bob, group), (&bob, ab), (&alice, ab)]
+        .into_iter()
+        .map(|(user, conversation_id)| MarkerUpdate {
+            conversation_id,
+            user_id: user.clone(),
+            delivered: Seq(1),
+            read: Seq::ZERO,
+        })
+        .collect();
+    assert_eq!(store.advance_markers(&updates).expect("advance").len(), 4);
+    let shown = |viewer: &UserId, conversation, members_max| -> Vec<(ConversationId, UserId)> {
+        store
+            .receipts_of(viewer, conversation, members_max)
+            .expect("receipts")
+            .into_iter()
+            .map(|row| (row.conversation_id, row.user_id))
+            .collect()
+    };
+    let mut all = vec![
+        (group, alice.clone()),
+        (group, bob.clone()),
+        (ab, alice.clone()),
+        (ab, bob.clone()),
+    ];
+    all.sort();
+    assert_eq!(
+        shown(&alice, None, 3),
+        all,
+        "three members are not more than 3"
+    );
+    let mut own_in_group = vec![
+        (group, alice.clone()),
+        (ab, alice.clone()),
+        (ab, bob.clone()),
+    ];
+    own_in_group.sort();
+    assert_eq!(
+        shown(&alice, None, 2),
+        own_in_group,
+        "the group is larger than 2, the direct conversation is not"
+    );
+    assert_eq!(shown(&bob, Some(group), 2), vec![(group, bob.clone())]);
+    assert!(
+        shown(&carol, Some(group), 2).is_empty(),
+        "carol has no position of her own"
+    );
+    assert_eq!(shown(&carol, Some(group), 3).len(), 2);
+    assert_eq!(
+        store.larger_than(&[ab, group], 2).expect("larger"),
+        vec![group]
+    );
+    assert!(
+        store
+            .larger_than(&[ab, group], 3)
+            .expect("larger")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .larger_than(&[group, ConversationId(999_999)], 0)
+            .expect("larger"),
+        vec![group],
+        "a conversation that does not exist has no members"
     );
 }
 

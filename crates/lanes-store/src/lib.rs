@@ -288,14 +288,23 @@ pub trait Store: Send + Sync + 'static {
     /// Moves receipt positions forward in one transaction, for members only. Returns the rows
     /// that changed, as they are now.
     fn advance_markers(&self, updates: &[MarkerUpdate]) -> Result<Vec<ReceiptRow>, StoreError>;
-    /// Every member's receipt positions (members with `delivered_seq` > 0) in every
-    /// conversation of `user_id` (or only in `conversation`, if `user_id` is a member), by
-    /// conversation.
+    /// Receipt positions (of members with `delivered_seq` > 0) in every conversation of
+    /// `user_id` (or only in `conversation`, if `user_id` is a member), by conversation: every
+    /// member's in conversations of at most `members_max` members, only the user's own in
+    /// larger ones (`usize::MAX`: every member's everywhere).
     fn receipts_of(
         &self,
         user_id: &UserId,
         conversation: Option<ConversationId>,
+        members_max: usize,
     ) -> Result<Vec<ReceiptRow>, StoreError>;
+    /// Which of `conversations` have more than `members_max` members. Counts at most
+    /// `members_max + 1` members of each, so large groups cost no more than small ones.
+    fn larger_than(
+        &self,
+        conversations: &[ConversationId],
+        members_max: usize,
+    ) -> Result<Vec<ConversationId>, StoreError>;
 
     /// Up to `limit` messages with seq > `after`, ascending; `None` unless `viewer` is a member
     /// (checked in the same read transaction, so a removed member reads nothing after removal).

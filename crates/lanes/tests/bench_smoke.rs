@@ -82,6 +82,24 @@ fn fanout() {
     assert_eq!(report["lost"], 0);
     assert_eq!(report["messages"], 10);
     assert_eq!(report["deliveries"], 70, "10 messages × 7 receivers");
+    assert_eq!(report["other_bytes_per_member"], 0, "no receipts asked for");
+    // Members confirming every message: each hears the others' positions (8 ≤ 100 members).
+    let report = bench(&[
+        "fanout",
+        "--members",
+        "8",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "0.5",
+        "--receipts",
+    ]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["deliveries"], 70);
+    assert!(
+        report["other_bytes_per_member"].as_u64() > Some(0),
+        "{report}"
+    );
 }
 
 #[test]

@@ -495,6 +495,89 @@ async fn receipts_show_delivered_and_read_and_hidden_reads_stay_hidden() {
     server.assert_clean_log();
 }
 
+/// Past `realtime.receipts_members_max` members a position goes only to its own user's devices
+/// (live and after catch-up), the welcome says where that starts, and the receipts endpoint
+/// still has everyone's.
+#[tokio::test]
+async fn large_groups_share_only_own_receipts() {
+    let (server, http, _config) =
+        start_with_config("[realtime]\nreceipts_flush_ms = 10\nreceipts_members_max = 2\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    http.register("carol").await;
+    // Created first, so in a flush that has both the group's frame would go out first.
+    let group = http
+        .group(&alice, "trio", &["bob".into(), "carol".into()])
+        .await;
+    let direct = http.direct(&alice, "bob").await;
+    let mut alice_ws = RawWs::connect(&server.ws_url()).await;
+    alice_ws
+        .send(json!({"type": "hello", "token": alice, "cursors": []}))
+        .await;
+    let welcome = alice_ws.frame().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["receipts_members_max"], 2);
+    alice_ws.until("synced").await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let (mut bob_laptop, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    alice_ws.send_message(group, "g1", "team").await;
+    alice_ws.send_message(direct, "d1", "just us").await;
+    bob_ws.until_message_seq(1).await;
+    bob_ws.until_message_seq(1).await;
+    bob_ws
+        .send(json!({"type": "received", "conversation_id": group, "seq": 1}))
+        .await;
+    bob_ws
+        .send(json!({"type": "received", "conversation_id": direct, "seq": 1}))
+        .await;
+    // Bob's other device hears of his position in the group…
+    assert_eq!(
+        receipts(&mut bob_laptop, group).await,
+        BTreeMap::from([("bob".into(), (1, Some(0)))])
+    );
+    // …alice only of the direct conversation's.
+    let (frame, skipped) = alice_ws.until("receipts").await;
+    assert_eq!(frame["conversation_id"], direct, "{frame}");
+    assert_eq!(
+        positions(&frame),
+        BTreeMap::from([("bob".into(), (1, Some(0)))])
+    );
+    assert!(
+        skipped.iter().all(|frame| frame["type"] != "receipts"),
+        "{skipped:?}"
+    );
+    // After a reconnect: the same split.
+    alice_ws.close().await;
+    let (_alice_ws, caught_up) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let snapshots: Vec<&Value> = caught_up
+        .iter()
+        .filter(|frame| frame["type"] == "receipts")
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0]["conversation_id"], direct);
+    let (_bob_phone, caught_up) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let own = caught_up
+        .iter()
+        .find(|frame| frame["type"] == "receipts" && frame["conversation_id"] == group)
+        .expect("bob's own position in the group after catch-up");
+    assert_eq!(
+        positions(own),
+        BTreeMap::from([("bob".into(), (1, Some(0)))])
+    );
+    // Asked for, every member's.
+    let (status, list) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{group}/receipts"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["receipts"][0]["user_id"], "bob", "{list}");
+    server.assert_clean_log();
+}
+
 #[tokio::test]
 async fn typing_is_announced_expires_is_rate_limited_and_never_stored() {
     let (server, http, _config) = start_with_config(

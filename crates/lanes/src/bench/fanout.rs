@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::SinkExt;
 use lanes_protocol::codec::encode_client;
-use lanes_protocol::{ClientFrame, ClientMsgId, ServerFrame};
+use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, Seq, ServerFrame};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -38,6 +38,9 @@ pub(crate) struct FanoutArgs {
     /// Size of each message body in bytes.
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
+    /// Members confirm each message with `received`, as the Rust SDK does by itself.
+    #[arg(long)]
+    receipts: bool,
 }
 
 pub(crate) async fn run(
@@ -77,12 +80,13 @@ pub(crate) async fn run(
             continue;
         }
         let slowest = Arc::clone(&slowest);
+        let confirm = args.receipts.then_some(group);
         receivers.push(tokio::spawn(async move {
             let mut socket = socket;
-            let mut arrivals = 0;
+            let mut counts = Counts::default();
             let received = tokio::time::timeout_at(
                 deadline,
-                receive(&mut socket, total, started, &slowest, &mut arrivals),
+                receive(&mut socket, total, started, &slowest, confirm, &mut counts),
             )
             .await;
             // Complete, or late (then only its arrivals count).
@@ -93,7 +97,7 @@ pub(crate) async fn run(
             // The socket stays open until every member is done: closing it while others still
             // wait for the last message would make the server and the bench handle thousands
             // of disconnects inside that message's measured time.
-            anyhow::Ok((complete, arrivals, socket))
+            anyhow::Ok((complete, counts, socket))
         }));
     }
     let interval = Duration::from_secs_f64(1.0 / args.rate);
@@ -119,12 +123,13 @@ pub(crate) async fn run(
         let expected = (index..total).step_by(args.senders).count();
         acked += drain_acks(sender, expected, deadline).await?;
     }
-    let (mut complete, mut deliveries) = (0, 0);
+    let (mut complete, mut deliveries, mut other_bytes) = (0, 0, 0);
     let mut open = Vec::with_capacity(receivers.len());
     for receiver in receivers {
-        let (done, arrivals, socket) = receiver.await.context("receiver")??;
+        let (done, counts, socket) = receiver.await.context("receiver")??;
         complete += done;
-        deliveries += arrivals;
+        deliveries += counts.arrivals;
+        other_bytes += counts.other_bytes;
         open.push(socket);
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -139,6 +144,7 @@ pub(crate) async fn run(
         json!({
             "members": args.members, "rate": args.rate, "senders": args.senders,
             "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
+            "receipts": args.receipts,
         }),
     );
     report.set("messages", json!(total));
@@ -149,6 +155,10 @@ pub(crate) async fn run(
         json!((deliveries as f64 / elapsed).round()),
     );
     report.set("reach_all_ms", latency_ms(&reach));
+    report.set(
+        "other_bytes_per_member",
+        json!(other_bytes / receivers_count as u64),
+    );
     let lost = (total * receivers_count) as u64 - deliveries;
     report.set("lost", json!(lost));
     report.set("receivers_complete", json!(complete));
@@ -180,7 +190,17 @@ async fn drain_acks(
     Ok(acks)
 }
 
-/// Reads until all `total` messages arrived, counting them in `arrivals`.
+/// What one member received.
+#[derive(Default)]
+struct Counts {
+    /// Messages.
+    arrivals: u64,
+    /// Bytes of every other frame (receipts, presence…).
+    other_bytes: u64,
+}
+
+/// Reads until all `total` messages arrived, counting them; confirms each with `received` when
+/// `confirm` names the conversation.
 /// Thousands of receivers share the cores with the server, so they read only what they check
 /// (seq and the body's `n:send-time`) instead of decoding whole frames, count locally, and have
 /// the caller put one deadline on the whole read rather than a timer on every frame.
@@ -189,23 +209,32 @@ async fn receive(
     total: usize,
     started: Instant,
     slowest: &Slowest,
-    arrivals: &mut u64,
+    confirm: Option<ConversationId>,
+    counts: &mut Counts,
 ) -> anyhow::Result<()> {
     let mut last_seq = 0;
     while last_seq < total as u64 {
         let text = next_text(socket).await?;
         let Quick::Message { seq, body, .. } = quick(text.as_str()) else {
+            counts.other_bytes += text.len() as u64;
             continue;
         };
         anyhow::ensure!(seq == last_seq + 1, "gap or duplicate at seq {seq}");
         last_seq = seq;
-        *arrivals += 1;
+        counts.arrivals += 1;
         let parsed = body
             .split_once(':')
             .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, leading_number(rest)?)));
         if let Some((n, sent_at)) = parsed {
             let latency = (started.elapsed().as_micros() as u64).saturating_sub(sent_at);
             slowest.record(n, latency);
+        }
+        if let Some(conversation_id) = confirm {
+            let received = ClientFrame::Received {
+                conversation_id,
+                seq: Seq(seq),
+            };
+            socket.send(Message::text(encode_client(&received))).await?;
         }
     }
     Ok(())
