@@ -306,7 +306,7 @@ export class Lanes extends EventTarget {
         return;
       }
       if (link !== this.link) return;
-      if (first) this.onFrame({ type: "welcome", user_id: page.user_id, epoch: page.epoch });
+      if (first) this.onFrame({ type: "welcome", user_id: page.user_id, epoch: page.epoch, receipts_members_max: page.receipts_members_max });
       for (const event of page.events) this.onFrame(event);
       for (const cursor of page.cursors) {
         const c = this.conversations.get(cursor.conversation_id);

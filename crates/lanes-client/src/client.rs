@@ -105,6 +105,9 @@ pub enum Event {
         /// The server's store epoch. When it changed, every conversation is delivered again
         /// from seq 1.
         epoch: StoreEpoch,
+        /// In conversations with more members than this, receipts carry only our own
+        /// positions (everyone's: `HttpApi::receipts`).
+        receipts_members_max: usize,
     },
     /// Catch-up after a (re)connect is done: everything missed has been delivered.
     Synced,

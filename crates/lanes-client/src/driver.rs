@@ -110,6 +110,7 @@ pub(crate) struct Welcomed {
     channel: Channel,
     pub(crate) user_id: UserId,
     pub(crate) epoch: StoreEpoch,
+    receipts_members_max: usize,
 }
 
 /// Marks a WebSocket handshake answered by HTTP without an upgrade (a proxy or network that
@@ -153,6 +154,7 @@ pub(crate) async fn connect_once(
     let welcomed = Welcomed {
         user_id: page.user_id.clone(),
         epoch: page.epoch.clone(),
+        receipts_members_max: page.receipts_members_max,
         channel: Channel::Poll(Box::new(page)),
     };
     Ok((welcomed, true))
@@ -258,11 +260,16 @@ async fn handshake_untimed(url: &str, hello: String) -> Result<Welcomed, ClientE
             }
         };
         match decode_server(text.as_str()) {
-            Ok(ServerFrame::Welcome { user_id, epoch, .. }) => {
+            Ok(ServerFrame::Welcome {
+                user_id,
+                epoch,
+                receipts_members_max,
+            }) => {
                 return Ok(Welcomed {
                     channel: Channel::WebSocket(Box::new(ws)),
                     user_id,
                     epoch,
+                    receipts_members_max,
                 });
             }
             Ok(ServerFrame::Error(error)) => {
@@ -623,6 +630,7 @@ impl Driver {
             channel,
             user_id,
             epoch,
+            receipts_members_max,
         } = welcomed;
         if self.delivery.handle_welcome(epoch.clone()) {
             info!(epoch = %epoch.0, "store epoch changed; cursors reset");
@@ -631,7 +639,11 @@ impl Driver {
         self.pending.handle_connected();
         self.backoff.handle_welcome(now_std());
         self.user_id = user_id.clone();
-        self.push_event(Event::Connected { user_id, epoch });
+        self.push_event(Event::Connected {
+            user_id,
+            epoch,
+            receipts_members_max,
+        });
         if let Some(user_ids) = &self.watching {
             self.signals.push(ClientFrame::WatchPresence {
                 user_ids: user_ids.clone(),

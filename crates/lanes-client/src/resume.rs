@@ -85,6 +85,7 @@ mod tests {
         Event::Connected {
             user_id: UserId::parse("alice").unwrap(),
             epoch: StoreEpoch(epoch.into()),
+            receipts_members_max: 100,
         }
     }
 

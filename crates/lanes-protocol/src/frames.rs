@@ -14,8 +14,8 @@ pub struct Cursor {
     pub seq: Seq,
 }
 
-/// What a `welcome` from a server that does not say means.
-fn receipts_members_default() -> usize {
+/// What a `welcome` (or a poll page) from a server that does not say means.
+pub(crate) fn receipts_members_default() -> usize {
     crate::limits::RECEIPTS_MEMBERS_DEFAULT
 }
 

@@ -315,6 +315,9 @@ pub struct EventsPage {
     pub cursors: Vec<Cursor>,
     /// Who the poll is (the `welcome` of this transport).
     pub user_id: UserId,
+    /// As in `welcome`: beyond this many members, a conversation's receipts are the user's own.
+    #[serde(default = "crate::frames::receipts_members_default")]
+    pub receipts_members_max: usize,
 }
 
 /// `POST /v1/admin/users` (API key): create a user for the application.

@@ -61,6 +61,7 @@ pub(crate) struct Page {
     epoch: StoreEpoch,
     cursors: Vec<Cursor>,
     user_id: UserId,
+    receipts_members_max: usize,
 }
 
 fn parse_cursors(text: &str) -> Result<Vec<Cursor>, ApiError> {
@@ -282,6 +283,7 @@ async fn poll(
         epoch: state.epoch.clone(),
         cursors: collected.cursors.to_cursors(),
         user_id,
+        receipts_members_max: state.config.realtime.receipts_members_max,
     })
 }
 

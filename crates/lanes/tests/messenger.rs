@@ -518,6 +518,19 @@ async fn large_groups_share_only_own_receipts() {
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["receipts_members_max"], 2);
     alice_ws.until("synced").await;
+    let (status, page) = http
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&alice),
+            Some(json!({"cursors": [], "timeout_ms": 0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["receipts_members_max"], 2,
+        "a poll says it as welcome does"
+    );
     let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     let (mut bob_laptop, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     alice_ws.send_message(group, "g1", "team").await;

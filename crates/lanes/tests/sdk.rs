@@ -288,7 +288,8 @@ async fn offline_then_resume_from_cursor() {
         next_event(&mut bob_events).await,
         Event::Connected {
             user_id: bob.id.clone(),
-            epoch: epoch.unwrap()
+            epoch: epoch.unwrap(),
+            receipts_members_max: 100,
         }
     );
     // Exactly the missed messages, in order: nothing at or below the cursor comes again.
@@ -399,8 +400,16 @@ async fn sends_survive_a_restart_over(outage: Outage, transport: Transport) {
     while received.len() < TOTAL || lifecycle.last().map(String::as_str) != Some("synced") {
         match next_event(&mut bob_events).await {
             Event::Message(message) => received.push(message),
-            Event::Connected { user_id, .. } => {
+            Event::Connected {
+                user_id,
+                receipts_members_max,
+                ..
+            } => {
                 assert_eq!(user_id, bob.id);
+                assert_eq!(
+                    receipts_members_max, 100,
+                    "the server's default, on either transport"
+                );
                 lifecycle.push("connected".into());
             }
             Event::Synced => lifecycle.push("synced".into()),
