@@ -273,10 +273,23 @@ async function scenario(browser) {
   await seeMessage(bob, "Welcome to the team");
   await until(alice, "group read counts", () => [...document.querySelectorAll("#message-list li")]
     .some((li) => li.querySelector(".body")?.textContent === "Welcome to the team" && li.querySelector("[data-status]")?.textContent.trim() === "✓✓ 2/2"));
+  // Both transports learn where groups stop sharing everyone's receipts (the server's default);
+  // past it, alice's own messages show a plain "sent" tick, not counts the server never sends.
+  for (const [page, who] of [[alice, "alice (WebSocket)"], [carol, "carol (long-polling)"]]) {
+    const max = await page.evaluate(() => window.lanes.receiptsMembersMax);
+    assert(max === 100, `${who} was told receipts_members_max ${max}`);
+  }
+  await alice.evaluate(() => { window.lanes.receiptsMembersMax = 2; });
   await carol.getByLabel("Message", { exact: true }).pressSequentially("typing over HTTP", { delay: 10 });
   await until(alice, "carol is typing", () => document.getElementById("typing").textContent === "carol is typing…");
   await carol.getByLabel("Message", { exact: true }).press("Enter");
   await seeMessage(bob, "typing over HTTP");
+  await seeMessage(alice, "typing over HTTP");
+  await until(alice, "a plain sent tick past receipts_members_max", () => [...document.querySelectorAll("#message-list li")]
+    .some((li) => li.querySelector(".body")?.textContent === "Welcome to the team"
+      && li.querySelector("[data-status]")?.textContent.trim() === "✓"
+      && li.querySelector("[data-status]")?.getAttribute("aria-label") === "Sent; receipts are not shared in groups of more than 2"));
+  await alice.evaluate(() => { window.lanes.receiptsMembersMax = 100; });
   await shot(alice, "06-group");
   log("group of three, one on long-polling");
 
