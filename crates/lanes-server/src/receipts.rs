@@ -5,7 +5,7 @@
 //! one `receipts` frame per conversation. A member who hides read receipts has the read
 //! position left out of what the others receive. In a conversation of more than
 //! `receipts_members_max` members, a position goes only to its own user's devices: sent to
-//! everyone, each message's receipts would cost members² frames entries.
+//! everyone, each message's receipts would cost members² frame entries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

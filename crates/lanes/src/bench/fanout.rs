@@ -157,7 +157,7 @@ pub(crate) async fn run(
     report.set("reach_all_ms", latency_ms(&reach));
     report.set(
         "other_bytes_per_member",
-        json!(other_bytes / receivers_count as u64),
+        json!(other_bytes.checked_div(receivers_count as u64).unwrap_or(0)),
     );
     let lost = (total * receivers_count) as u64 - deliveries;
     report.set("lost", json!(lost));
