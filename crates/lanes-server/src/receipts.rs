@@ -4,10 +4,11 @@
 //! monotonic, clamped to the head) and only then tells each conversation's online members, in
 //! one `receipts` frame per conversation. A member who hides read receipts has the read
 //! position left out of what the others receive. In a conversation of more than
-//! `receipts_members_max` members, a position goes only to its own user's devices: sent to
-//! everyone, each message's receipts would cost members² frame entries.
+//! `receipts_members_max` members, a position goes only to its own user's devices, and only a
+//! read one (which syncs unread counts): sent to everyone, each message's receipts would cost
+//! members² frame entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,17 @@ async fn run(
         while let Ok(update) = updates.try_recv() {
             merge(update);
         }
+        // In large conversations only read positions go back to the user's devices (they sync
+        // unread counts by it); a delivered position there interests no one else who is told.
+        let mut reads: Reads = HashMap::new();
+        for ((conversation_id, user_id), (_, read)) in &merged {
+            if *read > Seq::ZERO {
+                reads
+                    .entry(*conversation_id)
+                    .or_default()
+                    .insert(user_id.clone());
+            }
+        }
         let batch: Vec<MarkerUpdate> = merged
             .into_iter()
             .map(
@@ -83,7 +95,7 @@ async fn run(
         match stored {
             Ok(Ok((changed, large))) => {
                 Metrics::add(&metrics.receipt_commits, 1);
-                announce(&hub, changed, &large);
+                announce(&hub, changed, &large, &reads);
             }
             // Positions are re-sent by clients with their next receipt; nothing acked is lost.
             Ok(Err(err)) => tracing::error!("storing receipt positions failed: {err}"),
@@ -92,9 +104,17 @@ async fn run(
     }
 }
 
+/// Per conversation, the users who sent a read position in this flush.
+type Reads = HashMap<ConversationId, HashSet<UserId>>;
+
 /// Tells each conversation's online members the positions that changed; in the `large`
-/// conversations each member only their own.
-fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>, large: &[ConversationId]) {
+/// conversations each member only their own, and only when it read (`reads`).
+fn announce(
+    hub: &Hub<Utf8Bytes>,
+    changed: Vec<ReceiptRow>,
+    large: &[ConversationId],
+    reads: &Reads,
+) {
     let mut by_conversation: BTreeMap<ConversationId, Vec<ReceiptRow>> = BTreeMap::new();
     for row in changed {
         by_conversation
@@ -106,6 +126,11 @@ fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>, large: &[Conversatio
         if large.contains(&conversation_id) {
             let own: HashMap<&UserId, Utf8Bytes> = rows
                 .iter()
+                .filter(|row| {
+                    reads
+                        .get(&conversation_id)
+                        .is_some_and(|readers| readers.contains(&row.user_id))
+                })
                 .map(|row| {
                     let frame = frame(
                         conversation_id,
@@ -115,11 +140,13 @@ fn announce(hub: &Hub<Utf8Bytes>, changed: Vec<ReceiptRow>, large: &[Conversatio
                     (&row.user_id, Utf8Bytes::from(encode_server(&frame)))
                 })
                 .collect();
-            hub.signal(
-                conversation_id,
-                |user_id| own.get(user_id).cloned(),
-                Delivery::Reliable,
-            );
+            if !own.is_empty() {
+                hub.signal(
+                    conversation_id,
+                    |user_id| own.get(user_id).cloned(),
+                    Delivery::Reliable,
+                );
+            }
             continue;
         }
         let encode = |viewer: Option<&UserId>| {

@@ -537,28 +537,47 @@ async fn large_groups_share_only_own_receipts() {
     alice_ws.send_message(direct, "d1", "just us").await;
     bob_ws.until_message_seq(1).await;
     bob_ws.until_message_seq(1).await;
-    bob_ws
-        .send(json!({"type": "received", "conversation_id": group, "seq": 1}))
-        .await;
-    bob_ws
-        .send(json!({"type": "received", "conversation_id": direct, "seq": 1}))
-        .await;
-    // Bob's other device hears of his position in the group…
-    assert_eq!(
-        receipts(&mut bob_laptop, group).await,
-        BTreeMap::from([("bob".into(), (1, Some(0)))])
-    );
-    // …alice only of the direct conversation's.
-    let (frame, skipped) = alice_ws.until("receipts").await;
-    assert_eq!(frame["conversation_id"], direct, "{frame}");
-    assert_eq!(
-        positions(&frame),
-        BTreeMap::from([("bob".into(), (1, Some(0)))])
-    );
-    assert!(
-        skipped.iter().all(|frame| frame["type"] != "receipts"),
-        "{skipped:?}"
-    );
+    // The next receipts frame of `ws` is the direct conversation's, none of the group before it.
+    async fn next_is_direct(ws: &mut RawWs, direct: u64) -> BTreeMap<String, (u64, Option<u64>)> {
+        let (frame, skipped) = ws.until("receipts").await;
+        assert_eq!(frame["conversation_id"], direct, "{frame}");
+        assert!(
+            skipped.iter().all(|frame| frame["type"] != "receipts"),
+            "{skipped:?}"
+        );
+        positions(&frame)
+    }
+    let bob_in_direct = |position| BTreeMap::from([("bob".to_owned(), position)]);
+    // Delivered positions in the group go to no one (not even bob's other device)…
+    for kind in ["received", "read"] {
+        bob_ws
+            .send(json!({"type": kind, "conversation_id": group, "seq": 1}))
+            .await;
+        bob_ws
+            .send(json!({"type": kind, "conversation_id": direct, "seq": 1}))
+            .await;
+        let position = if kind == "read" {
+            (1, Some(1))
+        } else {
+            (1, Some(0))
+        };
+        if kind == "received" {
+            assert_eq!(
+                next_is_direct(&mut bob_laptop, direct).await,
+                bob_in_direct(position)
+            );
+        } else {
+            // …a read one to bob's devices only (it syncs his unread count).
+            assert_eq!(
+                receipts(&mut bob_laptop, group).await,
+                BTreeMap::from([("bob".into(), (1, Some(1)))])
+            );
+        }
+        assert_eq!(
+            next_is_direct(&mut alice_ws, direct).await,
+            bob_in_direct(position)
+        );
+    }
     // After a reconnect: the same split.
     alice_ws.close().await;
     let (_alice_ws, caught_up) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
@@ -575,7 +594,7 @@ async fn large_groups_share_only_own_receipts() {
         .expect("bob's own position in the group after catch-up");
     assert_eq!(
         positions(own),
-        BTreeMap::from([("bob".into(), (1, Some(0)))])
+        BTreeMap::from([("bob".into(), (1, Some(1)))])
     );
     // Asked for, every member's.
     let (status, list) = http
