@@ -1446,39 +1446,53 @@ impl Store for SqliteStore {
     fn advance_markers(&self, updates: &[MarkerUpdate]) -> Result<Vec<ReceiptRow>, StoreError> {
         self.write(|transaction| {
             // Positions only move forward and never past the head; reading implies receiving.
-            let mut advance = transaction.prepare_cached(concat!(
-                "UPDATE members SET
-                     delivered_seq = MAX(delivered_seq, MIN(MAX(?3, ?4), c.head_seq)),
-                     read_seq = MAX(read_seq, MIN(?4, c.head_seq))
-                 FROM (SELECT ",
-                head_of!("?1"),
-                " AS head_seq) AS c
+            // A batch holds many members of few conversations (every member confirming the same
+            // message): each head is read once, and plain statements do the rest (`UPDATE …
+            // FROM` and `RETURNING` each built a temporary table per row).
+            let mut head = transaction.prepare_cached(concat!("SELECT ", head_of!("?1")))?;
+            let mut advance = transaction.prepare_cached(
+                "UPDATE members SET delivered_seq = MAX(delivered_seq, ?3),
+                                    read_seq = MAX(read_seq, ?4)
                  WHERE conversation_id = ?1 AND user_id = ?2
-                   AND (delivered_seq < MIN(MAX(?3, ?4), c.head_seq) OR read_seq < MIN(?4, c.head_seq))
-                 RETURNING delivered_seq, read_seq"
-            ))?;
-            let mut hidden = transaction
-                .prepare_cached("SELECT hide_read_receipts FROM users WHERE user_id = ?1")?;
+                   AND (delivered_seq < ?3 OR read_seq < ?4)",
+            )?;
+            let mut now = transaction.prepare_cached(
+                "SELECT m.delivered_seq, m.read_seq, COALESCE(u.hide_read_receipts, 0)
+                 FROM members m LEFT JOIN users u ON u.user_id = m.user_id
+                 WHERE m.conversation_id = ?1 AND m.user_id = ?2",
+            )?;
+            let mut heads: HashMap<ConversationId, u64> = HashMap::new();
             let mut changed = Vec::new();
             for update in updates {
-                let row = advance
-                    .query_row(
-                        params![
-                            sql_i64(update.conversation_id.0),
-                            update.user_id.as_str(),
-                            sql_i64(update.delivered.0),
-                            sql_i64(update.read.0)
-                        ],
-                        |row| Ok((Seq(u64_column(row, 0)?), Seq(u64_column(row, 1)?))),
-                    )
-                    .optional()?;
-                let Some((delivered_seq, read_seq)) = row else {
-                    continue;
+                let conversation = sql_i64(update.conversation_id.0);
+                let head_seq = match heads.get(&update.conversation_id) {
+                    Some(seq) => *seq,
+                    None => {
+                        let seq = head.query_row([conversation], |row| u64_column(row, 0))?;
+                        heads.insert(update.conversation_id, seq);
+                        seq
+                    }
                 };
-                let hide_read = hidden
-                    .query_row([update.user_id.as_str()], |row| row.get(0))
-                    .optional()?
-                    .unwrap_or(false);
+                let delivered = update.delivered.0.max(update.read.0).min(head_seq);
+                let read = update.read.0.min(head_seq);
+                let moved = advance.execute(params![
+                    conversation,
+                    update.user_id.as_str(),
+                    sql_i64(delivered),
+                    sql_i64(read)
+                ])?;
+                if moved == 0 {
+                    // Not a member, or nothing new.
+                    continue;
+                }
+                let (delivered_seq, read_seq, hide_read) =
+                    now.query_row(params![conversation, update.user_id.as_str()], |row| {
+                        Ok((
+                            Seq(u64_column(row, 0)?),
+                            Seq(u64_column(row, 1)?),
+                            row.get(2)?,
+                        ))
+                    })?;
                 changed.push(ReceiptRow {
                     conversation_id: update.conversation_id,
                     user_id: update.user_id.clone(),
