@@ -205,7 +205,9 @@ pub struct RealtimeConfig {
 impl Default for RealtimeConfig {
     fn default() -> RealtimeConfig {
         RealtimeConfig {
-            receipts_flush_ms: 50,
+            // Longer gathers larger batches, whose transaction holds the writer longer: at 50 ms,
+            // sends waiting behind it doubled the p99 latency (docs/BENCHMARKS.md).
+            receipts_flush_ms: 10,
             typing_ttl_ms: 6_000,
             typing_starts_per_sec: 2,
             typing_starts_burst: 10,

@@ -41,6 +41,23 @@ fn pairs() {
     assert_eq!(report["duplicated"], 0);
     assert!(report["acked"].as_u64().unwrap() > 0);
     assert_eq!(report["acked"], report["delivered"]);
+    // Confirming receipts: a `received` the server refused would fail the run.
+    let report = bench(&[
+        "pairs",
+        "--users",
+        "4",
+        "--window",
+        "2",
+        "--duration-secs",
+        "0.5",
+        "--receipts",
+    ]);
+    assert_eq!(report["params"]["receipts"], true);
+    assert_eq!(
+        (report["lost"].as_u64(), report["duplicated"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(report["acked"], report["delivered"]);
 }
 
 #[test]

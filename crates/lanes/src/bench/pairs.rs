@@ -12,7 +12,7 @@ use clap::Args;
 use futures_util::{FutureExt, SinkExt};
 use hdrhistogram::Histogram;
 use lanes_protocol::codec::encode_client;
-use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId};
+use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, Seq};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -38,6 +38,10 @@ pub(crate) struct PairsArgs {
     /// Size of each message body in bytes.
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
+    /// Users confirm what they received with `received` after each read, as the Rust SDK
+    /// does by itself.
+    #[arg(long)]
+    receipts: bool,
 }
 
 /// What one user saw. Latencies are kept as raw samples (µs) and merged into histograms at the
@@ -135,6 +139,7 @@ pub(crate) async fn run(
         json!({
             "users": args.users, "window": args.window, "rate_per_user": args.rate,
             "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
+            "receipts": args.receipts,
         }),
     );
     report.set(
@@ -219,6 +224,8 @@ impl User {
         // Each connection sees every seq of its conversation exactly once, its own messages as
         // acks and the partner's as messages, in order: anything else is a gap or a duplicate.
         let mut last_seq = 0u64;
+        // With `receipts`: the partner messages received so far when `received` last went out.
+        let mut confirmed = 0u64;
         let drain_deadline = self.send_until + Duration::from_secs(10);
         let mut announced_done = false;
         loop {
@@ -270,6 +277,14 @@ impl User {
             // through go out in one write, as a client flushing its outbox does.
             while let Some(text) = next_text(&mut socket).now_or_never() {
                 self.on_frame(text?.as_str(), &mut result, &mut in_flight, &mut last_seq)?;
+            }
+            if args.receipts && result.received > confirmed {
+                confirmed = result.received;
+                let received = ClientFrame::Received {
+                    conversation_id: self.conversation_id,
+                    seq: Seq(last_seq),
+                };
+                socket.send(Message::text(encode_client(&received))).await?;
             }
         }
         Ok(result)
