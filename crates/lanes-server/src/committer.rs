@@ -154,8 +154,11 @@ fn run(
             }
             None => {
                 let deadline = queue.poll_timeout().unwrap_or_else(Instant::now);
-                let next =
-                    runtime.block_on(tokio::time::timeout_at(deadline.into(), requests.recv()));
+                // The timer is made inside `block_on`: it needs the runtime's context (made
+                // outside, it panicked the committer whenever a batch lingered).
+                let next = runtime.block_on(async {
+                    tokio::time::timeout_at(deadline.into(), requests.recv()).await
+                });
                 if let Ok(Some(request)) = next {
                     queue.push(Instant::now(), request);
                 }

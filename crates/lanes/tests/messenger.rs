@@ -495,6 +495,30 @@ async fn receipts_show_delivered_and_read_and_hidden_reads_stay_hidden() {
     server.assert_clean_log();
 }
 
+/// A committer that lingers for more sends (`commit_linger_micros`) still commits them (its
+/// timer was once made outside the runtime and panicked the committer).
+#[tokio::test]
+async fn a_lingering_committer_stores_sends() {
+    let (server, http, _config) =
+        start_with_config("commit_linger_micros = 2000\n[realtime]\nreceipts_flush_ms = 10\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let direct = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    for i in 1..=3 {
+        alice_ws
+            .send_message(direct, &format!("l{i}"), &format!("linger {i}"))
+            .await;
+    }
+    bob_ws.until_message_seq(3).await;
+    bob_ws
+        .send(json!({"type": "read", "conversation_id": direct, "seq": 3}))
+        .await;
+    assert_eq!(receipts(&mut alice_ws, direct).await["bob"], (3, Some(3)));
+    server.assert_clean_log();
+}
+
 /// Past `realtime.receipts_members_max` members a position goes only to its own user's devices
 /// (live and after catch-up), the welcome says where that starts, and the receipts endpoint
 /// still has everyone's.
