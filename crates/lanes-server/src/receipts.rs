@@ -59,8 +59,8 @@ async fn run(
         while let Ok(update) = updates.try_recv() {
             merge(update);
         }
-        // In large conversations only read positions go back to the user's devices (they sync
-        // unread counts by it); a delivered position there interests no one else who is told.
+        // In large conversations only read positions go back to the user's own devices (they
+        // sync unread counts by it); a delivered position alone is sent to no one there.
         let mut reads: Reads = HashMap::new();
         for ((conversation_id, user_id), (_, read)) in &merged {
             if *read > Seq::ZERO {
@@ -81,14 +81,14 @@ async fn run(
                 },
             )
             .collect();
-        let writer = Arc::clone(&store);
+        let store = Arc::clone(&store);
         let stored = tokio::task::spawn_blocking(move || {
-            let changed = writer.advance_markers(&batch)?;
+            let changed = store.advance_markers(&batch)?;
             let mut touched: Vec<ConversationId> =
                 changed.iter().map(|row| row.conversation_id).collect();
             touched.sort_unstable();
             touched.dedup();
-            let large = writer.larger_than(&touched, members_max)?;
+            let large = store.larger_than(&touched, members_max)?;
             Ok::<_, lanes_store::StoreError>((changed, large))
         })
         .await;

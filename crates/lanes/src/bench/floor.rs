@@ -129,7 +129,7 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
             "frame_bytes": args.frame_bytes, "writers": args.writers, "readers": args.readers,
         }),
     );
-    let lost = (total * args.members) as u64 - deliveries;
+    let lost = ((total * args.members) as u64).saturating_sub(deliveries);
     report.set("messages", json!(total));
     report.set("deliveries", json!(deliveries));
     report.set(
