@@ -19,7 +19,7 @@ use super::net::{
     Quick, Socket, Target, create_users, leading_number, next_frame, next_text, quick, run_id,
     user_id, user_name,
 };
-use super::report::{Report, histogram, latency_ms};
+use super::report::Report;
 
 #[derive(Args, Clone)]
 pub(crate) struct FanoutArgs {
@@ -134,10 +134,6 @@ pub(crate) async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     drop(open);
-    let mut reach = histogram();
-    for message in 0..total {
-        let _ = reach.record(slowest.latest(message).max(1));
-    }
     let receivers_count = args.members - args.senders;
     let mut report = Report::new(
         "fanout",
@@ -147,20 +143,17 @@ pub(crate) async fn run(
             "receipts": args.receipts,
         }),
     );
-    report.set("messages", json!(total));
-    report.set("acked", json!(acked));
-    report.set("deliveries", json!(deliveries));
-    report.set(
-        "deliveries_per_s",
-        json!((deliveries as f64 / elapsed).round()),
+    let lost = report.set_reach(
+        (0..total).map(|message| slowest.latest(message)),
+        deliveries,
+        (total * receivers_count) as u64,
+        elapsed,
     );
-    report.set("reach_all_ms", latency_ms(&reach));
+    report.set("acked", json!(acked));
     report.set(
         "other_bytes_per_member",
         json!(other_bytes.checked_div(receivers_count as u64).unwrap_or(0)),
     );
-    let lost = (total * receivers_count) as u64 - deliveries;
-    report.set("lost", json!(lost));
     report.set("receivers_complete", json!(complete));
     if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
         report.set("server_rss_kib", json!(rss));
@@ -215,9 +208,17 @@ async fn receive(
     let mut last_seq = 0;
     while last_seq < total as u64 {
         let text = next_text(socket).await?;
-        let Quick::Message { seq, body, .. } = quick(text.as_str()) else {
-            counts.other_bytes += text.len() as u64;
-            continue;
+        let (seq, body) = match quick(text.as_str()) {
+            Quick::Message { seq, body, .. } => (seq, body),
+            // A refused `received`, say: the run must not pass over it.
+            Quick::Error => anyhow::bail!(
+                "server error: {:?}",
+                lanes_protocol::codec::decode_server(text.as_str())
+            ),
+            Quick::Ack { .. } | Quick::Other => {
+                counts.other_bytes += text.len() as u64;
+                continue;
+            }
         };
         anyhow::ensure!(seq == last_seq + 1, "gap or duplicate at seq {seq}");
         last_seq = seq;

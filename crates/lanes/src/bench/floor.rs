@@ -15,7 +15,7 @@ use clap::Args;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
-use super::report::{Report, histogram, latency_ms};
+use super::report::Report;
 
 #[derive(Args, Clone)]
 pub(crate) struct FloorArgs {
@@ -118,10 +118,6 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut reach = histogram();
-    for latency in &slowest {
-        let _ = reach.record((*latency).max(1));
-    }
     let mut report = Report::new(
         "floor",
         json!({
@@ -129,15 +125,12 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
             "frame_bytes": args.frame_bytes, "writers": args.writers, "readers": args.readers,
         }),
     );
-    let lost = ((total * args.members) as u64).saturating_sub(deliveries);
-    report.set("messages", json!(total));
-    report.set("deliveries", json!(deliveries));
-    report.set(
-        "deliveries_per_s",
-        json!((deliveries as f64 / elapsed).round()),
+    let lost = report.set_reach(
+        slowest.into_iter(),
+        deliveries,
+        (total * args.members) as u64,
+        elapsed,
     );
-    report.set("reach_all_ms", latency_ms(&reach));
-    report.set("lost", json!(lost));
     if lost > 0 {
         report.fail();
     }

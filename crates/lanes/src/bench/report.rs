@@ -54,6 +54,32 @@ impl Report {
         self.fields.insert(key.to_owned(), value);
     }
 
+    /// A fan-out's outcome: per message the time until its last copy arrived (µs), the copies
+    /// received of the `expected`, over `elapsed_secs`. Returns the copies lost.
+    pub(crate) fn set_reach(
+        &mut self,
+        reach_micros: impl ExactSizeIterator<Item = u64>,
+        deliveries: u64,
+        expected: u64,
+        elapsed_secs: f64,
+    ) -> u64 {
+        self.set("messages", json!(reach_micros.len()));
+        let mut reach = histogram();
+        for micros in reach_micros {
+            // Out of range only beyond the histogram's 60 s, which no run lasts.
+            let _ = reach.record(micros.max(1));
+        }
+        self.set("deliveries", json!(deliveries));
+        self.set(
+            "deliveries_per_s",
+            json!((deliveries as f64 / elapsed_secs).round()),
+        );
+        self.set("reach_all_ms", latency_ms(&reach));
+        let lost = expected.saturating_sub(deliveries);
+        self.set("lost", json!(lost));
+        lost
+    }
+
     /// Marks the run failed (lost or duplicated messages).
     pub(crate) fn fail(&mut self) {
         self.failed = true;
