@@ -17,6 +17,21 @@ macro_rules! head_of {
     };
 }
 
+/// SQL for the number of members of `$conversation`, counted only up to `$max + 1`: enough to
+/// tell whether it has more than `$max`, at the same cost in a 10,000-member group as in a small
+/// one.
+macro_rules! members_up_to {
+    ($conversation:literal, $max:literal) => {
+        concat!(
+            "(SELECT COUNT(*) FROM (SELECT 1 FROM members WHERE conversation_id = ",
+            $conversation,
+            " LIMIT ",
+            $max,
+            " + 1))"
+        )
+    };
+}
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -1512,16 +1527,13 @@ impl Store for SqliteStore {
         members_max: usize,
     ) -> Result<Vec<ReceiptRow>, StoreError> {
         self.read(|connection| {
-            // A conversation's size is counted only up to `members_max + 1`, and in a larger one
-            // only the user's own row is read: a connect costs the same in a 10,000-member group
-            // as in a small one.
+            // In a conversation over `members_max` only the user's own row is read.
             connection
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "WITH mine AS MATERIALIZED (
-                         SELECT me.conversation_id,
-                                (SELECT COUNT(*) FROM (SELECT 1 FROM members c
-                                                       WHERE c.conversation_id = me.conversation_id
-                                                       LIMIT ?3 + 1)) <= ?3 AS open
+                         SELECT me.conversation_id, ",
+                    members_up_to!("me.conversation_id", "?3"),
+                    " <= ?3 AS open
                          FROM members me
                          WHERE me.user_id = ?1 AND (?2 IS NULL OR me.conversation_id = ?2)
                      ),
@@ -1539,8 +1551,8 @@ impl Store for SqliteStore {
                             COALESCE(u.hide_read_receipts, 0)
                      FROM shown s LEFT JOIN users u ON u.user_id = s.user_id
                      WHERE s.delivered_seq > 0
-                     ORDER BY s.conversation_id, s.user_id",
-                )?
+                     ORDER BY s.conversation_id, s.user_id"
+                ))?
                 .query_map(
                     params![
                         user_id.as_str(),
@@ -1567,10 +1579,11 @@ impl Store for SqliteStore {
         members_max: usize,
     ) -> Result<Vec<ConversationId>, StoreError> {
         self.read(|connection| {
-            let mut larger = connection.prepare_cached(
-                "SELECT COUNT(*) > ?2 FROM (SELECT 1 FROM members WHERE conversation_id = ?1
-                                             LIMIT ?2 + 1)",
-            )?;
+            let mut larger = connection.prepare_cached(concat!(
+                "SELECT ",
+                members_up_to!("?1", "?2"),
+                " > ?2"
+            ))?;
             let max = sql_limit(members_max);
             let mut found = Vec::new();
             for conversation_id in conversations {
