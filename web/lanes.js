@@ -11,6 +11,7 @@ const WELCOME_TIMEOUT_MS = 10000;
 const TYPING_SHOWN_MS = 7000;
 const HISTORY_PAGE = 50;
 const INFLIGHT_MAX = 200;
+const RECEIPTS_INTERVAL_MS = 1000; // `received` at most this often (see scheduleReceipts)
 // An error naming one of these codes means nothing was stored and a retry fails the same way;
 // anything else (storage_unavailable, internal, a lost connection) is retried with the same id.
 const DEFINITE = new Set(["message_too_large", "invalid_field", "not_found", "bad_frame", "forbidden", "conflict", "payload_too_large"]);
@@ -317,7 +318,7 @@ export class Lanes extends EventTarget {
         this.onFrame({ type: "synced" });
         first = false;
       }
-      this.flushReceipts();
+      this.scheduleReceipts();
     }
   }
 
@@ -568,9 +569,14 @@ export class Lanes extends EventTarget {
 
   // ---- receipts ----------------------------------------------------------------------------
 
+  /** Confirms delivery soon (a burst is confirmed once), then at most once per
+   *  RECEIPTS_INTERVAL_MS: one confirmation per message would have a busy group's members send
+   *  the server a frame for nearly every message they receive. Each wait is lengthened by up to
+   *  half of it at random, so that a group's members do not confirm in step. */
   scheduleReceipts() {
     if (this.timers.receipts) return;
-    this.timers.receipts = setTimeout(() => { this.timers.receipts = null; this.flushReceipts(); }, 100);
+    const wait = Math.max(100, (this.receiptsNotBefore || 0) - Date.now());
+    this.timers.receipts = setTimeout(() => { this.timers.receipts = null; this.flushReceipts(); }, wait);
   }
 
   /** Confirms delivery of what the link holds; only seqs the link has are named. */
@@ -580,6 +586,7 @@ export class Lanes extends EventTarget {
       if (c.cursor > (this.receivedSent.get(c.id) || 0) && c.cursor > (this.readSent.get(c.id) || 0)) {
         this.receivedSent.set(c.id, c.cursor);
         this.marker("received", c.id, c.cursor);
+        this.receiptsNotBefore = Date.now() + RECEIPTS_INTERVAL_MS * (1 + Math.random() / 2);
       }
     }
   }

@@ -294,17 +294,33 @@ async function scenario(browser) {
   log("group of three, one on long-polling");
 
   step = "history with infinite scroll";
-  // 120 messages from carol to alice, posted over HTTP before alice opens the chat.
-  await carol.evaluate(async () => {
+  // 120 messages from carol to alice, posted over HTTP before alice opens the chat. Alice's
+  // client confirms their delivery as they arrive, but at most once a second.
+  await alice.evaluate(() => {
+    window.receivedCalls = [];
+    const marker = window.lanes.marker.bind(window.lanes);
+    window.lanes.marker = (kind, id, seq) => {
+      if (kind === "received") window.receivedCalls.push({ id, seq });
+      marker(kind, id, seq);
+    };
+  });
+  const { conversationId, postingMs } = await carol.evaluate(async () => {
     const { token } = JSON.parse(localStorage.getItem("lanes.session"));
     const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
     const direct = await (await fetch("/v1/conversations/direct", { method: "POST", headers, body: JSON.stringify({ user_id: "alice" }) })).json();
+    const start = Date.now();
     for (let i = 1; i <= 120; i++) {
       const body = JSON.stringify({ client_msg_id: `scroll-${i}`, body: `history ${String(i).padStart(3, "0")}` });
       const answer = await fetch(`/v1/conversations/${direct.conversation_id}/messages`, { method: "POST", headers, body });
       if (!answer.ok) throw new Error(`post ${i}: ${answer.status}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
     }
+    return { conversationId: direct.conversation_id, postingMs: Date.now() - start };
   });
+  await until(alice, "delivery of all 120 confirmed", (id) => window.receivedCalls.some((call) => call.id === id && call.seq === 120), conversationId);
+  const confirmations = await alice.evaluate((id) => window.receivedCalls.filter((call) => call.id === id).length, conversationId);
+  assert(confirmations <= 2 + Math.floor(postingMs / 1000),
+    `alice confirmed delivery ${confirmations} times for 120 messages that arrived over ${postingMs} ms`);
   try {
     await until(alice, "the unread count from carol", () => [...document.querySelectorAll(".conv-item")]
       .some((el) => el.querySelector(".conv-name").textContent === "carol" && el.querySelector(".badge")?.textContent === "120"));

@@ -43,6 +43,12 @@ pub struct ClientConfig {
     /// Confirm receipt (`received`) of every message delivered to this device, batched per
     /// conversation, so senders see "delivered" (default true).
     pub auto_receipts: bool,
+    /// With `auto_receipts`, at most one batch of `received` frames per interval (default 1 s;
+    /// each wait is lengthened by up to half of it at random, so a group's members do not
+    /// confirm in step): the first goes at once, what arrives meanwhile is confirmed at the
+    /// wait's end, one frame per conversation. Zero confirms after every read, which in a busy
+    /// group means a frame to the server for nearly every message received.
+    pub receipts_interval: Duration,
     /// WebSocket, long-polling, or (default) WebSocket with a fall back to long-polling when
     /// the upgrade is refused (a proxy or network that blocks WebSockets).
     pub transport: Transport,
@@ -63,7 +69,8 @@ pub enum Transport {
 }
 
 impl ClientConfig {
-    /// Defaults: no resume point, backoff 50 ms to 5 s, ack timeout 10 s.
+    /// Defaults: no resume point, backoff 50 ms to 5 s, ack timeout 10 s, receipts confirmed
+    /// at most once a second.
     pub fn new(base_url: &str, token: &str) -> ClientConfig {
         ClientConfig {
             base_url: base_url.to_owned(),
@@ -74,6 +81,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(10),
             auto_receipts: true,
+            receipts_interval: Duration::from_secs(1),
             transport: Transport::Auto,
         }
     }
@@ -90,6 +98,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff_max", &self.backoff_max)
             .field("ack_timeout", &self.ack_timeout)
             .field("auto_receipts", &self.auto_receipts)
+            .field("receipts_interval", &self.receipts_interval)
             .field("transport", &self.transport)
             .finish()
     }
@@ -208,6 +217,7 @@ impl Client {
             backoff_max: config.backoff_max,
             ack_timeout: config.ack_timeout,
             auto_receipts: config.auto_receipts,
+            receipts_interval: config.receipts_interval,
             transport: config.transport,
         };
         let http = HttpApi::new(&config.base_url).with_token(&config.token);

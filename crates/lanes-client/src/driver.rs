@@ -93,6 +93,8 @@ pub(crate) struct Settings {
     pub(crate) ack_timeout: Duration,
     /// Confirm receipt of every message delivered to us (`received` frames).
     pub(crate) auto_receipts: bool,
+    /// At most one batch of `received` frames per interval (see `ClientConfig`).
+    pub(crate) receipts_interval: Duration,
     /// Which transport to use.
     pub(crate) transport: Transport,
 }
@@ -380,6 +382,8 @@ pub(crate) struct Driver {
     watching: Option<Vec<UserId>>,
     /// Per conversation, the highest seq received on this connection not yet confirmed.
     unconfirmed: HashMap<ConversationId, Seq>,
+    /// No batch of `received` frames goes out before this (set when one went out).
+    receipts_not_before: Option<Instant>,
     /// Long-polling instead of a WebSocket (chosen, or fallen back to).
     polling: bool,
     /// Frames written over HTTP while long-polling, answered as frames.
@@ -431,6 +435,7 @@ impl Driver {
             signals: Vec::new(),
             watching: None,
             unconfirmed: HashMap::new(),
+            receipts_not_before: None,
             polling,
             http_writes: JoinSet::new(),
         };
@@ -525,13 +530,13 @@ impl Driver {
         if !self.connected() {
             return Ok(());
         }
-        let receipts =
-            std::mem::take(&mut self.unconfirmed)
-                .into_iter()
-                .map(|(conversation_id, seq)| ClientFrame::Received {
-                    conversation_id,
-                    seq,
-                });
+        let receipts = self
+            .due_receipts()
+            .into_iter()
+            .map(|(conversation_id, seq)| ClientFrame::Received {
+                conversation_id,
+                seq,
+            });
         let signals: Vec<ClientFrame> = self.signals.drain(..).chain(receipts).collect();
         if matches!(self.link, Link::Polling(_)) {
             let now = now_std();
@@ -579,16 +584,40 @@ impl Driver {
         Ok(())
     }
 
+    /// The positions to confirm now: everything unconfirmed, unless a batch went out less than
+    /// `receipts_interval` ago (then it waits for the interval's end, merged per conversation).
+    /// One `received` per message would make a busy group's members send the server as many
+    /// frames as they receive. The wait after a batch is 1 to 1.5 intervals, at random: a
+    /// group's members all receive the same messages, and would otherwise confirm in step.
+    fn due_receipts(&mut self) -> HashMap<ConversationId, Seq> {
+        let now = Instant::now();
+        if self.unconfirmed.is_empty() || self.receipts_not_before.is_some_and(|at| now < at) {
+            return HashMap::new();
+        }
+        let wait = self
+            .settings
+            .receipts_interval
+            .mul_f64(1.0 + rand::random::<f64>() / 2.0);
+        self.receipts_not_before = Some(now + wait);
+        std::mem::take(&mut self.unconfirmed)
+    }
+
+    /// When the waiting positions may be confirmed, if any wait.
+    fn receipts_due(&self) -> Option<Instant> {
+        if self.unconfirmed.is_empty() {
+            return None;
+        }
+        Some(self.receipts_not_before.unwrap_or_else(Instant::now))
+    }
+
     fn deadline(&self) -> Option<Instant> {
         let pending = self.pending.poll_timeout().map(Instant::from_std);
         let link = match &self.link {
             Link::Up(up) => Some((up.last_read + IDLE_TIMEOUT).min(up.next_ping)),
             Link::Waiting(_) | Link::Handshaking(_) | Link::Polling(_) => None,
         };
-        match (pending, link) {
-            (Some(pending), Some(link)) => Some(pending.min(link)),
-            (pending, link) => pending.or(link),
-        }
+        let receipts = self.receipts_due().filter(|_| self.connected());
+        [pending, link, receipts].into_iter().flatten().min()
     }
 
     fn on_timeout(&mut self) {
@@ -617,6 +646,7 @@ impl Driver {
             // receives (and confirms) them again.
             self.signals.clear();
             self.unconfirmed.clear();
+            self.receipts_not_before = None;
             self.push_event(Event::Disconnected { reason });
         } else {
             debug!(%reason, "connect attempt failed");

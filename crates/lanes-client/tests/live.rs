@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -751,6 +751,45 @@ async fn unauthorized_reconnect_fails_pending_sends_and_ends_events() {
         Err(ClientError::Closed)
     ));
     client.close().await;
+}
+
+#[tokio::test]
+async fn confirms_receipts_at_most_once_per_interval() {
+    let interval = Duration::from_millis(600);
+    let mut server = FakeServer::start().await;
+    let (_client, mut events, mut conn) = connect(&mut server, |config| {
+        config.auto_receipts = true;
+        config.receipts_interval = interval;
+    })
+    .await;
+    // The first message is confirmed at once.
+    conn.send(ServerFrame::Message(message(1, 1))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 1)]);
+    let received = |frame: ClientFrame| match frame {
+        ClientFrame::Received {
+            conversation_id,
+            seq,
+        } => (conversation_id.0, seq.0),
+        frame => panic!("expected received, got {frame:?}"),
+    };
+    assert_eq!(received(conn.recv().await), (1, 1));
+    let first_confirmed = Instant::now();
+    // Messages of two conversations, each read on its own, within the interval: one batch at
+    // its end, one frame per conversation naming the highest seq.
+    for (conversation, seq) in [(1, 2), (2, 1), (1, 3), (2, 2)] {
+        conn.send(ServerFrame::Message(message(conversation, seq)))
+            .await;
+        assert_eq!(next_messages(&mut events, 1).await, [(conversation, seq)]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut batch = vec![received(conn.recv().await), received(conn.recv().await)];
+    assert!(
+        first_confirmed.elapsed() >= interval - Duration::from_millis(50),
+        "the batch came {:?} after the first confirmation",
+        first_confirmed.elapsed()
+    );
+    batch.sort_unstable();
+    assert_eq!(batch, [(1, 3), (2, 2)]);
 }
 
 #[tokio::test]

@@ -100,23 +100,32 @@ fn fanout() {
     assert_eq!(report["messages"], 10);
     assert_eq!(report["deliveries"], 70, "10 messages × 7 receivers");
     assert_eq!(report["other_bytes_per_member"], 0, "no receipts asked for");
+    assert_eq!(report["confirmations"], 0);
     // Members confirming every message: each hears the others' positions (8 ≤ 100 members).
-    let report = bench(&[
-        "fanout",
-        "--members",
-        "8",
-        "--rate",
-        "20",
-        "--duration-secs",
-        "0.5",
-        "--receipts",
-    ]);
-    assert_eq!(report["lost"], 0);
-    assert_eq!(report["deliveries"], 70);
-    assert!(
-        report["other_bytes_per_member"].as_u64() > Some(0),
-        "{report}"
-    );
+    let every = ["--receipts", "--receipts-interval-ms", "0"];
+    // As the SDK does: the first at once, then at most one per second (the run lasts 0.5 s).
+    let throttled = ["--receipts"];
+    for (receipts, confirmations) in [(&every[..], 70..=70), (&throttled[..], 7..=14)] {
+        let mut args = vec![
+            "fanout",
+            "--members",
+            "8",
+            "--rate",
+            "20",
+            "--duration-secs",
+            "0.5",
+        ];
+        args.extend(receipts);
+        let report = bench(&args);
+        assert_eq!(report["lost"], 0);
+        assert_eq!(report["deliveries"], 70);
+        assert!(
+            report["other_bytes_per_member"].as_u64() > Some(0),
+            "{report}"
+        );
+        let sent = report["confirmations"].as_u64().unwrap_or(0);
+        assert!(confirmations.contains(&sent), "{receipts:?}: {report}");
+    }
 }
 
 #[test]

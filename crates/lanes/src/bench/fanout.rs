@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
 use super::net::{
-    Quick, Socket, Target, create_users, leading_number, next_frame, next_text, quick, run_id,
-    user_id, user_name,
+    Confirmations, Quick, Socket, Target, create_users, leading_number, next_frame, next_text,
+    quick, run_id, user_id, user_name,
 };
 use super::report::Report;
 
@@ -38,9 +38,13 @@ pub(crate) struct FanoutArgs {
     /// Size of each message body in bytes.
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
-    /// Members confirm each message with `received`, as the Rust SDK does by itself.
+    /// Members confirm what they receive with `received`, as the Rust SDK does by itself.
     #[arg(long)]
     receipts: bool,
+    /// With --receipts: at most one `received` per member per interval, as the SDK's
+    /// `receipts_interval` (default 1 s); 0 confirms every message.
+    #[arg(long, default_value_t = 1000)]
+    receipts_interval_ms: u64,
 }
 
 pub(crate) async fn run(
@@ -80,7 +84,12 @@ pub(crate) async fn run(
             continue;
         }
         let slowest = Arc::clone(&slowest);
-        let confirm = args.receipts.then_some(group);
+        let confirm = args.receipts.then(|| {
+            (
+                group,
+                Confirmations::new(Duration::from_millis(args.receipts_interval_ms)),
+            )
+        });
         receivers.push(tokio::spawn(async move {
             let mut socket = socket;
             let mut counts = Counts::default();
@@ -123,13 +132,14 @@ pub(crate) async fn run(
         let expected = (index..total).step_by(args.senders).count();
         acked += drain_acks(sender, expected, deadline).await?;
     }
-    let (mut complete, mut deliveries, mut other_bytes) = (0, 0, 0);
+    let (mut complete, mut deliveries, mut other_bytes, mut confirmations) = (0, 0, 0, 0);
     let mut open = Vec::with_capacity(receivers.len());
     for receiver in receivers {
         let (done, counts, socket) = receiver.await.context("receiver")??;
         complete += done;
         deliveries += counts.arrivals;
         other_bytes += counts.other_bytes;
+        confirmations += counts.confirmations;
         open.push(socket);
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -140,7 +150,7 @@ pub(crate) async fn run(
         json!({
             "members": args.members, "rate": args.rate, "senders": args.senders,
             "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
-            "receipts": args.receipts,
+            "receipts": args.receipts, "receipts_interval_ms": args.receipts_interval_ms,
         }),
     );
     let lost = report.set_reach(
@@ -155,6 +165,7 @@ pub(crate) async fn run(
         json!(other_bytes.checked_div(receivers_count as u64).unwrap_or(0)),
     );
     report.set("receivers_complete", json!(complete));
+    report.set("confirmations", json!(confirmations));
     if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
         report.set("server_rss_kib", json!(rss));
     }
@@ -190,9 +201,11 @@ struct Counts {
     arrivals: u64,
     /// Bytes of every other frame (receipts, presence…).
     other_bytes: u64,
+    /// `received` frames sent.
+    confirmations: u64,
 }
 
-/// Reads until all `total` messages arrived, counting them; confirms each with `received` when
+/// Reads until all `total` messages arrived, counting them; confirms them with `received` when
 /// `confirm` names the conversation.
 /// Thousands of receivers share the cores with the server, so they read only what they check
 /// (seq and the body's `n:send-time`) instead of decoding whole frames, count locally, and have
@@ -202,12 +215,22 @@ async fn receive(
     total: usize,
     started: Instant,
     slowest: &Slowest,
-    confirm: Option<ConversationId>,
+    mut confirm: Option<(ConversationId, Confirmations)>,
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
     let mut last_seq = 0;
     while last_seq < total as u64 {
-        let text = next_text(socket).await?;
+        confirm_due(socket, &mut confirm, counts).await?;
+        let due = confirm
+            .as_ref()
+            .and_then(|(_, confirmations)| confirmations.due());
+        let text = match due {
+            Some(due) => tokio::select! {
+                text = next_text(socket) => text?,
+                () = tokio::time::sleep_until(due) => continue,
+            },
+            None => next_text(socket).await?,
+        };
         let (seq, body) = match quick(text.as_str()) {
             Quick::Message { seq, body, .. } => (seq, body),
             // A refused `received`, say: the run must not pass over it.
@@ -230,13 +253,28 @@ async fn receive(
             let latency = (started.elapsed().as_micros() as u64).saturating_sub(sent_at);
             slowest.record(n, latency);
         }
-        if let Some(conversation_id) = confirm {
-            let received = ClientFrame::Received {
-                conversation_id,
-                seq: Seq(seq),
-            };
-            socket.send(Message::text(encode_client(&received))).await?;
+        if let Some((_, confirmations)) = &mut confirm {
+            confirmations.received(Seq(seq));
         }
+    }
+    confirm_due(socket, &mut confirm, counts).await
+}
+
+/// Sends the `received` that is due, if one is.
+async fn confirm_due(
+    socket: &mut Socket,
+    confirm: &mut Option<(ConversationId, Confirmations)>,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
+    if let Some((conversation_id, confirmations)) = confirm
+        && let Some(seq) = confirmations.take_due()
+    {
+        let received = ClientFrame::Received {
+            conversation_id: *conversation_id,
+            seq,
+        };
+        socket.send(Message::text(encode_client(&received))).await?;
+        counts.confirmations += 1;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use lanes_client::HttpApi;
 use lanes_protocol::codec::{decode_server, encode_client};
-use lanes_protocol::{ClientFrame, ServerFrame, StoreEpoch, UserId};
+use lanes_protocol::{ClientFrame, Seq, ServerFrame, StoreEpoch, UserId};
 use memchr::memmem;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::WebSocketStream;
@@ -308,6 +308,47 @@ pub(crate) fn run_id() -> String {
 /// Parses a user id the bench made itself.
 pub(crate) fn user_id(name: &str) -> anyhow::Result<UserId> {
     UserId::parse(name).map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+/// How a bench user confirms what it receives, as the Rust SDK does by itself (`ClientConfig::
+/// receipts_interval`): the first `received` at once, later ones after 1 to 1.5 `interval`s (at
+/// random), naming the highest seq that arrived meanwhile. Zero: after every read.
+pub(crate) struct Confirmations {
+    interval: Duration,
+    not_before: Option<tokio::time::Instant>,
+    waiting: Option<Seq>,
+}
+
+impl Confirmations {
+    pub(crate) fn new(interval: Duration) -> Confirmations {
+        Confirmations {
+            interval,
+            not_before: None,
+            waiting: None,
+        }
+    }
+
+    /// `seq` arrived.
+    pub(crate) fn received(&mut self, seq: Seq) {
+        self.waiting = Some(self.waiting.map_or(seq, |waiting| waiting.max(seq)));
+    }
+
+    /// When the waiting position may go, if one waits.
+    pub(crate) fn due(&self) -> Option<tokio::time::Instant> {
+        self.waiting?;
+        Some(self.not_before.unwrap_or_else(tokio::time::Instant::now))
+    }
+
+    /// The position to confirm now, if one waits and its time has come.
+    pub(crate) fn take_due(&mut self) -> Option<Seq> {
+        self.waiting?;
+        let now = tokio::time::Instant::now();
+        if self.not_before.is_some_and(|at| now < at) {
+            return None;
+        }
+        self.not_before = Some(now + self.interval.mul_f64(1.0 + rand::random::<f64>() / 2.0));
+        self.waiting.take()
+    }
 }
 
 #[cfg(test)]

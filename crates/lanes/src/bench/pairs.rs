@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
-use super::net::{Quick, Target, next_text, quick, run_id, user_id, user_name};
+use super::net::{Confirmations, Quick, Target, next_text, quick, run_id, user_id, user_name};
 use super::report::{Report, histogram, latency_ms};
 
 #[derive(Args, Clone)]
@@ -38,10 +38,13 @@ pub(crate) struct PairsArgs {
     /// Size of each message body in bytes.
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
-    /// Users confirm what they received with `received` after each read, as the Rust SDK
-    /// does by itself.
+    /// Users confirm what they received with `received`, as the Rust SDK does by itself.
     #[arg(long)]
     receipts: bool,
+    /// With --receipts: at most one `received` per user per interval, as the SDK's
+    /// `receipts_interval` (default 1 s); 0 confirms after every read.
+    #[arg(long, default_value_t = 1000)]
+    receipts_interval_ms: u64,
 }
 
 /// What one user saw. Latencies are kept as raw samples (µs) and merged into histograms at the
@@ -139,7 +142,7 @@ pub(crate) async fn run(
         json!({
             "users": args.users, "window": args.window, "rate_per_user": args.rate,
             "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
-            "receipts": args.receipts,
+            "receipts": args.receipts, "receipts_interval_ms": args.receipts_interval_ms,
         }),
     );
     report.set(
@@ -224,8 +227,9 @@ impl User {
         // Each connection sees every seq of its conversation exactly once, its own messages as
         // acks and the partner's as messages, in order: anything else is a gap or a duplicate.
         let mut last_seq = 0u64;
-        // With `receipts`: the partner messages received so far when `received` last went out.
-        let mut confirmed = 0u64;
+        let mut confirmations =
+            Confirmations::new(Duration::from_millis(args.receipts_interval_ms));
+        let mut received_before = 0u64;
         let drain_deadline = self.send_until + Duration::from_secs(10);
         let mut announced_done = false;
         loop {
@@ -260,6 +264,13 @@ impl User {
                     break;
                 }
             }
+            if let Some(seq) = confirmations.take_due() {
+                let received = ClientFrame::Received {
+                    conversation_id: self.conversation_id,
+                    seq,
+                };
+                socket.send(Message::text(encode_client(&received))).await?;
+            }
             let wake_at = if sending && in_flight.len() < args.window {
                 next_send_at.min(self.send_until)
             } else if sending {
@@ -268,6 +279,7 @@ impl User {
                 // Poll the partner's progress now and then while draining.
                 (Instant::now() + Duration::from_millis(20)).min(drain_deadline)
             };
+            let wake_at = confirmations.due().map_or(wake_at, |due| due.min(wake_at));
             let text = tokio::select! {
                 text = next_text(&mut socket) => text?,
                 _ = tokio::time::sleep_until(wake_at) => continue,
@@ -278,13 +290,9 @@ impl User {
             while let Some(text) = next_text(&mut socket).now_or_never() {
                 self.on_frame(text?.as_str(), &mut result, &mut in_flight, &mut last_seq)?;
             }
-            if args.receipts && result.received > confirmed {
-                confirmed = result.received;
-                let received = ClientFrame::Received {
-                    conversation_id: self.conversation_id,
-                    seq: Seq(last_seq),
-                };
-                socket.send(Message::text(encode_client(&received))).await?;
+            if args.receipts && result.received > received_before {
+                received_before = result.received;
+                confirmations.received(Seq(last_seq));
             }
         }
         Ok(result)
