@@ -529,6 +529,14 @@ impl<P: Clone> Hub<P> {
         self.read().connections(user_id).map_or(0, Vec::len)
     }
 
+    /// How many members of `conversation_id` are online (users, not connections).
+    pub fn online_members(&self, conversation_id: ConversationId) -> usize {
+        self.read()
+            .conversations
+            .get(&conversation_id)
+            .map_or(0, Vec::len)
+    }
+
     /// Whether `user_id` is online and a member of `conversation_id` (as the hub knows it).
     pub fn is_online_member(&self, user_id: &UserId, conversation_id: ConversationId) -> bool {
         self.read()
@@ -692,6 +700,8 @@ mod tests {
         let _bob_phone = online(&hub, &bob, 2);
         assert!(hub.is_online_member(&alice, ConversationId(1)));
         assert!(!hub.is_online_member(&bob, ConversationId(1)));
+        assert_eq!(hub.online_members(ConversationId(1)), 1);
+        assert_eq!(hub.online_members(ConversationId(9)), 0);
         let to_alice = |user: &UserId| (user.as_str() == "alice").then_some(7);
         assert_eq!(
             hub.signal(ConversationId(1), to_alice, Delivery::Droppable),

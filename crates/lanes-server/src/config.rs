@@ -193,6 +193,9 @@ pub struct RealtimeConfig {
     pub typing_starts_per_sec: u32,
     /// Typing starts allowed per user in a burst.
     pub typing_starts_burst: u32,
+    /// Largest number of online members a conversation may have for typing to be announced
+    /// there; beyond, starts are accepted and go to no one.
+    pub typing_online_max: usize,
     /// How long a user whose last connection ended still shows as before, in milliseconds.
     pub presence_grace_ms: u64,
     /// How often presence changes are sent to watchers, in milliseconds.
@@ -211,6 +214,7 @@ impl Default for RealtimeConfig {
             typing_ttl_ms: 6_000,
             typing_starts_per_sec: 2,
             typing_starts_burst: 10,
+            typing_online_max: 1_000,
             presence_grace_ms: 5_000,
             presence_flush_ms: 250,
             receipts_members_max: lanes_protocol::limits::RECEIPTS_MEMBERS_DEFAULT,
@@ -328,8 +332,10 @@ impl Config {
         if realtime.typing_starts_per_sec == 0 || realtime.typing_starts_burst == 0 {
             return Err("realtime typing rate limits must be positive".into());
         }
-        if realtime.receipts_members_max < 2 {
-            return Err("realtime.receipts_members_max must be at least 2".into());
+        if realtime.receipts_members_max < 2 || realtime.typing_online_max < 2 {
+            return Err(
+                "realtime.receipts_members_max and typing_online_max must be at least 2".into(),
+            );
         }
         Ok(())
     }
@@ -362,15 +368,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn receipts_are_shared_at_least_between_two() {
+    fn receipts_and_typing_are_shared_at_least_between_two() {
+        let refused =
+            Err("realtime.receipts_members_max and typing_online_max must be at least 2".into());
         let mut config = Config::default();
         assert_eq!(config.check(), Ok(()));
         config.realtime.receipts_members_max = 1;
-        assert_eq!(
-            config.check(),
-            Err("realtime.receipts_members_max must be at least 2".into())
-        );
+        assert_eq!(config.check(), refused);
         config.realtime.receipts_members_max = 2;
+        assert_eq!(config.check(), Ok(()));
+        config.realtime.typing_online_max = 1;
+        assert_eq!(config.check(), refused);
+        config.realtime.typing_online_max = 2;
         assert_eq!(config.check(), Ok(()));
     }
 }

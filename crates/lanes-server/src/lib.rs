@@ -232,6 +232,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         Arc::clone(&hub),
         Arc::clone(&metrics),
         Duration::from_millis(realtime.typing_ttl_ms),
+        realtime.typing_online_max,
         per_sec,
         burst,
     ));

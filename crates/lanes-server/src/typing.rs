@@ -2,7 +2,10 @@
 //! conversation's other online members when the user was not already typing there, and a
 //! `stop` when they say so, send a message, or let `typing_ttl_ms` pass without a refresh (a
 //! sweeper expires them). Starts are rate-limited per user; both are dropped first for busy
-//! connections.
+//! connections. In a conversation with more than `typing_online_max` members online a start is
+//! accepted and goes to no one: each would cost as many frames as a message, for nothing stored,
+//! and a user alternating start and stop could make the server write thousands of frames for
+//! each of theirs.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -23,6 +26,7 @@ pub(crate) struct Typing {
     hub: Arc<Hub<Utf8Bytes>>,
     metrics: Arc<Metrics>,
     ttl: Duration,
+    online_max: usize,
     starts: DefaultKeyedRateLimiter<UserId>,
     /// Conversation → who types there, until when. Looked up on every send, so keyed to need no
     /// allocation for the common "nobody is typing" case.
@@ -31,11 +35,12 @@ pub(crate) struct Typing {
 
 impl Typing {
     /// Typing state that expires after `ttl`, with at most `per_sec` starts per second per user
-    /// (bursts of `burst`).
+    /// (bursts of `burst`), announced where at most `online_max` members are online.
     pub(crate) fn new(
         hub: Arc<Hub<Utf8Bytes>>,
         metrics: Arc<Metrics>,
         ttl: Duration,
+        online_max: usize,
         per_sec: NonZeroU32,
         burst: NonZeroU32,
     ) -> Typing {
@@ -43,6 +48,7 @@ impl Typing {
             hub,
             metrics,
             ttl,
+            online_max,
             starts: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             active: Mutex::new(HashMap::new()),
         }
@@ -84,6 +90,9 @@ impl Typing {
                     error.retry_after_ms =
                         Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
                     return Err(error);
+                }
+                if self.hub.online_members(conversation_id) > self.online_max {
+                    return Ok(());
                 }
                 let fresh = self
                     .lock()

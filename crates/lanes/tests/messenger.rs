@@ -682,6 +682,39 @@ async fn typing_is_announced_expires_is_rate_limited_and_never_stored() {
 }
 
 #[tokio::test]
+async fn typing_goes_nowhere_where_too_many_members_are_online() {
+    let (server, http, _config) = start_with_config("[realtime]\ntyping_online_max = 2\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    let direct = http.direct(&alice, "bob").await;
+    let group = http
+        .group(&alice, "three", &["bob".to_owned(), "carol".to_owned()])
+        .await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let typing = |conversation: u64, state: &str| json!({"type": "typing", "conversation_id": conversation, "state": state});
+    // Two of the group's three online: announced, as in the direct conversation.
+    alice_ws.send(typing(group, "start")).await;
+    let (frame, _) = bob_ws.until("typing").await;
+    assert_eq!(frame["conversation_id"], group);
+    alice_ws.send(typing(group, "stop")).await;
+    assert_eq!(bob_ws.until("typing").await.0["state"], "stop");
+    // All three online: accepted (no error), told to no one.
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    alice_ws.send(typing(group, "start")).await;
+    alice_ws.send(typing(direct, "start")).await;
+    let (frame, _) = bob_ws.until("typing").await;
+    assert_eq!(
+        frame["conversation_id"], direct,
+        "the group's start reached bob: {frame}"
+    );
+    alice_ws.assert_no_frames_before_pong().await;
+    carol_ws.assert_no_frames_before_pong().await;
+    server.assert_clean_log();
+}
+
+#[tokio::test]
 async fn presence_is_watched_coalesced_private_and_does_not_flap() {
     let (server, http, _config) =
         start_with_config("[realtime]\npresence_grace_ms = 1500\npresence_flush_ms = 50\n");
