@@ -101,6 +101,11 @@ fn fanout() {
     assert_eq!(report["deliveries"], 70, "10 messages × 7 receivers");
     assert_eq!(report["other_bytes_per_member"], 0, "no receipts asked for");
     assert_eq!(report["confirmations"], 0);
+    for side in ["server_cpu_us_per_delivery", "bench_cpu_us_per_delivery"] {
+        for kind in ["user", "system"] {
+            assert!(report[side][kind].as_f64().is_some(), "{side}: {report}");
+        }
+    }
     // Members confirming every message: each hears the others' positions (8 ≤ 100 members).
     let every = ["--receipts", "--receipts-interval-ms", "0"];
     // As the SDK does: the first at once, then at most one per second (the run lasts 0.5 s).
@@ -143,6 +148,7 @@ fn floor() {
     assert_eq!(report["messages"], 10);
     assert_eq!(report["deliveries"], 80, "10 messages × 8 members");
     assert_eq!(report["reach_all_ms"]["count"], 10);
+    assert!(report["cpu_us_per_delivery"]["system"].as_f64().is_some());
 }
 
 #[test]

@@ -14,12 +14,12 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::SpawnedServer;
 use super::net::{
     Confirmations, Quick, Socket, Target, create_users, leading_number, next_frame, next_text,
     quick, run_id, user_id, user_name,
 };
 use super::report::Report;
+use super::{CpuTime, SpawnedServer};
 
 #[derive(Args, Clone)]
 pub(crate) struct FanoutArgs {
@@ -74,6 +74,7 @@ pub(crate) async fn run(
     let sockets = super::net::connect_all(target, &names).await?;
     let total = (args.rate * args.duration_secs).ceil() as usize;
     let slowest = Arc::new(Slowest::new(total));
+    let cpu_before = (spawned.and_then(SpawnedServer::cpu_time), CpuTime::of(None));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_secs) + Duration::from_secs(30);
     let mut receivers = Vec::new();
@@ -143,6 +144,7 @@ pub(crate) async fn run(
         open.push(socket);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = (spawned.and_then(SpawnedServer::cpu_time), CpuTime::of(None));
     drop(open);
     let receivers_count = args.members - args.senders;
     let mut report = Report::new(
@@ -165,6 +167,19 @@ pub(crate) async fn run(
         json!(other_bytes.checked_div(receivers_count as u64).unwrap_or(0)),
     );
     report.set("receivers_complete", json!(complete));
+    // From the first send until every member is done: what each delivery cost the two sides.
+    if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
+        report.set(
+            "server_cpu_us_per_delivery",
+            after.per_item_since(&before, deliveries),
+        );
+    }
+    if let (Some(before), Some(after)) = (cpu_before.1, cpu_after.1) {
+        report.set(
+            "bench_cpu_us_per_delivery",
+            after.per_item_since(&before, deliveries),
+        );
+    }
     report.set("confirmations", json!(confirmations));
     if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
         report.set("server_rss_kib", json!(rss));

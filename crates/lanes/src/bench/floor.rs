@@ -15,6 +15,7 @@ use clap::Args;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
+use super::CpuTime;
 use super::report::Report;
 
 #[derive(Args, Clone)]
@@ -71,6 +72,7 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
     }
     drop(listener);
     let total = (args.rate * args.duration_secs).ceil() as usize;
+    let cpu_before = CpuTime::of(None);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_secs) + GRACE;
 
@@ -118,6 +120,7 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = CpuTime::of(None);
     let mut report = Report::new(
         "floor",
         json!({
@@ -131,6 +134,13 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         (total * args.members) as u64,
         elapsed,
     );
+    // Both ends are in this process: compare with fanout's server and bench together.
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        report.set(
+            "cpu_us_per_delivery",
+            after.per_item_since(&before, deliveries),
+        );
+    }
     if lost > 0 {
         report.fail();
     }
