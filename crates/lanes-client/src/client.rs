@@ -47,7 +47,8 @@ pub struct ClientConfig {
     /// each wait is lengthened by up to half of it at random, so a group's members do not
     /// confirm in step): the first goes at once, what arrives meanwhile is confirmed at the
     /// wait's end, one frame per conversation. Zero confirms after every read, which in a busy
-    /// group means a frame to the server for nearly every message received.
+    /// group means a frame to the server for nearly every message received. Intervals above a
+    /// day count as a day.
     pub receipts_interval: Duration,
     /// WebSocket, long-polling, or (default) WebSocket with a fall back to long-polling when
     /// the upgrade is refused (a proxy or network that blocks WebSockets).

@@ -39,6 +39,8 @@ use crate::pending::{Acked, ErrorMatch, PendingSends, PendingSettings, Responder
 
 /// How long one long poll waits for events.
 const POLL_TIMEOUT_MS: u64 = 25_000;
+/// The longest `receipts_interval` taken as it is (a day).
+const RECEIPTS_INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Longest wait from starting a connect to its `welcome`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often we send a `ping` frame, so the server's idle timer (60 s) never fires.
@@ -594,9 +596,9 @@ impl Driver {
         if self.unconfirmed.is_empty() || self.receipts_not_before.is_some_and(|at| now < at) {
             return HashMap::new();
         }
-        let wait = self
-            .settings
-            .receipts_interval
+        // Capped so that no configured interval can overflow the clock.
+        let wait = (self.settings.receipts_interval)
+            .min(RECEIPTS_INTERVAL_MAX)
             .mul_f64(1.0 + rand::random::<f64>() / 2.0);
         self.receipts_not_before = Some(now + wait);
         std::mem::take(&mut self.unconfirmed)

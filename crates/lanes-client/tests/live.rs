@@ -793,6 +793,25 @@ async fn confirms_receipts_at_most_once_per_interval() {
 }
 
 #[tokio::test]
+async fn a_receipts_interval_beyond_the_clock_is_capped() {
+    let mut server = FakeServer::start().await;
+    let (_client, mut events, mut conn) = connect(&mut server, |config| {
+        config.auto_receipts = true;
+        config.receipts_interval = Duration::MAX;
+    })
+    .await;
+    conn.send(ServerFrame::Message(message(1, 1))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 1)]);
+    assert!(matches!(
+        conn.recv().await,
+        ClientFrame::Received { seq, .. } if seq.0 == 1
+    ));
+    // The task that set the next wait is still running.
+    conn.send(ServerFrame::Message(message(1, 2))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 2)]);
+}
+
+#[tokio::test]
 async fn confirms_receipt_of_what_it_receives() {
     let mut server = FakeServer::start().await;
     let (client, mut events, mut conn) =

@@ -346,7 +346,9 @@ impl Confirmations {
         if self.not_before.is_some_and(|at| now < at) {
             return None;
         }
-        self.not_before = Some(now + self.interval.mul_f64(1.0 + rand::random::<f64>() / 2.0));
+        // Capped at a day, so that no interval given can overflow the clock.
+        let interval = self.interval.min(Duration::from_secs(24 * 3600));
+        self.not_before = Some(now + interval.mul_f64(1.0 + rand::random::<f64>() / 2.0));
         self.waiting.take()
     }
 }
