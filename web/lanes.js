@@ -437,6 +437,8 @@ export class Lanes extends EventTarget {
     c.kind = summary.kind;
     c.name = summary.name;
     c.members = summary.members || [];
+    // The conversation list names at most 100 members of a group; its own view names all.
+    c.memberCount = Math.max(summary.member_count || 0, c.members.length);
     c.head = Math.max(c.head, summary.head_seq || 0);
     // The count covers everything up to the summary's head; messages at or below it (still in
     // flight when the summary was read) are not counted again, and a summary older than what
@@ -784,6 +786,7 @@ export class Lanes extends EventTarget {
     this.changed(null);
     const c = this.conversations.get(id);
     if (!c) return;
+    if (c.members.length < c.memberCount) this.refreshConversation(id);
     if (!c.loaded) await this.loadHistory(id);
     this.watchPresence();
     this.markRead();

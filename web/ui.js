@@ -416,7 +416,7 @@ export class Ui {
     if (!c) return;
     $("conv-title").textContent = this.title(c);
     const presence = this.presenceOf(c);
-    $("conv-sub").textContent = c.kind === "group" ? `${c.members.length} members`
+    $("conv-sub").textContent = c.kind === "group" ? `${c.memberCount} members`
       : presence ? (presence.state === "offline" && presence.last_seen ? `last seen ${clock(presence.last_seen)}` : presence.state) : "";
     $("members-toggle").hidden = c.kind !== "group";
     this.renderMembers(c);
@@ -502,7 +502,7 @@ export class Ui {
       const mark = state === "sent" ? "✓" : "✓✓";
       return { state, text: mark, label: { sent: "Sent", delivered: "Delivered", read: "Read" }[state] };
     }
-    if (c.members.length > (this.lanes.receiptsMembersMax || Infinity)) {
+    if (c.memberCount > (this.lanes.receiptsMembersMax || Infinity)) {
       const label = `Sent; receipts are not shared in groups of more than ${this.lanes.receiptsMembersMax}`;
       return { state: "sent", text: "✓", label };
     }

@@ -158,8 +158,12 @@ pub struct Conversation {
     /// Where the viewer marked the conversation read.
     #[serde(default)]
     pub read_seq: Seq,
-    /// Members, with roles.
+    /// Members, with roles, in joining order. In `GET /v1/conversations` at most
+    /// `limits::MEMBERS_LISTED_MAX`: the viewer first, then the others by user id.
     pub members: Vec<Member>,
+    /// How many members it has (all of them, also where `members` lists fewer).
+    #[serde(default)]
+    pub member_count: u64,
     /// When it was created.
     pub created_at: UnixMillis,
 }

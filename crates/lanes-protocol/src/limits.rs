@@ -22,6 +22,10 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Most members a group may have, by default.
 pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
+/// Most members a conversation lists in `GET /v1/conversations`: a listing must not cost every
+/// member of every large group (10,000 members made 500 KB). `member_count` has them all, and
+/// `GET /v1/conversations/{id}` lists them all.
+pub const MEMBERS_LISTED_MAX: usize = 100;
 /// Largest conversation whose members are sent each other's receipt positions, by default.
 /// In a larger one every position change would go to every member (members² per message):
 /// members get only their own positions and ask for the others' when they want them.

@@ -847,6 +847,31 @@ fn members_of(
     rows.collect()
 }
 
+/// At most `max` members: `viewer` first, then the others in user id order (the primary key's).
+fn listed_members_of(
+    connection: &Connection,
+    conversation_id: ConversationId,
+    viewer: &UserId,
+    max: usize,
+) -> rusqlite::Result<Vec<(UserId, Role)>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT user_id, role FROM (
+             SELECT user_id, role, 0 AS rank FROM members
+             WHERE conversation_id = ?1 AND user_id = ?2
+             UNION ALL
+             SELECT * FROM (SELECT user_id, role, 1 FROM members
+                            WHERE conversation_id = ?1 AND user_id != ?2
+                            ORDER BY user_id LIMIT ?3))
+         ORDER BY rank, user_id",
+    )?;
+    let others = i64::try_from(max.saturating_sub(1)).unwrap_or(i64::MAX);
+    let rows = statement.query_map(
+        params![sql_i64(conversation_id.0), viewer.as_str(), others],
+        |row| Ok((user_id_column(row, 0)?, role_column(row, 1)?)),
+    )?;
+    rows.collect()
+}
+
 /// `is_member` for a send's sender, remembering who was found a member in `members`.
 fn sender_is_member<'a>(
     connection: &Connection,
@@ -874,10 +899,13 @@ fn is_member(
         .exists(params![sql_i64(conversation_id.0), user_id.as_str()])
 }
 
+/// `members_max`: list at most this many members, the viewer first, then by user id (an index
+/// walk, not every member); `None`: all of them, in joining order.
 fn view_of(
     connection: &Connection,
     conversation_id: ConversationId,
     viewer: &UserId,
+    members_max: Option<usize>,
 ) -> rusqlite::Result<Option<Conversation>> {
     let head = connection
         .prepare_cached(concat!(
@@ -926,10 +954,21 @@ fn view_of(
             ],
             |row| row.get(0),
         )?;
-    let members = members_of(connection, conversation_id)?
-        .into_iter()
-        .map(|(user_id, role)| Member { user_id, role })
-        .collect();
+    let members: Vec<Member> = match members_max {
+        None => members_of(connection, conversation_id)?,
+        Some(max) => listed_members_of(connection, conversation_id, viewer, max)?,
+    }
+    .into_iter()
+    .map(|(user_id, role)| Member { user_id, role })
+    .collect();
+    let member_count = if members_max.is_some_and(|max| members.len() >= max) {
+        let count: i64 = connection
+            .prepare_cached("SELECT COUNT(*) FROM members WHERE conversation_id = ?1")?
+            .query_row([sql_i64(conversation_id.0)], |row| row.get(0))?;
+        u64::try_from(count).unwrap_or(0)
+    } else {
+        members.len() as u64
+    };
     Ok(Some(Conversation {
         conversation_id,
         kind,
@@ -939,6 +978,7 @@ fn view_of(
         unread_count: u64::try_from(unread_count).unwrap_or(0),
         read_seq: Seq(read_seq),
         members,
+        member_count,
         created_at: UnixMillis(created_at),
     }))
 }
@@ -1256,7 +1296,7 @@ impl Store for SqliteStore {
         // One read transaction: the head, last message and unread count agree with each other.
         self.read(|connection| {
             let transaction = connection.unchecked_transaction()?;
-            let view = view_of(&transaction, conversation_id, viewer)?;
+            let view = view_of(&transaction, conversation_id, viewer, None)?;
             transaction.finish()?;
             Ok(view)
         })
@@ -1283,7 +1323,12 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let mut conversations = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(view) = view_of(connection, ConversationId(id), user_id)? {
+                if let Some(view) = view_of(
+                    connection,
+                    ConversationId(id),
+                    user_id,
+                    Some(limits::MEMBERS_LISTED_MAX),
+                )? {
                     conversations.push(view);
                 }
             }

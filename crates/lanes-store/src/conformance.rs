@@ -53,6 +53,7 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
             "large_groups_show_only_own_positions",
             large_groups_show_only_own_positions,
         ),
+        ("listings_cap_members", listings_cap_members),
         ("settings_and_presence", settings_and_presence),
         ("unread_count_saturates", unread_count_saturates),
         (
@@ -815,6 +816,51 @@ pub fn markers_only_move_forward(store: &dyn Store) {
             .is_empty(),
         "only a member sees a conversation's positions"
     );
+}
+
+/// The listing names at most `MEMBERS_LISTED_MAX` members (the viewer first) and counts them
+/// all; the conversation's own view lists everyone.
+pub fn listings_cap_members(store: &dyn Store) {
+    let max = lanes_protocol::limits::MEMBERS_LISTED_MAX;
+    let owner = user(store, "owner");
+    let others: Vec<UserId> = (0..max + 5)
+        .map(|n| user(store, &format!("m{n:03}")))
+        .collect();
+    let group = store
+        .create_group(&owner, "crowd", &others, NOW)
+        .expect("group");
+    let small = store
+        .create_group(&owner, "few", &others[..3], NOW)
+        .expect("group");
+    let viewer = &others[50];
+    let listing = store.conversations_of(viewer).expect("listing");
+    let crowd = listing
+        .iter()
+        .find(|c| c.conversation_id == group)
+        .expect("listed");
+    assert_eq!(crowd.member_count, (max + 6) as u64);
+    assert_eq!(crowd.members.len(), max);
+    assert_eq!(&crowd.members[0].user_id, viewer, "the viewer comes first");
+    let rest: Vec<&UserId> = crowd.members[1..].iter().map(|m| &m.user_id).collect();
+    let mut expected: Vec<&UserId> = std::iter::once(&owner)
+        .chain(others.iter())
+        .filter(|user_id| *user_id != viewer)
+        .collect();
+    expected.sort();
+    expected.truncate(max - 1);
+    assert_eq!(rest, expected, "then the others by user id");
+    let whole = store
+        .conversation_for(group, viewer)
+        .expect("view")
+        .expect("member");
+    assert_eq!(whole.members.len(), max + 6);
+    assert_eq!(whole.member_count, (max + 6) as u64);
+    let few = store.conversations_of(&others[0]).expect("listing");
+    let few = few
+        .iter()
+        .find(|c| c.conversation_id == small)
+        .expect("listed");
+    assert_eq!((few.members.len(), few.member_count), (4, 4));
 }
 
 /// Beyond `members_max` members, a member is shown only their own positions; conversations are

@@ -228,7 +228,8 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: ConversationId,
         viewer: &UserId,
     ) -> Result<Option<Conversation>, StoreError>;
-    /// Every conversation of `user_id`, newest activity first.
+    /// Every conversation of `user_id`, newest activity first, each listing at most
+    /// `limits::MEMBERS_LISTED_MAX` members (`user_id` first, then by user id) and counting all.
     fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError>;
     /// Every conversation of `user_id` with its head seq (for catch-up).
     fn heads_of(&self, user_id: &UserId) -> Result<Vec<(ConversationId, Seq)>, StoreError>;

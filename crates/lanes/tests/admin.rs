@@ -261,3 +261,83 @@ async fn admin_adds_follow_the_same_rules_as_user_adds() {
     );
     server.assert_clean_log();
 }
+
+/// A listing names at most 100 members of a large group (the caller first) and counts them all;
+/// the group's own view names everyone.
+#[tokio::test]
+async fn a_listing_names_at_most_a_hundred_members_and_counts_all() {
+    let (_server, http, _config) = start();
+    let admin = Some(KEY);
+    let mut members = Vec::new();
+    for n in 0..120 {
+        let user = format!("u{n:03}");
+        let (status, body) = http
+            .call(
+                "POST",
+                "/v1/admin/users",
+                admin,
+                Some(json!({"user_id": user})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        members.push(user);
+    }
+    let (status, _) = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            admin,
+            Some(json!({"user_id": "zoe", "password": "zoe-password"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    members.push("zoe".to_owned());
+    let (status, group) = http
+        .call(
+            "POST",
+            "/v1/admin/conversations",
+            admin,
+            Some(
+                json!({"kind": "group", "name": "crowd", "owner": "u000", "members": members[1..]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let group_id = group["conversation_id"].as_u64().unwrap();
+    let (_, session) = http
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"username": "zoe", "password": "zoe-password"})),
+        )
+        .await;
+    let zoe = session["token"].as_str().unwrap().to_owned();
+
+    let (status, list) = http
+        .call("GET", "/v1/conversations", Some(&zoe), None)
+        .await;
+    assert_eq!(status, 200);
+    let listed = &list["conversations"][0];
+    assert_eq!(listed["member_count"], 121, "{listed}");
+    let names: Vec<&str> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 100);
+    assert_eq!(names[0], "zoe", "the caller first");
+    assert_eq!(names[1..], members[..99], "then the others by user id");
+    let (status, whole) = http
+        .call(
+            "GET",
+            &format!("/v1/conversations/{group_id}"),
+            Some(&zoe),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(whole["members"].as_array().unwrap().len(), 121);
+    assert_eq!(whole["member_count"], 121);
+}
