@@ -15,6 +15,19 @@ fn start() -> (TestServer, Http, tempfile::NamedTempFile) {
     common::start_with_config(&format!("[admin]\napi_keys = [\"{KEY}\"]\n"))
 }
 
+/// Creates `user` (no password) over the admin API.
+async fn create_user(http: &Http, user: &str) {
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/admin/users",
+            Some(KEY),
+            Some(json!({"user_id": user})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test]
 async fn an_application_backend_sets_up_users_and_conversations_and_posts() {
     let (server, http, _config) = start();
@@ -213,15 +226,7 @@ async fn admin_adds_follow_the_same_rules_as_user_adds() {
     ));
     let admin = Some(KEY);
     for user in ["alice", "bob", "carol"] {
-        let (status, _) = http
-            .call(
-                "POST",
-                "/v1/admin/users",
-                admin,
-                Some(json!({"user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201);
+        create_user(&http, user).await;
     }
     let create =
         |body: serde_json::Value| http.call("POST", "/v1/admin/conversations", admin, Some(body));
@@ -271,15 +276,7 @@ async fn a_listing_names_at_most_a_hundred_members_and_counts_all() {
     let mut members = Vec::new();
     for n in 0..120 {
         let user = format!("u{n:03}");
-        let (status, body) = http
-            .call(
-                "POST",
-                "/v1/admin/users",
-                admin,
-                Some(json!({"user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        create_user(&http, &user).await;
         members.push(user);
     }
     let (status, _) = http

@@ -87,7 +87,7 @@ fn idle_over_several_processes() {
 
 #[test]
 fn fanout() {
-    let report = bench(&[
+    let tiny = [
         "fanout",
         "--members",
         "8",
@@ -95,7 +95,8 @@ fn fanout() {
         "20",
         "--duration-secs",
         "0.5",
-    ]);
+    ];
+    let report = bench(&tiny);
     assert_eq!(report["lost"], 0);
     assert_eq!(report["messages"], 10);
     assert_eq!(report["deliveries"], 70, "10 messages × 7 receivers");
@@ -111,15 +112,7 @@ fn fanout() {
     // As the SDK does: the first at once, then at most one per second (the run lasts 0.5 s).
     let throttled = ["--receipts"];
     for (receipts, confirmations) in [(&every[..], 70..=70), (&throttled[..], 7..=14)] {
-        let mut args = vec![
-            "fanout",
-            "--members",
-            "8",
-            "--rate",
-            "20",
-            "--duration-secs",
-            "0.5",
-        ];
+        let mut args = tiny.to_vec();
         args.extend(receipts);
         let report = bench(&args);
         assert_eq!(report["lost"], 0);
