@@ -19,6 +19,7 @@ use lanes_protocol::http::{
 use lanes_protocol::{ConversationId, ErrorCode, Seq, StoreEpoch, UserId, limits};
 use lanes_store::{ManageOutcome, decide_removal};
 use serde::{Deserialize, Serialize};
+use tower_http::compression::CompressionLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -74,6 +75,10 @@ pub(crate) fn router(state: AppState) -> Router {
     let (router, openapi) = api().split_for_parts();
     router
         .fallback(not_found)
+        // Answers go gzip-compressed to clients that accept it (JSON shrinks ~5-10×: a listing
+        // of many conversations, history pages, the web client's files). Frames on a
+        // WebSocket are not: an upgrade's answer has no body.
+        .layer(CompressionLayer::new())
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .layer(Extension(Arc::new(openapi)))
         .with_state(state)

@@ -124,7 +124,8 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
     response
 }
 
-/// Strong ETags, one per asset in `ASSETS` order, hashed once on first use.
+/// Weak ETags (the same file goes out gzip-compressed or not, which a strong one would have to
+/// tell apart), one per asset in `ASSETS` order, hashed once on first use.
 fn etags() -> &'static [String] {
     static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
     ETAGS.get_or_init(|| {
@@ -137,7 +138,7 @@ fn etags() -> &'static [String] {
                     .take(12)
                     .map(|byte| format!("{byte:02x}"))
                     .collect();
-                format!("\"{hex}\"")
+                format!("W/\"{hex}\"")
             })
             .collect()
     })

@@ -20,6 +20,8 @@ fn repository() -> PathBuf {
 async fn serves_the_app_with_its_headers() {
     let server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
     let client = reqwest::Client::new();
+    // One that leaves compressed answers as they came.
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
     let page = client.get(server.base_url()).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let headers = page.headers().clone();
@@ -56,11 +58,30 @@ async fn serves_the_app_with_its_headers() {
         );
         let again = client
             .get(&url)
-            .header("if-none-match", etag)
+            .header("if-none-match", etag.clone())
             .send()
             .await
             .unwrap();
         assert_eq!(again.status(), 304, "{name}: revalidation");
+        // Gzip-compressed for a client that accepts it, with the same (weak) ETag.
+        let compressed = raw
+            .get(&url)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(compressed.status(), 200, "{name}");
+        assert_eq!(compressed.headers()["content-encoding"], "gzip", "{name}");
+        assert_eq!(compressed.headers()["etag"], etag, "{name}");
+        let gzipped = compressed.bytes().await.unwrap();
+        assert!(gzipped.len() < on_disk.len(), "{name}: not smaller");
+        let mut unzipped = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(gzipped.as_ref()),
+            &mut unzipped,
+        )
+        .unwrap();
+        assert_eq!(unzipped, on_disk, "{name}: gzip of what is in web/");
     }
     let missing = client
         .get(format!("{}/assets/nope.js", server.base_url()))
