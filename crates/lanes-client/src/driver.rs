@@ -469,6 +469,13 @@ impl Driver {
                     }
                     Some(Command::Signal(frame)) => {
                         if self.connected() {
+                            // A read position implies receipt: a waiting `received` at or
+                            // below it would say nothing new.
+                            if let ClientFrame::Read { conversation_id, seq } = &frame
+                                && self.unconfirmed.get(conversation_id).is_some_and(|waiting| waiting <= seq)
+                            {
+                                self.unconfirmed.remove(conversation_id);
+                            }
                             self.signals.push(frame);
                         }
                     }

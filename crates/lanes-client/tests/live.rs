@@ -793,6 +793,33 @@ async fn confirms_receipts_at_most_once_per_interval() {
 }
 
 #[tokio::test]
+async fn a_read_position_replaces_the_waiting_receipt() {
+    let interval = Duration::from_millis(400);
+    let mut server = FakeServer::start().await;
+    let (client, mut events, mut conn) = connect(&mut server, |config| {
+        config.auto_receipts = true;
+        config.receipts_interval = interval;
+    })
+    .await;
+    conn.send(ServerFrame::Message(message(1, 1))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 1)]);
+    assert!(matches!(conn.recv().await, ClientFrame::Received { seq, .. } if seq.0 == 1));
+    // Received within the interval, then read: the read says it all.
+    conn.send(ServerFrame::Message(message(1, 2))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 2)]);
+    client
+        .mark_read(ConversationId(1), lanes_protocol::Seq(2))
+        .await
+        .unwrap();
+    assert!(matches!(conn.recv().await, ClientFrame::Read { seq, .. } if seq.0 == 2));
+    // Past the interval, the next frame is the next message's confirmation, not seq 2's.
+    tokio::time::sleep(interval.mul_f64(1.6)).await;
+    conn.send(ServerFrame::Message(message(1, 3))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(1, 3)]);
+    assert!(matches!(conn.recv().await, ClientFrame::Received { seq, .. } if seq.0 == 3));
+}
+
+#[tokio::test]
 async fn a_receipts_interval_beyond_the_clock_is_capped() {
     let mut server = FakeServer::start().await;
     let (_client, mut events, mut conn) = connect(&mut server, |config| {
