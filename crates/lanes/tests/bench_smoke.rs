@@ -41,6 +41,9 @@ fn pairs() {
     assert_eq!(report["duplicated"], 0);
     assert!(report["acked"].as_u64().unwrap() > 0);
     assert_eq!(report["acked"], report["delivered"]);
+    for side in ["server_cpu_us_per_message", "bench_cpu_us_per_message"] {
+        assert!(report[side]["user"].as_f64().is_some(), "{side}: {report}");
+    }
     // Confirming receipts: a `received` the server refused would fail the run.
     let report = bench(&[
         "pairs",

@@ -17,9 +17,9 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::SpawnedServer;
 use super::net::{Confirmations, Quick, Target, next_text, quick, run_id, user_id, user_name};
 use super::report::{Report, histogram, latency_ms};
+use super::{CpuTime, SpawnedServer};
 
 #[derive(Args, Clone)]
 pub(crate) struct PairsArgs {
@@ -97,6 +97,7 @@ pub(crate) async fn run(
     let sockets = super::net::connect_all(target, &names).await?;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let rss_before = spawned.and_then(SpawnedServer::rss_kib);
+    let cpu_before = (spawned.and_then(SpawnedServer::cpu_time), CpuTime::of(None));
 
     let started = Instant::now();
     let send_until = started + Duration::from_secs_f64(args.duration_secs);
@@ -123,6 +124,7 @@ pub(crate) async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rss_after = spawned.and_then(SpawnedServer::rss_kib);
+    let cpu_after = (spawned.and_then(SpawnedServer::cpu_time), CpuTime::of(None));
 
     let mut ack_latency = histogram();
     let mut e2e_latency = histogram();
@@ -164,6 +166,19 @@ pub(crate) async fn run(
     report.set("e2e_latency_ms", latency_ms(&e2e_latency));
     report.set("lost", json!(lost));
     report.set("duplicated", json!(duplicated));
+    // Per message acked: its commit, its delivery and its ack.
+    if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
+        report.set(
+            "server_cpu_us_per_message",
+            after.per_item_since(&before, acked),
+        );
+    }
+    if let (Some(before), Some(after)) = (cpu_before.1, cpu_after.1) {
+        report.set(
+            "bench_cpu_us_per_message",
+            after.per_item_since(&before, acked),
+        );
+    }
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         report.set("server_rss_kib", json!({"before": before, "after": after}));
     }
