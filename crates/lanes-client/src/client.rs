@@ -53,6 +53,9 @@ pub struct ClientConfig {
     /// WebSocket, long-polling, or (default) WebSocket with a fall back to long-polling when
     /// the upgrade is refused (a proxy or network that blocks WebSockets).
     pub transport: Transport,
+    /// While long-polling, how often the presence of watched users is asked for (default
+    /// 15 s; over a WebSocket the server pushes it).
+    pub presence_poll_interval: Duration,
 }
 
 /// How the client reaches the server.
@@ -65,7 +68,8 @@ pub enum Transport {
     /// Only a WebSocket.
     WebSocket,
     /// Only long-polling (`POST /v1/events`, and HTTP for everything sent). Presence is not
-    /// pushed to long-polling clients (`watch_presence` is ignored; use `HttpApi::presence`).
+    /// pushed to long-polling clients: `watch_presence` asks `GET /v1/presence` at once and
+    /// then every `presence_poll_interval`, reporting what changed.
     LongPoll,
 }
 
@@ -84,6 +88,7 @@ impl ClientConfig {
             auto_receipts: true,
             receipts_interval: Duration::from_secs(1),
             transport: Transport::Auto,
+            presence_poll_interval: Duration::from_secs(15),
         }
     }
 }
@@ -101,6 +106,7 @@ impl fmt::Debug for ClientConfig {
             .field("auto_receipts", &self.auto_receipts)
             .field("receipts_interval", &self.receipts_interval)
             .field("transport", &self.transport)
+            .field("presence_poll_interval", &self.presence_poll_interval)
             .finish()
     }
 }
@@ -220,6 +226,7 @@ impl Client {
             auto_receipts: config.auto_receipts,
             receipts_interval: config.receipts_interval,
             transport: config.transport,
+            presence_poll_interval: config.presence_poll_interval,
         };
         let http = HttpApi::new(&config.base_url).with_token(&config.token);
         let resume = ResumePoint::new(&config.cursors, config.epoch.clone());

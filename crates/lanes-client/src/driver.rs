@@ -19,7 +19,7 @@ use lanes_protocol::http::{EventsPage, History, PollRequest};
 use lanes_protocol::limits::{HELLO_CURSORS_MAX, INFLIGHT_SENDS_MAX, PAGE_LEN_MAX};
 use lanes_protocol::{
     AckFrame, ClientFrame, ClientMsgId, Content, ConversationId, Cursor, ErrorCode, ErrorFrame,
-    Seq, ServerFrame, StoreEpoch, UserId,
+    Seq, ServerFrame, StoreEpoch, UserId, UserPresence,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -97,6 +97,8 @@ pub(crate) struct Settings {
     pub(crate) auto_receipts: bool,
     /// At most one batch of `received` frames per interval (see `ClientConfig`).
     pub(crate) receipts_interval: Duration,
+    /// While long-polling, how often watched users' presence is asked for.
+    pub(crate) presence_poll_interval: Duration,
     /// Which transport to use.
     pub(crate) transport: Transport,
 }
@@ -382,6 +384,10 @@ pub(crate) struct Driver {
     signals: Vec<ClientFrame>,
     /// Presence subscription, sent again after every reconnect.
     watching: Option<Vec<UserId>>,
+    /// While long-polling (nothing pushes presence): what the last answer said of each watched
+    /// user, so only changes become events, and when to ask again.
+    polled_presence: HashMap<UserId, UserPresence>,
+    presence_poll_at: Option<Instant>,
     /// Per conversation, the highest seq received on this connection not yet confirmed.
     unconfirmed: HashMap<ConversationId, Seq>,
     /// No batch of `received` frames goes out before this (set when one went out).
@@ -400,6 +406,8 @@ enum HttpWritten {
     Nothing,
     /// The connection failed: the outcome is unknown.
     Lost(String),
+    /// Watched users' presence, asked for over HTTP (`None`: the request failed).
+    Presence(Option<Vec<UserPresence>>),
 }
 
 impl Driver {
@@ -436,6 +444,8 @@ impl Driver {
             refusal: None,
             signals: Vec::new(),
             watching: None,
+            polled_presence: HashMap::new(),
+            presence_poll_at: None,
             unconfirmed: HashMap::new(),
             receipts_not_before: None,
             polling,
@@ -480,6 +490,7 @@ impl Driver {
                         }
                     }
                     Some(Command::Watch(user_ids)) => {
+                        self.polled_presence.clear();
                         if self.connected() {
                             self.signals.push(ClientFrame::WatchPresence { user_ids: user_ids.clone() });
                         }
@@ -514,6 +525,7 @@ impl Driver {
                 Some(written) = self.http_writes.join_next(), if !self.http_writes.is_empty() => {
                     match written {
                         Ok(HttpWritten::Frame(frame)) => self.on_frame(frame),
+                        Ok(HttpWritten::Presence(users)) => self.on_polled_presence(users),
                         Ok(HttpWritten::Nothing) => {}
                         Ok(HttpWritten::Lost(reason)) => self.lose(reason),
                         Err(err) => debug!(%err, "an HTTP write task ended early"),
@@ -626,11 +638,48 @@ impl Driver {
             Link::Waiting(_) | Link::Handshaking(_) | Link::Polling(_) => None,
         };
         let receipts = self.receipts_due().filter(|_| self.connected());
-        [pending, link, receipts].into_iter().flatten().min()
+        let presence = self.presence_poll_at.filter(|_| self.polling());
+        [pending, link, receipts, presence]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn polling(&self) -> bool {
+        matches!(self.link, Link::Polling(_))
+    }
+
+    /// An answer to `GET /v1/presence` while long-polling (`None`: it failed): the users whose
+    /// presence changed become an event (all of them after a new watch), and the next poll is
+    /// due an interval later.
+    fn on_polled_presence(&mut self, users: Option<Vec<UserPresence>>) {
+        let changed: Vec<UserPresence> = users
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|user| self.polled_presence.get(&user.user_id) != Some(user))
+            .collect();
+        for user in &changed {
+            self.polled_presence
+                .insert(user.user_id.clone(), user.clone());
+        }
+        if !changed.is_empty() {
+            self.push_event(Event::Presence(changed));
+        }
+        self.presence_poll_at = Some(Instant::now() + self.settings.presence_poll_interval);
     }
 
     fn on_timeout(&mut self) {
         let now = Instant::now();
+        if self.polling()
+            && self.presence_poll_at.is_some_and(|at| at <= now)
+            && let Some(user_ids) = &self.watching
+        {
+            // Asked again over HTTP; the answer sets the next time.
+            self.presence_poll_at = None;
+            self.signals.push(ClientFrame::WatchPresence {
+                user_ids: user_ids.clone(),
+            });
+        }
         if self.pending.handle_timeout(now.into_std()) {
             self.lose(format!(
                 "a send got no ack within {:?}",
@@ -656,6 +705,7 @@ impl Driver {
             self.signals.clear();
             self.unconfirmed.clear();
             self.receipts_not_before = None;
+            self.presence_poll_at = None;
             self.push_event(Event::Disconnected { reason });
         } else {
             debug!(%reason, "connect attempt failed");
@@ -684,6 +734,7 @@ impl Driver {
             receipts_members_max,
         });
         if let Some(user_ids) = &self.watching {
+            self.polled_presence.clear();
             self.signals.push(ClientFrame::WatchPresence {
                 user_ids: user_ids.clone(),
             });
@@ -994,9 +1045,17 @@ async fn write_over_http(http: HttpApi, frame: ClientFrame) -> HttpWritten {
                     state,
                 } => http.set_typing(conversation_id, state).await,
                 ClientFrame::Presence { state } => http.set_presence(state).await,
-                ClientFrame::WatchPresence { .. } => {
-                    debug!("presence is not pushed to long-polling clients; use HttpApi::presence");
-                    Ok(())
+                ClientFrame::WatchPresence { user_ids } => {
+                    // Not pushed to long-polling clients: asked for now and then instead.
+                    let users = if user_ids.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        http.presence(&user_ids).await
+                    };
+                    if let Err(err) = &users {
+                        debug!(%err, "asking for presence over HTTP failed");
+                    }
+                    return HttpWritten::Presence(users.ok());
                 }
                 _ => Ok(()),
             };

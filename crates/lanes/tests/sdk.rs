@@ -720,6 +720,63 @@ async fn messenger_features_over_the_sdk() {
     server.assert_clean_log();
 }
 
+/// Over long-polling nothing pushes presence: the SDK asks for it when told to watch, then
+/// every `presence_poll_interval`, and reports what changed.
+#[tokio::test]
+async fn presence_is_polled_over_long_polling() {
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config_file.path(),
+        "[realtime]\npresence_grace_ms = 100\npresence_flush_ms = 50\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config_file.path().to_str().unwrap()],
+        &[],
+    );
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    within("create direct", alice.api.create_direct(&bob.id))
+        .await
+        .unwrap();
+    let mut polling = config(&server, &alice);
+    polling.transport = Transport::LongPoll;
+    polling.presence_poll_interval = Duration::from_millis(200);
+    let (alice_client, mut alice_events, _) = connect_synced(polling, &alice).await;
+    let (bob_client, _bob_events, _) = connect_synced(config(&server, &bob), &bob).await;
+    alice_client
+        .watch_presence(vec![bob.id.clone()])
+        .await
+        .unwrap();
+    let presence = |state: PresenceState| {
+        move |event: Event| match event {
+            Event::Presence(users) => {
+                assert_eq!(users.len(), 1, "{users:?}");
+                assert_eq!(users[0].user_id.as_str(), "bob");
+                (users[0].state == state).then_some(())
+            }
+            _ => None,
+        }
+    };
+    next_matching(&mut alice_events, presence(PresenceState::Online)).await;
+    // Polls that find nothing new say nothing.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    bob_client.close().await;
+    // Only a change is reported: the first event after "online" must be "offline".
+    let next = next_matching(&mut alice_events, |event| match event {
+        Event::Presence(users) => Some(users),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        next.iter().map(|user| user.state).collect::<Vec<_>>(),
+        [PresenceState::Offline],
+        "{next:?}"
+    );
+    server.assert_clean_log();
+}
+
 /// An HTTP proxy that forwards plain requests to `upstream` and refuses every WebSocket upgrade
 /// (403), as some corporate proxies do. Returns its base URL and how many upgrades it refused.
 async fn websocket_blocking_proxy(upstream: String) -> (String, Arc<AtomicUsize>) {
