@@ -161,6 +161,7 @@ impl Bound {
         };
         let header_read_timeout = Duration::from_millis(state.config.header_read_timeout_ms);
         listener::serve(listener, app, tls, header_read_timeout, signal).await;
+        state.presence.store_last_seen_of_everyone().await;
         // Every connection is gone, so every commit sender but the state's is dropped; dropping
         // the state's lets the committer drain its queue and stop.
         drop(state);

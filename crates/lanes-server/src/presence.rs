@@ -211,6 +211,29 @@ impl Presence {
         Ok(users)
     }
 
+    /// The server is stopping: everyone still shown (connected, or within the grace period) is
+    /// last seen now. Without this a user online at a restart would show no last-seen time, or
+    /// an old one, until they came and went again.
+    pub(crate) async fn store_last_seen_of_everyone(&self) {
+        let now_ms = now_millis();
+        let seen: Vec<(UserId, UnixMillis)> = self
+            .lock()
+            .users
+            .keys()
+            .map(|user_id| (user_id.clone(), now_ms))
+            .collect();
+        if seen.is_empty() {
+            return;
+        }
+        let stored = crate::blocking(&self.store, move |store| store.record_last_seen(&seen)).await;
+        if let Err(err) = stored {
+            tracing::warn!(
+                "storing last-seen times at shutdown failed: {}",
+                err.message
+            );
+        }
+    }
+
     /// Ends grace periods that ran out and sends each watching connection the changes since
     /// the last flush, in one frame. Stores the last-seen times of users who went offline.
     pub(crate) async fn flush(&self, now: Instant) {

@@ -714,6 +714,38 @@ async fn typing_goes_nowhere_where_too_many_members_are_online() {
     server.assert_clean_log();
 }
 
+/// A user online when the server stops gracefully is last seen then, not never: after the
+/// restart a watcher sees them offline with that time (the grace period, a minute here, never
+/// ran out to record it the usual way).
+#[tokio::test]
+async fn a_graceful_stop_records_who_was_last_seen() {
+    let (mut server, http, _config) = start_with_config("[realtime]\npresence_grace_ms = 60000\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    http.direct(&alice, "bob").await;
+    let (alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    let before_stop = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(server.stop(), "a graceful stop exits cleanly");
+    drop(alice_ws);
+    server.restart();
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    bob_ws
+        .send(json!({"type": "watch_presence", "user_ids": ["alice"]}))
+        .await;
+    let (frame, _) = bob_ws.until("presence").await;
+    let alice_seen = &frame["users"][0];
+    assert_eq!(alice_seen["state"], "offline", "{frame}");
+    let last_seen = alice_seen["last_seen"].as_u64();
+    assert!(
+        last_seen.is_some_and(|at| at >= before_stop),
+        "alice's last-seen time ({last_seen:?}) is not the stop's ({before_stop}): {frame}"
+    );
+    server.assert_clean_log();
+}
+
 #[tokio::test]
 async fn presence_is_watched_coalesced_private_and_does_not_flap() {
     let (server, http, _config) =
