@@ -168,18 +168,18 @@ pub(crate) async fn run(
     );
     report.set("receivers_complete", json!(complete));
     // From the first send until every member is done: what each delivery cost the two sides.
-    if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
-        report.set(
-            "server_cpu_us_per_delivery",
-            after.per_item_since(&before, deliveries),
-        );
-    }
-    if let (Some(before), Some(after)) = (cpu_before.1, cpu_after.1) {
-        report.set(
-            "bench_cpu_us_per_delivery",
-            after.per_item_since(&before, deliveries),
-        );
-    }
+    report.set_cpu(
+        "server_cpu_us_per_delivery",
+        cpu_before.0,
+        cpu_after.0,
+        deliveries,
+    );
+    report.set_cpu(
+        "bench_cpu_us_per_delivery",
+        cpu_before.1,
+        cpu_after.1,
+        deliveries,
+    );
     report.set("confirmations", json!(confirmations));
     if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
         report.set("server_rss_kib", json!(rss));

@@ -135,12 +135,7 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         elapsed,
     );
     // Both ends are in this process: compare with fanout's server and bench together.
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        report.set(
-            "cpu_us_per_delivery",
-            after.per_item_since(&before, deliveries),
-        );
-    }
+    report.set_cpu("cpu_us_per_delivery", cpu_before, cpu_after, deliveries);
     if lost > 0 {
         report.fail();
     }

@@ -167,18 +167,13 @@ pub(crate) async fn run(
     report.set("lost", json!(lost));
     report.set("duplicated", json!(duplicated));
     // Per message acked: its commit, its delivery and its ack.
-    if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
-        report.set(
-            "server_cpu_us_per_message",
-            after.per_item_since(&before, acked),
-        );
-    }
-    if let (Some(before), Some(after)) = (cpu_before.1, cpu_after.1) {
-        report.set(
-            "bench_cpu_us_per_message",
-            after.per_item_since(&before, acked),
-        );
-    }
+    report.set_cpu(
+        "server_cpu_us_per_message",
+        cpu_before.0,
+        cpu_after.0,
+        acked,
+    );
+    report.set_cpu("bench_cpu_us_per_message", cpu_before.1, cpu_after.1, acked);
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         report.set("server_rss_kib", json!({"before": before, "after": after}));
     }

@@ -3,6 +3,8 @@
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
+use super::CpuTime;
+
 /// Latencies in microseconds, 1 µs to 60 s at 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|err| {
@@ -78,6 +80,19 @@ impl Report {
         let lost = expected.saturating_sub(deliveries);
         self.set("lost", json!(lost));
         lost
+    }
+
+    /// `key`: user and system CPU µs per item between two readings, when both were taken.
+    pub(crate) fn set_cpu(
+        &mut self,
+        key: &str,
+        before: Option<CpuTime>,
+        after: Option<CpuTime>,
+        items: u64,
+    ) {
+        if let (Some(before), Some(after)) = (before, after) {
+            self.set(key, after.per_item_since(&before, items));
+        }
     }
 
     /// Marks the run failed (lost or duplicated messages).
