@@ -35,12 +35,11 @@ use crate::client::{Event, Transport};
 use crate::delivery::{Delivery, DeliveryOutput, Fetch};
 use crate::error::{ClientError, error_chain};
 use crate::http_api::HttpApi;
+use crate::pace::ReceiptPacer;
 use crate::pending::{Acked, ErrorMatch, PendingSends, PendingSettings, Responder};
 
 /// How long one long poll waits for events.
 const POLL_TIMEOUT_MS: u64 = 25_000;
-/// The longest `receipts_interval` taken as it is (a day).
-const RECEIPTS_INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Longest wait from starting a connect to its `welcome`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often we send a `ping` frame, so the server's idle timer (60 s) never fires.
@@ -390,8 +389,8 @@ pub(crate) struct Driver {
     presence_poll_at: Option<Instant>,
     /// Per conversation, the highest seq received on this connection not yet confirmed.
     unconfirmed: HashMap<ConversationId, Seq>,
-    /// No batch of `received` frames goes out before this (set when one went out).
-    receipts_not_before: Option<Instant>,
+    /// When the next batch of `received` frames may go.
+    receipts: ReceiptPacer,
     /// Long-polling instead of a WebSocket (chosen, or fallen back to).
     polling: bool,
     /// Frames written over HTTP while long-polling, answered as frames.
@@ -428,6 +427,7 @@ impl Driver {
             in_flight_max: INFLIGHT_SENDS_MAX,
         });
         let backoff = ReconnectBackoff::new(settings.backoff_base, settings.backoff_max);
+        let receipts = ReceiptPacer::new(settings.receipts_interval);
         let mut driver = Driver {
             settings,
             http,
@@ -447,7 +447,7 @@ impl Driver {
             polled_presence: HashMap::new(),
             presence_poll_at: None,
             unconfirmed: HashMap::new(),
-            receipts_not_before: None,
+            receipts,
             polling,
             http_writes: JoinSet::new(),
         };
@@ -605,30 +605,18 @@ impl Driver {
         Ok(())
     }
 
-    /// The positions to confirm now: everything unconfirmed, unless a batch went out less than
-    /// `receipts_interval` ago (then it waits for the interval's end, merged per conversation).
-    /// One `received` per message would make a busy group's members send the server as many
-    /// frames as they receive. The wait after a batch is 1 to 1.5 intervals, at random: a
-    /// group's members all receive the same messages, and would otherwise confirm in step.
+    /// The positions to confirm now, one per conversation: everything unconfirmed, when the
+    /// pacer lets a batch go (`ReceiptPacer`).
     fn due_receipts(&mut self) -> HashMap<ConversationId, Seq> {
-        let now = Instant::now();
-        if self.unconfirmed.is_empty() || self.receipts_not_before.is_some_and(|at| now < at) {
+        if self.unconfirmed.is_empty() || !self.receipts.try_send(now_std(), rand::random()) {
             return HashMap::new();
         }
-        // Capped so that no configured interval can overflow the clock.
-        let wait = (self.settings.receipts_interval)
-            .min(RECEIPTS_INTERVAL_MAX)
-            .mul_f64(1.0 + rand::random::<f64>() / 2.0);
-        self.receipts_not_before = Some(now + wait);
         std::mem::take(&mut self.unconfirmed)
     }
 
     /// When the waiting positions may be confirmed, if any wait.
     fn receipts_due(&self) -> Option<Instant> {
-        if self.unconfirmed.is_empty() {
-            return None;
-        }
-        Some(self.receipts_not_before.unwrap_or_else(Instant::now))
+        (!self.unconfirmed.is_empty()).then(|| Instant::from_std(self.receipts.due(now_std())))
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -704,7 +692,7 @@ impl Driver {
             // receives (and confirms) them again.
             self.signals.clear();
             self.unconfirmed.clear();
-            self.receipts_not_before = None;
+            self.receipts.reset();
             self.presence_poll_at = None;
             self.push_event(Event::Disconnected { reason });
         } else {

@@ -29,6 +29,7 @@ mod delivery;
 mod driver;
 mod error;
 mod http_api;
+mod pace;
 mod pending;
 mod resume;
 
@@ -44,3 +45,4 @@ pub use lanes_protocol::{
     MessageFrame, PresenceState, Reaction, Receipt, Seq, StoreEpoch, TypingState, UserId,
     UserPresence,
 };
+pub use pace::ReceiptPacer;

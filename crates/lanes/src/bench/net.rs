@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use lanes_client::HttpApi;
+use lanes_client::{HttpApi, ReceiptPacer};
 use lanes_protocol::codec::{decode_server, encode_client};
 use lanes_protocol::{ClientFrame, Seq, ServerFrame, StoreEpoch, UserId};
 use memchr::memmem;
@@ -310,20 +310,17 @@ pub(crate) fn user_id(name: &str) -> anyhow::Result<UserId> {
     UserId::parse(name).map_err(|err| anyhow::anyhow!("{err}"))
 }
 
-/// How a bench user confirms what it receives, as the Rust SDK does by itself (`ClientConfig::
-/// receipts_interval`): the first `received` at once, later ones after 1 to 1.5 `interval`s (at
-/// random), naming the highest seq that arrived meanwhile. Zero: after every read.
+/// How a bench user confirms what it receives, as the Rust SDK does by itself: with its
+/// `ReceiptPacer` (zero interval: after every read), naming the highest seq that arrived.
 pub(crate) struct Confirmations {
-    interval: Duration,
-    not_before: Option<tokio::time::Instant>,
+    pacer: ReceiptPacer,
     waiting: Option<Seq>,
 }
 
 impl Confirmations {
     pub(crate) fn new(interval: Duration) -> Confirmations {
         Confirmations {
-            interval,
-            not_before: None,
+            pacer: ReceiptPacer::new(interval),
             waiting: None,
         }
     }
@@ -336,19 +333,20 @@ impl Confirmations {
     /// When the waiting position may go, if one waits.
     pub(crate) fn due(&self) -> Option<tokio::time::Instant> {
         self.waiting?;
-        Some(self.not_before.unwrap_or_else(tokio::time::Instant::now))
+        Some(tokio::time::Instant::from_std(
+            self.pacer.due(std::time::Instant::now()),
+        ))
     }
 
     /// The position to confirm now, if one waits and its time has come.
     pub(crate) fn take_due(&mut self) -> Option<Seq> {
         self.waiting?;
-        let now = tokio::time::Instant::now();
-        if self.not_before.is_some_and(|at| now < at) {
+        if !self
+            .pacer
+            .try_send(std::time::Instant::now(), rand::random())
+        {
             return None;
         }
-        // Capped at a day, so that no interval given can overflow the clock.
-        let interval = self.interval.min(Duration::from_secs(24 * 3600));
-        self.not_before = Some(now + interval.mul_f64(1.0 + rand::random::<f64>() / 2.0));
         self.waiting.take()
     }
 }
