@@ -59,17 +59,6 @@ async fn run(
         while let Ok(update) = updates.try_recv() {
             merge(update);
         }
-        // In large conversations only read positions go back to the user's own devices (they
-        // sync unread counts by it); a delivered position alone is sent to no one there.
-        let mut reads: Reads = HashMap::new();
-        for ((conversation_id, user_id), (_, read)) in &merged {
-            if *read > Seq::ZERO {
-                reads
-                    .entry(*conversation_id)
-                    .or_default()
-                    .insert(user_id.clone());
-            }
-        }
         let batch: Vec<MarkerUpdate> = merged
             .into_iter()
             .map(
@@ -89,13 +78,13 @@ async fn run(
             touched.sort_unstable();
             touched.dedup();
             let large = store.larger_than(&touched, members_max)?;
-            Ok::<_, lanes_store::StoreError>((changed, large))
+            Ok::<_, lanes_store::StoreError>((batch, changed, large))
         })
         .await;
         match stored {
-            Ok(Ok((changed, large))) => {
+            Ok(Ok((batch, changed, large))) => {
                 Metrics::add(&metrics.receipt_commits, 1);
-                announce(&hub, changed, &large, &reads);
+                announce(&hub, changed, &large, &reads_in(&batch, &large));
             }
             // Positions are re-sent by clients with their next receipt; nothing acked is lost.
             Ok(Err(err)) => tracing::error!("storing receipt positions failed: {err}"),
@@ -106,6 +95,25 @@ async fn run(
 
 /// Per conversation, the users who sent a read position in this flush.
 type Reads = HashMap<ConversationId, HashSet<UserId>>;
+
+/// The readers of the flush in the `large` conversations only: there a position goes back only
+/// to its user's own devices, and only a read one (they sync unread counts by it). Nothing is
+/// built when no conversation of the flush is large, the common case.
+fn reads_in(batch: &[MarkerUpdate], large: &[ConversationId]) -> Reads {
+    let mut reads = Reads::new();
+    if large.is_empty() {
+        return reads;
+    }
+    for update in batch {
+        if update.read > Seq::ZERO && large.contains(&update.conversation_id) {
+            reads
+                .entry(update.conversation_id)
+                .or_default()
+                .insert(update.user_id.clone());
+        }
+    }
+    reads
+}
 
 /// Tells each conversation's online members the positions that changed; in the `large`
 /// conversations each member only their own, and only when it read (`reads`).
