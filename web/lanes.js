@@ -12,6 +12,7 @@ const TYPING_SHOWN_MS = 7000;
 const HISTORY_PAGE = 50;
 const INFLIGHT_MAX = 200;
 const RECEIPTS_INTERVAL_MS = 1000; // `received` at most this often (see scheduleReceipts)
+const RECEIPTS_INTERVAL_LARGE_MS = 30000; // the same in large conversations (see isLarge)
 // An error naming one of these codes means nothing was stored and a retry fails the same way;
 // anything else (storage_unavailable, internal, a lost connection) is retried with the same id.
 const DEFINITE = new Set(["message_too_large", "invalid_field", "not_found", "bad_frame", "forbidden", "conflict", "payload_too_large"]);
@@ -352,6 +353,8 @@ export class Lanes extends EventTarget {
         this.setStatus("online");
         this.receivedSent.clear();
         this.readSent.clear();
+        this.large = new Set(frame.large || []);
+        this.receiptsNotBefore = { ordinary: 0, large: 0 }; // a new connection confirms at once
         this.flushOutbox();
         this.watchPresence();
         this.markRead();
@@ -359,7 +362,7 @@ export class Lanes extends EventTarget {
         break;
       case "message":
         this.ingest(frame, true);
-        this.scheduleReceipts();
+        this.scheduleReceipts(this.conversations.get(frame.conversation_id));
         break;
       case "ack":
         this.onAck(frame, this.transport === "ws");
@@ -572,25 +575,58 @@ export class Lanes extends EventTarget {
   // ---- receipts ----------------------------------------------------------------------------
 
   /** Confirms delivery soon (a burst is confirmed once), then at most once per
-   *  RECEIPTS_INTERVAL_MS: one confirmation per message would have a busy group's members send
+   *  RECEIPTS_INTERVAL_MS (RECEIPTS_INTERVAL_LARGE_MS in large conversations: isLarge): one
+   *  confirmation per message would have a busy group's members send
    *  the server a frame for nearly every message they receive. Each wait is lengthened by up to
    *  half of it at random, so that a group's members do not confirm in step. */
-  scheduleReceipts() {
-    if (this.timers.receipts) return;
-    const wait = Math.max(100, (this.receiptsNotBefore || 0) - Date.now());
-    this.timers.receipts = setTimeout(() => { this.timers.receipts = null; this.flushReceipts(); }, wait);
+  scheduleReceipts(only) {
+    if (!this.receiptsNotBefore) return;
+    let due = Infinity;
+    // One conversation's arrival looks at that conversation only.
+    for (const c of only ? [only] : this.conversations.values()) {
+      if (this.unconfirmed(c)) due = Math.min(due, this.receiptsNotBefore[this.receiptsClass(c)]);
+    }
+    const at = Math.max(Date.now() + 100, due);
+    // A timer set for a large conversation's turn must not hold back an ordinary one's.
+    if (due === Infinity || (this.timers.receipts && this.receiptsTimerAt <= at)) return;
+    clearTimeout(this.timers.receipts);
+    this.receiptsTimerAt = at;
+    this.timers.receipts = setTimeout(() => { this.timers.receipts = null; this.flushReceipts(); }, at - Date.now());
   }
 
-  /** Confirms delivery of what the link holds; only seqs the link has are named. */
+  /** Large conversations (the server's `synced` said so, or more members than
+   *  `receipts_members_max`): a delivered position there is shown to no one live, so it is
+   *  confirmed at most every RECEIPTS_INTERVAL_LARGE_MS (as the Rust SDK does). */
+  isLarge(c) {
+    return (this.large && this.large.has(c.id)) || c.memberCount > (this.receiptsMembersMax || Infinity);
+  }
+
+  receiptsClass(c) { return this.isLarge(c) ? "large" : "ordinary"; }
+
+  /** Whether the link holds more of `c` than was confirmed or read. */
+  unconfirmed(c) {
+    return c.cursor > (this.receivedSent.get(c.id) || 0) && c.cursor > (this.readSent.get(c.id) || 0);
+  }
+
+  /** Confirms delivery of what the link holds, in each class whose wait is over (only seqs the
+   *  link has are named); what must still wait gets a timer. */
   flushReceipts() {
-    if (this.status !== "online") return;
+    if (this.status !== "online" || !this.receiptsNotBefore) return;
+    const now = Date.now();
+    const sent = new Set();
     for (const c of this.conversations.values()) {
-      if (c.cursor > (this.receivedSent.get(c.id) || 0) && c.cursor > (this.readSent.get(c.id) || 0)) {
+      const kind = this.receiptsClass(c);
+      if (this.unconfirmed(c) && this.receiptsNotBefore[kind] <= now) {
         this.receivedSent.set(c.id, c.cursor);
         this.marker("received", c.id, c.cursor);
-        this.receiptsNotBefore = Date.now() + RECEIPTS_INTERVAL_MS * (1 + Math.random() / 2);
+        sent.add(kind);
       }
     }
+    for (const kind of sent) {
+      const interval = kind === "large" ? RECEIPTS_INTERVAL_LARGE_MS : RECEIPTS_INTERVAL_MS;
+      this.receiptsNotBefore[kind] = now + interval * (1 + Math.random() / 2);
+    }
+    this.scheduleReceipts();
   }
 
   markReadSoon() {

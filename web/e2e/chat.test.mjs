@@ -293,10 +293,13 @@ async function scenario(browser) {
   await shot(alice, "06-group");
   log("group of three, one on long-polling");
 
-  step = "history with infinite scroll";
-  // 120 messages from carol to alice, posted over HTTP before alice opens the chat. Alice's
-  // client confirms their delivery as they arrive, but at most once a second.
+  step = "rare delivery receipts in a large group";
+  // With receipts_members_max at 2, a new group of three is large: alice's client confirms
+  // delivery there at most every 30 s (1 s elsewhere), although the messages come 1.6 s apart
+  // and she is not looking at the group. (Large groups share one wait: if the group above was
+  // confirmed while it counted as large, even the first waits.)
   await alice.evaluate(() => {
+    window.lanes.receiptsMembersMax = 2;
     window.receivedCalls = [];
     const marker = window.lanes.marker.bind(window.lanes);
     window.lanes.marker = (kind, id, seq) => {
@@ -304,6 +307,30 @@ async function scenario(browser) {
       marker(kind, id, seq);
     };
   });
+  const crowd = await carol.evaluate(async () => {
+    const { token } = JSON.parse(localStorage.getItem("lanes.session"));
+    const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+    const group = await (await fetch("/v1/conversations/group", { method: "POST", headers, body: JSON.stringify({ name: "Crowd", members: ["alice", "bob"] }) })).json();
+    for (let i = 1; i <= 3; i++) {
+      if (i > 1) await new Promise((resolve) => setTimeout(resolve, 1600));
+      const body = JSON.stringify({ client_msg_id: `crowd-${i}`, body: `crowd ${i}` });
+      const answer = await fetch(`/v1/conversations/${group.conversation_id}/messages`, { method: "POST", headers, body });
+      if (!answer.ok) throw new Error(`post ${i}: ${answer.status}`);
+    }
+    return group.conversation_id;
+  });
+  await until(alice, "the large group's third message", (id) => window.lanes.conversations.get(id)?.cursor === 3, crowd);
+  await alice.waitForTimeout(300);
+  const crowdCalls = await alice.evaluate((id) => window.receivedCalls.filter((call) => call.id === id), crowd);
+  assert(crowdCalls.length <= 1,
+    `alice confirmed ${JSON.stringify(crowdCalls)} in a large group`);
+  await alice.evaluate(() => { window.lanes.receiptsMembersMax = 100; });
+  log(`large group confirmed ${crowdCalls.length} time(s) for 3 messages`);
+
+  step = "history with infinite scroll";
+  // 120 messages from carol to alice, posted over HTTP before alice opens the chat. Alice's
+  // client confirms their delivery as they arrive, but at most once a second.
+  await alice.evaluate(() => { window.receivedCalls = []; });
   const { conversationId, postingMs } = await carol.evaluate(async () => {
     const { token } = JSON.parse(localStorage.getItem("lanes.session"));
     const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };

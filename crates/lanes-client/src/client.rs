@@ -50,6 +50,11 @@ pub struct ClientConfig {
     /// group means a frame to the server for nearly every message received. Intervals above a
     /// day count as a day.
     pub receipts_interval: Duration,
+    /// The same in the conversations the server calls large when it syncs a WebSocket
+    /// (`synced`'s `large`: more than `receipts_members_max` members; default 30 s). There a
+    /// delivered position is shown to no one live, and every member confirming every second
+    /// would cost the server a frame per member per second.
+    pub receipts_interval_large: Duration,
     /// WebSocket, long-polling, or (default) WebSocket with a fall back to long-polling when
     /// the upgrade is refused (a proxy or network that blocks WebSockets).
     pub transport: Transport,
@@ -75,7 +80,7 @@ pub enum Transport {
 
 impl ClientConfig {
     /// Defaults: no resume point, backoff 50 ms to 5 s, ack timeout 10 s, receipts confirmed
-    /// at most once a second.
+    /// at most once a second (every 30 s in large conversations).
     pub fn new(base_url: &str, token: &str) -> ClientConfig {
         ClientConfig {
             base_url: base_url.to_owned(),
@@ -87,6 +92,7 @@ impl ClientConfig {
             ack_timeout: Duration::from_secs(10),
             auto_receipts: true,
             receipts_interval: Duration::from_secs(1),
+            receipts_interval_large: Duration::from_secs(30),
             transport: Transport::Auto,
             presence_poll_interval: Duration::from_secs(15),
         }
@@ -105,6 +111,7 @@ impl fmt::Debug for ClientConfig {
             .field("ack_timeout", &self.ack_timeout)
             .field("auto_receipts", &self.auto_receipts)
             .field("receipts_interval", &self.receipts_interval)
+            .field("receipts_interval_large", &self.receipts_interval_large)
             .field("transport", &self.transport)
             .field("presence_poll_interval", &self.presence_poll_interval)
             .finish()
@@ -225,6 +232,7 @@ impl Client {
             ack_timeout: config.ack_timeout,
             auto_receipts: config.auto_receipts,
             receipts_interval: config.receipts_interval,
+            receipts_interval_large: config.receipts_interval_large,
             transport: config.transport,
             presence_poll_interval: config.presence_poll_interval,
         };

@@ -35,7 +35,7 @@ use crate::client::{Event, Transport};
 use crate::delivery::{Delivery, DeliveryOutput, Fetch};
 use crate::error::{ClientError, error_chain};
 use crate::http_api::HttpApi;
-use crate::pace::ReceiptPacer;
+use crate::pace::Unconfirmed;
 use crate::pending::{Acked, ErrorMatch, PendingSends, PendingSettings, Responder};
 
 /// How long one long poll waits for events.
@@ -96,6 +96,8 @@ pub(crate) struct Settings {
     pub(crate) auto_receipts: bool,
     /// At most one batch of `received` frames per interval (see `ClientConfig`).
     pub(crate) receipts_interval: Duration,
+    /// The same in conversations the server calls large.
+    pub(crate) receipts_interval_large: Duration,
     /// While long-polling, how often watched users' presence is asked for.
     pub(crate) presence_poll_interval: Duration,
     /// Which transport to use.
@@ -387,10 +389,9 @@ pub(crate) struct Driver {
     /// user, so only changes become events, and when to ask again.
     polled_presence: HashMap<UserId, UserPresence>,
     presence_poll_at: Option<Instant>,
-    /// Per conversation, the highest seq received on this connection not yet confirmed.
-    unconfirmed: HashMap<ConversationId, Seq>,
-    /// When the next batch of `received` frames may go.
-    receipts: ReceiptPacer,
+    /// Per conversation, the highest seq received on this connection not yet confirmed, and
+    /// when it may go.
+    unconfirmed: Unconfirmed,
     /// Long-polling instead of a WebSocket (chosen, or fallen back to).
     polling: bool,
     /// Frames written over HTTP while long-polling, answered as frames.
@@ -427,7 +428,8 @@ impl Driver {
             in_flight_max: INFLIGHT_SENDS_MAX,
         });
         let backoff = ReconnectBackoff::new(settings.backoff_base, settings.backoff_max);
-        let receipts = ReceiptPacer::new(settings.receipts_interval);
+        let unconfirmed =
+            Unconfirmed::new(settings.receipts_interval, settings.receipts_interval_large);
         let mut driver = Driver {
             settings,
             http,
@@ -446,8 +448,7 @@ impl Driver {
             watching: None,
             polled_presence: HashMap::new(),
             presence_poll_at: None,
-            unconfirmed: HashMap::new(),
-            receipts,
+            unconfirmed,
             polling,
             http_writes: JoinSet::new(),
         };
@@ -481,10 +482,8 @@ impl Driver {
                         if self.connected() {
                             // A read position implies receipt: a waiting `received` at or
                             // below it would say nothing new.
-                            if let ClientFrame::Read { conversation_id, seq } = &frame
-                                && self.unconfirmed.get(conversation_id).is_some_and(|waiting| waiting <= seq)
-                            {
-                                self.unconfirmed.remove(conversation_id);
+                            if let ClientFrame::Read { conversation_id, seq } = &frame {
+                                self.unconfirmed.read(*conversation_id, *seq);
                             }
                             self.signals.push(frame);
                         }
@@ -605,18 +604,14 @@ impl Driver {
         Ok(())
     }
 
-    /// The positions to confirm now, one per conversation: everything unconfirmed, when the
-    /// pacer lets a batch go (`ReceiptPacer`).
-    fn due_receipts(&mut self) -> HashMap<ConversationId, Seq> {
-        if self.unconfirmed.is_empty() || !self.receipts.try_send(now_std(), rand::random()) {
-            return HashMap::new();
-        }
-        std::mem::take(&mut self.unconfirmed)
+    /// The positions to confirm now, one per conversation (see `Unconfirmed`).
+    fn due_receipts(&mut self) -> Vec<(ConversationId, Seq)> {
+        self.unconfirmed.take_due(now_std(), rand::random())
     }
 
     /// When the waiting positions may be confirmed, if any wait.
     fn receipts_due(&self) -> Option<Instant> {
-        (!self.unconfirmed.is_empty()).then(|| Instant::from_std(self.receipts.due(now_std())))
+        self.unconfirmed.due(now_std()).map(Instant::from_std)
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -691,8 +686,7 @@ impl Driver {
             // Positions are only valid on the connection that received them; the next one
             // receives (and confirms) them again.
             self.signals.clear();
-            self.unconfirmed.clear();
-            self.receipts.reset();
+            self.unconfirmed.reset();
             self.presence_poll_at = None;
             self.push_event(Event::Disconnected { reason });
         } else {
@@ -852,11 +846,14 @@ impl Driver {
     fn on_frame(&mut self, frame: ServerFrame) {
         match frame {
             ServerFrame::Welcome { .. } => debug!("ignoring a second welcome"),
-            ServerFrame::Synced => self.push_event(Event::Synced),
+            ServerFrame::Synced { large } => {
+                self.unconfirmed.set_large(large);
+                self.push_event(Event::Synced);
+            }
             ServerFrame::Message(message) => {
                 if self.settings.auto_receipts && message.sender_id != self.user_id {
-                    let seq = self.unconfirmed.entry(message.conversation_id).or_default();
-                    *seq = (*seq).max(message.seq);
+                    self.unconfirmed
+                        .received(message.conversation_id, message.seq);
                 }
                 self.delivery.handle_message(message);
                 self.drain_delivery();

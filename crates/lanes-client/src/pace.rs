@@ -1,7 +1,10 @@
 //! How often automatic delivery receipts go out (`ClientConfig::receipts_interval`). Time and
 //! randomness come in as arguments, so the rule is tested without a clock or an RNG.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use lanes_protocol::{ConversationId, Seq};
 
 /// The longest interval taken as it is (a day): longer ones could overflow the clock.
 const INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -51,9 +54,142 @@ impl ReceiptPacer {
     }
 }
 
+/// Positions received on this connection and not yet confirmed, one per conversation, in two
+/// classes paced apart: ordinary conversations and large ones (`synced`'s `large`), where a
+/// delivered position is shown to no one live and confirming it often only costs the server.
+#[derive(Debug)]
+pub(crate) struct Unconfirmed {
+    ordinary: Waiting,
+    large: Waiting,
+    large_ids: HashSet<ConversationId>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    pacer: ReceiptPacer,
+    positions: HashMap<ConversationId, Seq>,
+}
+
+impl Unconfirmed {
+    pub(crate) fn new(interval: Duration, large_interval: Duration) -> Unconfirmed {
+        let class = |interval| Waiting {
+            pacer: ReceiptPacer::new(interval),
+            positions: HashMap::new(),
+        };
+        Unconfirmed {
+            ordinary: class(interval),
+            large: class(large_interval),
+            large_ids: HashSet::new(),
+        }
+    }
+
+    /// The server named the large conversations; what waits moves to its class.
+    pub(crate) fn set_large(&mut self, ids: Vec<ConversationId>) {
+        self.large_ids = ids.into_iter().collect();
+        let waiting = std::mem::take(&mut self.ordinary.positions)
+            .into_iter()
+            .chain(std::mem::take(&mut self.large.positions));
+        for (conversation_id, seq) in waiting {
+            self.received(conversation_id, seq);
+        }
+    }
+
+    /// `seq` of `conversation_id` arrived.
+    pub(crate) fn received(&mut self, conversation_id: ConversationId, seq: Seq) {
+        let class = if self.large_ids.contains(&conversation_id) {
+            &mut self.large
+        } else {
+            &mut self.ordinary
+        };
+        let waiting = class.positions.entry(conversation_id).or_default();
+        *waiting = (*waiting).max(seq);
+    }
+
+    /// The user read up to `seq`: a waiting position at or below it would say nothing new.
+    pub(crate) fn read(&mut self, conversation_id: ConversationId, seq: Seq) {
+        for class in [&mut self.ordinary, &mut self.large] {
+            if class
+                .positions
+                .get(&conversation_id)
+                .is_some_and(|waiting| *waiting <= seq)
+            {
+                class.positions.remove(&conversation_id);
+            }
+        }
+    }
+
+    /// When the next waiting positions may go, if any wait.
+    pub(crate) fn due(&self, now: Instant) -> Option<Instant> {
+        [&self.ordinary, &self.large]
+            .into_iter()
+            .filter(|class| !class.positions.is_empty())
+            .map(|class| class.pacer.due(now))
+            .min()
+    }
+
+    /// The positions to confirm at `now`: each class's, if its pacer lets them go (`fraction`:
+    /// the random draw of `ReceiptPacer::try_send`).
+    pub(crate) fn take_due(&mut self, now: Instant, fraction: f64) -> Vec<(ConversationId, Seq)> {
+        let mut due = Vec::new();
+        for class in [&mut self.ordinary, &mut self.large] {
+            if !class.positions.is_empty() && class.pacer.try_send(now, fraction) {
+                due.extend(class.positions.drain());
+            }
+        }
+        due
+    }
+
+    /// A new connection: nothing waits, and the first positions go at once.
+    pub(crate) fn reset(&mut self) {
+        for class in [&mut self.ordinary, &mut self.large] {
+            class.positions.clear();
+            class.pacer.reset();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_conversations_are_confirmed_on_their_own_pace() {
+        let start = Instant::now();
+        let (small, large) = (ConversationId(1), ConversationId(2));
+        let mut unconfirmed = Unconfirmed::new(Duration::from_secs(1), Duration::from_secs(30));
+        unconfirmed.received(large, Seq(3));
+        unconfirmed.set_large(vec![large]);
+        unconfirmed.received(small, Seq(5));
+        unconfirmed.received(small, Seq(4));
+        assert_eq!(unconfirmed.due(start), Some(start));
+        let mut first = unconfirmed.take_due(start, 0.0);
+        first.sort();
+        assert_eq!(first, vec![(small, Seq(5)), (large, Seq(3))]);
+        unconfirmed.received(small, Seq(6));
+        unconfirmed.received(large, Seq(7));
+        let second = start + Duration::from_secs(1);
+        assert_eq!(unconfirmed.due(start), Some(second));
+        assert_eq!(unconfirmed.take_due(second, 0.0), vec![(small, Seq(6))]);
+        assert_eq!(
+            unconfirmed.due(second),
+            Some(start + Duration::from_secs(30)),
+            "only the large conversation waits, on its own interval"
+        );
+        assert!(
+            unconfirmed
+                .take_due(start + Duration::from_secs(29), 0.0)
+                .is_empty()
+        );
+        unconfirmed.read(large, Seq(6));
+        assert!(unconfirmed.due(second).is_some(), "read below what waits");
+        unconfirmed.read(large, Seq(7));
+        assert_eq!(unconfirmed.due(second), None);
+        unconfirmed.received(large, Seq(8));
+        unconfirmed.reset();
+        assert_eq!(unconfirmed.due(second), None);
+        unconfirmed.received(large, Seq(9));
+        assert_eq!(unconfirmed.take_due(second, 0.0), vec![(large, Seq(9))]);
+    }
 
     #[test]
     fn first_at_once_then_one_to_one_and_a_half_intervals_apart() {

@@ -421,7 +421,7 @@ async fn retried_send_acked_at_or_below_the_cursor_is_delivered_once() {
         Event::Connected { .. }
     ));
     conn.send(ServerFrame::Message(own.clone())).await;
-    conn.send(ServerFrame::Synced).await;
+    conn.send(ServerFrame::Synced { large: Vec::new() }).await;
     let (retried, _, _) = conn.recv_send().await;
     assert_eq!(retried, client_msg_id);
     conn.ack(&retried, 1).await;
@@ -498,7 +498,7 @@ async fn reconnects_resumes_and_resends_with_the_same_id() {
     let (client, mut events, mut conn) = connect(&mut server, |_| {}).await;
     conn.send(ServerFrame::Message(message(3, 1))).await;
     conn.send(ServerFrame::Message(message(3, 2))).await;
-    conn.send(ServerFrame::Synced).await;
+    conn.send(ServerFrame::Synced { large: Vec::new() }).await;
     assert_eq!(next_messages(&mut events, 2).await, [(3, 1), (3, 2)]);
     assert_eq!(next_event(&mut events).await, Event::Synced);
     assert_eq!(pairs(&client.cursors()), [(3, 2)]);
@@ -790,6 +790,45 @@ async fn confirms_receipts_at_most_once_per_interval() {
     );
     batch.sort_unstable();
     assert_eq!(batch, [(1, 3), (2, 2)]);
+}
+
+#[tokio::test]
+async fn confirms_rarely_in_conversations_synced_as_large() {
+    let interval = Duration::from_millis(200);
+    let mut server = FakeServer::start().await;
+    let (_client, mut events, mut conn) = connect(&mut server, |config| {
+        config.auto_receipts = true;
+        config.receipts_interval = interval;
+        config.receipts_interval_large = Duration::from_secs(3600);
+    })
+    .await;
+    conn.send(ServerFrame::Synced {
+        large: vec![ConversationId(2)],
+    })
+    .await;
+    assert_eq!(next_event(&mut events).await, Event::Synced);
+    let mut confirmed = Vec::new();
+    // Conversation 1 is ordinary, 2 large: each first position goes at once; later ones in 2
+    // wait for the large interval, while 1 is confirmed on its own pace meanwhile.
+    for round in 1..=3 {
+        for conversation in [1, 2] {
+            conn.send(ServerFrame::Message(message(conversation, round)))
+                .await;
+            assert_eq!(next_messages(&mut events, 1).await, [(conversation, round)]);
+        }
+        tokio::time::sleep(interval.mul_f64(1.6)).await;
+    }
+    while confirmed.last() != Some(&(1, 3)) {
+        match conn.recv().await {
+            ClientFrame::Received {
+                conversation_id,
+                seq,
+            } => confirmed.push((conversation_id.0, seq.0)),
+            frame => panic!("expected received, got {frame:?}"),
+        }
+    }
+    let large: Vec<_> = confirmed.iter().filter(|(id, _)| *id == 2).collect();
+    assert_eq!(large, [&(2, 1)], "confirmed: {confirmed:?}");
 }
 
 #[tokio::test]

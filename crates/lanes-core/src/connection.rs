@@ -399,13 +399,15 @@ impl Connection {
         self.delivered.admit_caught_up(conversation_id, seq)
     }
 
-    /// Catch-up after `hello` is complete; live frames follow.
-    pub fn handle_synced(&mut self) {
+    /// Catch-up after `hello` is complete; live frames follow. `large`: the user's
+    /// conversations over `receipts_members_max` members (see `ServerFrame::Synced`).
+    pub fn handle_synced(&mut self, large: Vec<ConversationId>) {
         if let State::CatchingUp { user_id } = &self.state {
             self.state = State::Live {
                 user_id: user_id.clone(),
             };
-            self.outputs.push_back(Output::Write(ServerFrame::Synced));
+            self.outputs
+                .push_back(Output::Write(ServerFrame::Synced { large }));
         }
     }
 

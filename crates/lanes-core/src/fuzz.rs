@@ -45,7 +45,7 @@ pub fn client_frame(data: &[u8]) {
     );
     let user_id = UserId::parse("fuzz").unwrap_or_else(|_| unreachable!("a constant valid id"));
     live.handle_authenticated(user_id);
-    live.handle_synced();
+    live.handle_synced(Vec::new());
     while live.poll_output().is_some() {}
     live.handle_frame(now, frame);
     while live.poll_output().is_some() {}

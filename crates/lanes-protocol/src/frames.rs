@@ -523,7 +523,14 @@ pub enum ServerFrame {
         receipts_members_max: usize,
     },
     /// Catch-up is complete: everything the client missed has been sent; live frames follow.
-    Synced,
+    Synced {
+        /// The user's conversations of more than `receipts_members_max` members at this point:
+        /// a delivered position there is shown to no one live, so clients confirm delivery
+        /// there rarely (the SDK and the web client: at most about every 30 s). Absent when
+        /// there are none; not updated until the next `synced`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        large: Vec<ConversationId>,
+    },
     /// A message (live or catch-up).
     Message(MessageFrame),
     /// A send was durably stored.

@@ -21,11 +21,14 @@ pub(crate) struct Listing {
     /// `realtime.receipts_members_max` members only the user's own), read after subscribing:
     /// later changes arrive through the hub.
     pub(crate) receipts: Vec<ReceiptRow>,
+    /// With the receipts: the conversations over `realtime.receipts_members_max` members,
+    /// where clients confirm delivery rarely (`synced`'s `large`).
+    pub(crate) large: Vec<ConversationId>,
 }
 
 /// Records the user's conversations in the hub (registered at `version`), then returns every
-/// conversation with its head (and, with `with_receipts`, the receipt positions), read after
-/// the hub delivers them, in one trip to the blocking pool.
+/// conversation with its head (and, with `with_receipts`, the receipt positions and the large
+/// conversations), read after the hub delivers them, in one trip to the blocking pool.
 pub(crate) async fn listing(
     state: &AppState,
     user_id: &UserId,
@@ -49,12 +52,20 @@ pub(crate) async fn listing(
                 // after subscribing is sure to include it.
                 Ok(()) => {
                     let heads = store.heads_of(&listed)?;
-                    let receipts = if with_receipts {
-                        store.receipts_of(&listed, None, receipts_members_max)?
+                    let (receipts, large) = if with_receipts {
+                        let ids: Vec<ConversationId> = heads.iter().map(|(id, _)| *id).collect();
+                        (
+                            store.receipts_of(&listed, None, receipts_members_max)?,
+                            store.larger_than(&ids, receipts_members_max)?,
+                        )
                     } else {
-                        Vec::new()
+                        (Vec::new(), Vec::new())
                     };
-                    return Ok(Some(Listing { heads, receipts }));
+                    return Ok(Some(Listing {
+                        heads,
+                        receipts,
+                        large,
+                    }));
                 }
                 Err(current) => version = current,
             }

@@ -345,8 +345,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.pending_sync = false;
                 // Boxed: these run once per connection or join, and inlined they would make every
                 // idle connection's task as large as their biggest state.
-                Box::pin(self.initial_sync()).await?;
-                self.connection.handle_synced();
+                let large = Box::pin(self.initial_sync()).await?;
+                self.connection.handle_synced(large);
                 // Registered now: a shutdown from here on arrives through the hub, and one
                 // signalled before the registration is seen here (the flag is set before the
                 // hub is told).
@@ -684,10 +684,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         End::Closed
     }
 
-    /// Subscribes to the hub, then catches up every conversation from the client's cursor.
-    async fn initial_sync(&mut self) -> Result<(), End> {
+    /// Subscribes to the hub, then catches up every conversation from the client's cursor;
+    /// returns the conversations over `receipts_members_max` members (see `Listing`).
+    async fn initial_sync(&mut self) -> Result<Vec<ConversationId>, End> {
         let Some(user_id) = self.user_id.clone() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let subscription = self
             .state
@@ -700,7 +701,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.subscription = Some(subscription);
         let listing = match crate::subscribe::listing(&self.state, &user_id, version, true).await {
             Ok(listing) => listing,
-            Err(err) => return self.fail(err.code, err.message),
+            Err(err) => return self.fail(err.code, err.message).map(|()| Vec::new()),
         };
         for (conversation_id, head) in listing.heads {
             if self.connection.delivered(conversation_id) < head {
@@ -716,7 +717,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let frame = crate::receipts::frame(chunk[0].conversation_id, chunk, Some(&user_id));
             self.feed_frame(&frame);
         }
-        Ok(())
+        Ok(listing.large)
     }
 
     /// Writes every stored message of `conversation_id` after what the client holds, in pages.

@@ -541,7 +541,12 @@ async fn large_groups_share_only_own_receipts() {
     let welcome = alice_ws.frame().await;
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["receipts_members_max"], 2);
-    alice_ws.until("synced").await;
+    let (synced, _) = alice_ws.until("synced").await;
+    assert_eq!(
+        synced["large"],
+        json!([group]),
+        "the group is large, the direct conversation is not"
+    );
     let (status, page) = http
         .call(
             "POST",

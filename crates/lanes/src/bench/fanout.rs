@@ -45,6 +45,10 @@ pub(crate) struct FanoutArgs {
     /// `receipts_interval` (default 1 s); 0 confirms every message.
     #[arg(long, default_value_t = 1000)]
     receipts_interval_ms: u64,
+    /// The same in a group the server calls large (`synced`'s `large`: more members than its
+    /// `receipts_members_max`), as the SDK's `receipts_interval_large` (default 30 s).
+    #[arg(long, default_value_t = 30_000)]
+    receipts_interval_large_ms: u64,
 }
 
 pub(crate) async fn run(
@@ -71,7 +75,11 @@ pub(crate) async fn run(
         .await
         .context("create group")?
         .conversation_id;
-    let sockets = super::net::connect_all(target, &names).await?;
+    let connections = super::net::connect_all(target, &names).await?;
+    let large = connections
+        .iter()
+        .filter(|connected| connected.large.contains(&group))
+        .count();
     let total = (args.rate * args.duration_secs).ceil() as usize;
     let slowest = Arc::new(Slowest::new(total));
     let cpu_before = (spawned.and_then(SpawnedServer::cpu_time), CpuTime::of(None));
@@ -79,16 +87,22 @@ pub(crate) async fn run(
     let deadline = started + Duration::from_secs_f64(args.duration_secs) + Duration::from_secs(30);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
-    for (index, socket) in sockets.into_iter().enumerate() {
+    for (index, connected) in connections.into_iter().enumerate() {
         if index < args.senders {
-            senders.push(socket);
+            senders.push(connected.socket);
             continue;
         }
         let slowest = Arc::clone(&slowest);
+        let interval_ms = if connected.large.contains(&group) {
+            args.receipts_interval_large_ms
+        } else {
+            args.receipts_interval_ms
+        };
+        let socket = connected.socket;
         let confirm = args.receipts.then(|| {
             (
                 group,
-                Confirmations::new(Duration::from_millis(args.receipts_interval_ms)),
+                Confirmations::new(Duration::from_millis(interval_ms)),
             )
         });
         receivers.push(tokio::spawn(async move {
@@ -153,6 +167,7 @@ pub(crate) async fn run(
             "members": args.members, "rate": args.rate, "senders": args.senders,
             "duration_secs": args.duration_secs, "body_bytes": args.body_bytes,
             "receipts": args.receipts, "receipts_interval_ms": args.receipts_interval_ms,
+            "receipts_interval_large_ms": args.receipts_interval_large_ms,
         }),
     );
     let lost = report.set_reach(
@@ -181,6 +196,8 @@ pub(crate) async fn run(
         deliveries,
     );
     report.set("confirmations", json!(confirmations));
+    // Members whose `synced` called the group large.
+    report.set("members_told_large", json!(large));
     if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
         report.set("server_rss_kib", json!(rss));
     }

@@ -200,7 +200,8 @@ async fn open(
     // slowest connect, which made the tail, not the server, set the measured rate.
     let mut connects = super::net::connect_tasks(target, names).buffer_unordered(parallel.max(1));
     while let Some(connected) = connects.next().await {
-        let (socket, took) = connected.context("connect task")?.context("connect")?;
+        let (connected, took) = connected.context("connect task")?.context("connect")?;
+        let socket = connected.socket;
         let _ = connect_latency.record(took.as_micros() as u64);
         holders.push(tokio::spawn(async move {
             let mut socket = socket;

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use lanes_client::{HttpApi, ReceiptPacer};
 use lanes_protocol::codec::{decode_server, encode_client};
-use lanes_protocol::{ClientFrame, Seq, ServerFrame, StoreEpoch, UserId};
+use lanes_protocol::{ClientFrame, ConversationId, Seq, ServerFrame, StoreEpoch, UserId};
 use memchr::memmem;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::WebSocketStream;
@@ -19,6 +19,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
+
+/// A synced connection.
+pub(crate) struct Connected {
+    pub(crate) socket: Socket,
+    /// The messages caught up before `synced`.
+    pub(crate) caught_up: Vec<lanes_protocol::MessageFrame>,
+    /// The conversations `synced` called large (where the SDK confirms delivery rarely).
+    pub(crate) large: Vec<ConversationId>,
+}
 
 /// The server under load and how to act as its users.
 pub(crate) struct Target {
@@ -81,13 +90,12 @@ impl Target {
     }
 
     /// Opens a WebSocket from the next source address, sends `hello` with `cursors` (and the
-    /// epoch of the last welcome), and waits for `synced`; returns the socket and the messages
-    /// caught up.
+    /// epoch of the last welcome), and waits for `synced`.
     pub(crate) async fn connect(
         &self,
         user: &str,
         cursors: Vec<lanes_protocol::Cursor>,
-    ) -> anyhow::Result<(Socket, Vec<lanes_protocol::MessageFrame>)> {
+    ) -> anyhow::Result<Connected> {
         let epoch = self
             .epoch
             .lock()
@@ -126,7 +134,13 @@ impl Target {
         let mut caught_up = Vec::new();
         loop {
             match next_frame(&mut ws).await? {
-                ServerFrame::Synced => return Ok((ws, caught_up)),
+                ServerFrame::Synced { large } => {
+                    return Ok(Connected {
+                        socket: ws,
+                        caught_up,
+                        large,
+                    });
+                }
                 ServerFrame::Welcome { epoch, .. } => {
                     *self
                         .epoch
@@ -145,30 +159,31 @@ impl Target {
 const CONNECTS_IN_FLIGHT: usize = 256;
 
 /// One connect per name, each a task of its own, started as the stream is polled (so a
-/// `buffered(n)` keeps n in flight); each yields its socket and how long the connect took.
+/// `buffered(n)` keeps n in flight); each yields its connection and how long the connect took.
 /// Run inside the caller's future, every connect ran on the one thread blocking on the run,
 /// which then had to be woken from the runtime's threads for every socket event and became the
 /// driver's bottleneck (perf: ~80% busy while the workers idled).
 pub(crate) fn connect_tasks(
     target: &Arc<Target>,
     names: impl IntoIterator<Item = String>,
-) -> impl futures_util::Stream<Item = tokio::task::JoinHandle<anyhow::Result<(Socket, Duration)>>> {
+) -> impl futures_util::Stream<Item = tokio::task::JoinHandle<anyhow::Result<(Connected, Duration)>>>
+{
     let target = Arc::clone(target);
     futures_util::stream::iter(names.into_iter().map(move |name| {
         let target = Arc::clone(&target);
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let (socket, _) = target.connect(&name, Vec::new()).await?;
-            Ok((socket, started.elapsed()))
+            let connected = target.connect(&name, Vec::new()).await?;
+            Ok((connected, started.elapsed()))
         })
     }))
 }
 
-/// Connects `names` (their sockets in the same order), `CONNECTS_IN_FLIGHT` at a time.
+/// Connects `names` (in the same order), `CONNECTS_IN_FLIGHT` at a time.
 pub(crate) async fn connect_all(
     target: &Arc<Target>,
     names: &[String],
-) -> anyhow::Result<Vec<Socket>> {
+) -> anyhow::Result<Vec<Connected>> {
     let mut connects = connect_tasks(target, names.iter().cloned()).buffered(CONNECTS_IN_FLIGHT);
     let mut sockets = Vec::with_capacity(names.len());
     while let Some(connected) = connects.next().await {

@@ -116,7 +116,7 @@ pub(crate) async fn run(
             send_until,
             shared: Arc::clone(&shared),
         };
-        tasks.push(tokio::spawn(user.run(socket)));
+        tasks.push(tokio::spawn(user.run(socket.socket)));
     }
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {

@@ -102,8 +102,8 @@ pub(crate) async fn run(
     let mut sockets = Vec::with_capacity(args.clients);
     for chunk in names.chunks(256) {
         let connects = chunk.iter().map(|name| target.connect(name, Vec::new()));
-        for (socket, _) in futures_util::future::try_join_all(connects).await? {
-            sockets.push(socket);
+        for connected in futures_util::future::try_join_all(connects).await? {
+            sockets.push(connected.socket);
         }
     }
     let mut clients = Vec::new();
@@ -204,8 +204,9 @@ async fn client(
                 seq: Seq(last_seq),
             };
             match target.connect(&name, vec![cursor]).await {
-                Ok((ws, caught_up)) => {
-                    for message in caught_up {
+                Ok(connected) => {
+                    let ws = connected.socket;
+                    for message in connected.caught_up {
                         check(&shared, &mut last_seq, message.seq.0);
                     }
                     attempt = 0;
@@ -282,7 +283,8 @@ async fn feed(
         let Some(ws) = socket.as_mut() else {
             tokio::time::sleep(backoff(&args, attempt)).await;
             attempt += 1;
-            if let Ok((mut ws, _)) = target.connect(&name, Vec::new()).await {
+            if let Ok(connected) = target.connect(&name, Vec::new()).await {
+                let mut ws = connected.socket;
                 attempt = 0;
                 let mut resent = true;
                 for (_, frame) in &unacked {

@@ -60,7 +60,7 @@ pub(crate) async fn run(
     }
     let mut sockets = Vec::with_capacity(writers.len());
     for writer in &writers {
-        sockets.push(target.connect(writer, Vec::new()).await?.0);
+        sockets.push(target.connect(writer, Vec::new()).await?.socket);
     }
     let prefill_started = Instant::now();
     send_spread(&mut sockets, &conversations, args.prefill, "p").await?;
@@ -91,7 +91,11 @@ pub(crate) async fn run(
         )
         .await?;
         let started = Instant::now();
-        let (_socket, caught_up) = target.connect(&reader, cursors).await.context("resync")?;
+        let caught_up = target
+            .connect(&reader, cursors)
+            .await
+            .context("resync")?
+            .caught_up;
         durations.push(started.elapsed());
         anyhow::ensure!(
             caught_up.len() == args.missed,
