@@ -354,10 +354,13 @@ export class Lanes extends EventTarget {
         this.receivedSent.clear();
         this.readSent.clear();
         this.large = new Set(frame.large || []);
-        this.receiptsNotBefore = { ordinary: 0, large: 0 }; // a new connection confirms at once
+        // A new connection confirms at once (large conversations after a drawn wait).
+        this.receiptsNotBefore = { ordinary: 0, large: 0 };
+        this.largeWaited = false;
         this.flushOutbox();
         this.watchPresence();
         this.markRead();
+        this.scheduleReceipts();
         this.flushReceipts();
         break;
       case "message":
@@ -578,15 +581,25 @@ export class Lanes extends EventTarget {
    *  RECEIPTS_INTERVAL_MS (RECEIPTS_INTERVAL_LARGE_MS in large conversations: isLarge): one
    *  confirmation per message would have a busy group's members send
    *  the server a frame for nearly every message they receive. Each wait is lengthened by up to
-   *  half of it at random, so that a group's members do not confirm in step. */
+   *  half of it at random, so that a group's members do not confirm in step; in large ones a
+   *  position that finds the wait over (after a quiet time, or a reconnect) waits a random part
+   *  of an interval first, so that their members do not all confirm the same message at once
+   *  (the SDK's ReceiptPacer::spreading). */
   scheduleReceipts(only) {
     if (!this.receiptsNotBefore) return;
+    const now = Date.now();
     let due = Infinity;
     // One conversation's arrival looks at that conversation only.
     for (const c of only ? [only] : this.conversations.values()) {
-      if (this.unconfirmed(c)) due = Math.min(due, this.receiptsNotBefore[this.receiptsClass(c)]);
+      if (!this.unconfirmed(c)) continue;
+      const kind = this.receiptsClass(c);
+      if (kind === "large" && !this.largeWaited) {
+        if (this.receiptsNotBefore.large <= now) this.receiptsNotBefore.large = now + RECEIPTS_INTERVAL_LARGE_MS * Math.random();
+        this.largeWaited = true;
+      }
+      due = Math.min(due, this.receiptsNotBefore[kind]);
     }
-    const at = Math.max(Date.now() + 100, due);
+    const at = Math.max(now + 100, due);
     // A timer set for a large conversation's turn must not hold back an ordinary one's.
     if (due === Infinity || (this.timers.receipts && this.receiptsTimerAt <= at)) return;
     clearTimeout(this.timers.receipts);
@@ -626,6 +639,7 @@ export class Lanes extends EventTarget {
       const interval = kind === "large" ? RECEIPTS_INTERVAL_LARGE_MS : RECEIPTS_INTERVAL_MS;
       this.receiptsNotBefore[kind] = now + interval * (1 + Math.random() / 2);
     }
+    if (sent.has("large")) this.largeWaited = false;
     this.scheduleReceipts();
   }
 

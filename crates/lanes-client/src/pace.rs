@@ -17,6 +17,10 @@ const INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
 pub struct ReceiptPacer {
     interval: Duration,
     not_before: Option<Instant>,
+    /// A batch that finds the pacer free waits a random part of one interval (`spreading`).
+    spread: bool,
+    /// The waiting batch has had its wait (a drawn one, or the rest of the last interval).
+    waited: bool,
 }
 
 impl ReceiptPacer {
@@ -25,6 +29,19 @@ impl ReceiptPacer {
         ReceiptPacer {
             interval: interval.min(INTERVAL_MAX),
             not_before: None,
+            spread: false,
+            waited: false,
+        }
+    }
+
+    /// The same, but a batch that finds the pacer free (the first one, or the first after a
+    /// quiet time) waits a random part of one interval too: for conversations where nobody
+    /// watches delivery live (large ones), so that the message ending a quiet time, or what a
+    /// reconnect catches up, is not confirmed by every member at once.
+    pub fn spreading(interval: Duration) -> ReceiptPacer {
+        ReceiptPacer {
+            spread: true,
+            ..ReceiptPacer::new(interval)
         }
     }
 
@@ -35,22 +52,32 @@ impl ReceiptPacer {
 
     /// Whether a batch may go at `now`. If it may, it counts as sent, and the next waits
     /// `interval × (1 + fraction / 2)`, `fraction` being a random draw in `[0, 1]` (clamped).
+    /// With `spreading`, a batch that finds the pacer free is told to wait
+    /// `interval × fraction` first.
     pub fn try_send(&mut self, now: Instant, fraction: f64) -> bool {
-        if self.not_before.is_some_and(|at| now < at) {
-            return false;
-        }
         let fraction = if fraction.is_finite() {
             fraction.clamp(0.0, 1.0)
         } else {
             0.0
         };
+        if self.not_before.is_some_and(|at| now < at) {
+            self.waited = true;
+            return false;
+        }
+        if self.spread && !self.waited && fraction > 0.0 {
+            self.not_before = Some(now + self.interval.mul_f64(fraction));
+            self.waited = true;
+            return false;
+        }
         self.not_before = Some(now + self.interval.mul_f64(1.0 + fraction / 2.0));
+        self.waited = false;
         true
     }
 
-    /// A new connection: its first batch goes at once.
+    /// A new connection: its first batch goes at once (with `spreading`, after its own wait).
     pub fn reset(&mut self) {
         self.not_before = None;
+        self.waited = false;
     }
 }
 
@@ -72,13 +99,13 @@ struct Waiting {
 
 impl Unconfirmed {
     pub(crate) fn new(interval: Duration, large_interval: Duration) -> Unconfirmed {
-        let class = |interval| Waiting {
-            pacer: ReceiptPacer::new(interval),
+        let class = |pacer| Waiting {
+            pacer,
             positions: HashMap::new(),
         };
         Unconfirmed {
-            ordinary: class(interval),
-            large: class(large_interval),
+            ordinary: class(ReceiptPacer::new(interval)),
+            large: class(ReceiptPacer::spreading(large_interval)),
             large_ids: HashSet::new(),
         }
     }
@@ -210,5 +237,30 @@ mod tests {
         let mut huge = ReceiptPacer::new(Duration::MAX);
         assert!(huge.try_send(start, 1.0), "no overflow");
         assert_eq!(huge.due(start), start + INTERVAL_MAX.mul_f64(1.5));
+    }
+
+    #[test]
+    fn a_spreading_pacer_draws_a_wait_when_it_is_free() {
+        let secs = Duration::from_secs;
+        let start = Instant::now();
+        let mut pacer = ReceiptPacer::spreading(secs(30));
+        assert_eq!(pacer.due(start), start, "nothing drawn yet");
+        assert!(!pacer.try_send(start, 0.5));
+        let first = start + secs(15);
+        assert_eq!(pacer.due(start), first);
+        assert!(!pacer.try_send(first - Duration::from_millis(1), 0.5));
+        assert!(pacer.try_send(first, 0.0));
+        assert_eq!(pacer.due(first), first + secs(30));
+        // A batch arriving within the interval goes at its end, with no extra wait.
+        assert!(!pacer.try_send(first + secs(10), 0.9));
+        assert!(pacer.try_send(first + secs(30), 0.9));
+        // After a quiet time the next batch waits a drawn part of an interval again.
+        let quiet = first + secs(200);
+        assert!(!pacer.try_send(quiet, 0.2));
+        assert_eq!(pacer.due(quiet), quiet + secs(6));
+        assert!(pacer.try_send(quiet + secs(6), 0.2));
+        pacer.reset();
+        assert!(!pacer.try_send(quiet, 0.1), "spread again after a reset");
+        assert!(pacer.try_send(quiet + secs(3), 0.1));
     }
 }

@@ -799,7 +799,8 @@ async fn confirms_rarely_in_conversations_synced_as_large() {
     let (_client, mut events, mut conn) = connect(&mut server, |config| {
         config.auto_receipts = true;
         config.receipts_interval = interval;
-        config.receipts_interval_large = Duration::from_secs(3600);
+        // Capped at a day: the first wait there, a random part of it, outlasts the test.
+        config.receipts_interval_large = Duration::MAX;
     })
     .await;
     conn.send(ServerFrame::Synced {
@@ -808,8 +809,8 @@ async fn confirms_rarely_in_conversations_synced_as_large() {
     .await;
     assert_eq!(next_event(&mut events).await, Event::Synced);
     let mut confirmed = Vec::new();
-    // Conversation 1 is ordinary, 2 large: each first position goes at once; later ones in 2
-    // wait for the large interval, while 1 is confirmed on its own pace meanwhile.
+    // Conversation 1 is ordinary, 2 large: 1's first position goes at once and later ones on
+    // its pace, while 2's wait (even the first: a random part of the large interval).
     for round in 1..=3 {
         for conversation in [1, 2] {
             conn.send(ServerFrame::Message(message(conversation, round)))
@@ -827,8 +828,10 @@ async fn confirms_rarely_in_conversations_synced_as_large() {
             frame => panic!("expected received, got {frame:?}"),
         }
     }
-    let large: Vec<_> = confirmed.iter().filter(|(id, _)| *id == 2).collect();
-    assert_eq!(large, [&(2, 1)], "confirmed: {confirmed:?}");
+    assert!(
+        confirmed.iter().all(|(id, _)| *id == 1) && confirmed.len() >= 2,
+        "confirmed: {confirmed:?}"
+    );
 }
 
 #[tokio::test]

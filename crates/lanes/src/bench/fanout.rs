@@ -76,7 +76,7 @@ pub(crate) async fn run(
         .context("create group")?
         .conversation_id;
     let connections = super::net::connect_all(target, &names).await?;
-    let large = connections
+    let told_large = connections
         .iter()
         .filter(|connected| connected.large.contains(&group))
         .count();
@@ -93,17 +93,16 @@ pub(crate) async fn run(
             continue;
         }
         let slowest = Arc::clone(&slowest);
-        let interval_ms = if connected.large.contains(&group) {
+        let large = connected.large.contains(&group);
+        let interval_ms = if large {
             args.receipts_interval_large_ms
         } else {
             args.receipts_interval_ms
         };
         let socket = connected.socket;
         let confirm = args.receipts.then(|| {
-            (
-                group,
-                Confirmations::new(Duration::from_millis(interval_ms)),
-            )
+            let interval = Duration::from_millis(interval_ms);
+            (group, Confirmations::new(interval, large))
         });
         receivers.push(tokio::spawn(async move {
             let mut socket = socket;
@@ -197,7 +196,7 @@ pub(crate) async fn run(
     );
     report.set("confirmations", json!(confirmations));
     // Members whose `synced` called the group large.
-    report.set("members_told_large", json!(large));
+    report.set("members_told_large", json!(told_large));
     if let Some(rss) = spawned.and_then(SpawnedServer::rss_kib) {
         report.set("server_rss_kib", json!(rss));
     }

@@ -333,9 +333,14 @@ pub(crate) struct Confirmations {
 }
 
 impl Confirmations {
-    pub(crate) fn new(interval: Duration) -> Confirmations {
+    /// In an ordinary conversation, or (`large`) in one `synced` called large.
+    pub(crate) fn new(interval: Duration, large: bool) -> Confirmations {
         Confirmations {
-            pacer: ReceiptPacer::new(interval),
+            pacer: if large {
+                ReceiptPacer::spreading(interval)
+            } else {
+                ReceiptPacer::new(interval)
+            },
             waiting: None,
         }
     }

@@ -238,7 +238,7 @@ impl User {
         // acks and the partner's as messages, in order: anything else is a gap or a duplicate.
         let mut last_seq = 0u64;
         let mut confirmations =
-            Confirmations::new(Duration::from_millis(args.receipts_interval_ms));
+            Confirmations::new(Duration::from_millis(args.receipts_interval_ms), false);
         let mut received_before = 0u64;
         let drain_deadline = self.send_until + Duration::from_secs(10);
         let mut announced_done = false;
