@@ -895,7 +895,13 @@ impl Driver {
                 }
                 self.drain_delivery();
             }
-            ServerFrame::Joined { conversation_id } => {
+            ServerFrame::Joined {
+                conversation_id,
+                large,
+            } => {
+                if large {
+                    self.unconfirmed.add_large(conversation_id);
+                }
                 self.push_event(Event::Joined(conversation_id));
             }
             ServerFrame::Left { conversation_id } => {

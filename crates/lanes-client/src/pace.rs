@@ -121,6 +121,15 @@ impl Unconfirmed {
         }
     }
 
+    /// The user joined a large conversation (`joined`'s `large`).
+    pub(crate) fn add_large(&mut self, conversation_id: ConversationId) {
+        if self.large_ids.insert(conversation_id)
+            && let Some(seq) = self.ordinary.positions.remove(&conversation_id)
+        {
+            self.received(conversation_id, seq);
+        }
+    }
+
     /// `seq` of `conversation_id` arrived.
     pub(crate) fn received(&mut self, conversation_id: ConversationId, seq: Seq) {
         let class = if self.large_ids.contains(&conversation_id) {

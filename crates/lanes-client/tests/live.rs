@@ -571,6 +571,7 @@ async fn fills_a_gap_from_history() {
     let (_client, mut events, conn) = connect(&mut server, |_| {}).await;
     conn.send(ServerFrame::Joined {
         conversation_id: ConversationId(7),
+        large: false,
     })
     .await;
     assert_eq!(
@@ -808,11 +809,21 @@ async fn confirms_rarely_in_conversations_synced_as_large() {
     })
     .await;
     assert_eq!(next_event(&mut events).await, Event::Synced);
+    conn.send(ServerFrame::Joined {
+        conversation_id: ConversationId(3),
+        large: true,
+    })
+    .await;
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Joined(ConversationId(3))
+    );
     let mut confirmed = Vec::new();
-    // Conversation 1 is ordinary, 2 large: 1's first position goes at once and later ones on
-    // its pace, while 2's wait (even the first: a random part of the large interval).
+    // Conversation 1 is ordinary, 2 and 3 large: 1's first position goes at once and later
+    // ones on its pace, while 2's and 3's wait (even the first: a random part of the large
+    // interval).
     for round in 1..=3 {
-        for conversation in [1, 2] {
+        for conversation in [1, 2, 3] {
             conn.send(ServerFrame::Message(message(conversation, round)))
                 .await;
             assert_eq!(next_messages(&mut events, 1).await, [(conversation, round)]);

@@ -411,10 +411,13 @@ impl Connection {
         }
     }
 
-    /// The user became a member of `conversation_id` while connected.
-    pub fn handle_joined(&mut self, conversation_id: ConversationId) {
-        self.outputs
-            .push_back(Output::Write(ServerFrame::Joined { conversation_id }));
+    /// The user became a member of `conversation_id` while connected (`large`: see
+    /// `ServerFrame::Joined`).
+    pub fn handle_joined(&mut self, conversation_id: ConversationId, large: bool) {
+        self.outputs.push_back(Output::Write(ServerFrame::Joined {
+            conversation_id,
+            large,
+        }));
     }
 
     /// The user stopped being a member of `conversation_id`. What was delivered is kept, so a

@@ -26,8 +26,14 @@ pub enum Event<P> {
         /// The encoded frame, shared by every receiver.
         payload: P,
     },
-    /// The user became a member: catch the conversation up, then it continues live.
-    Joined(ConversationId),
+    /// The user became a member: catch the conversation up, then it continues live. `large`:
+    /// the conversation has more members than the server's receipts bound (the caller says).
+    Joined {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Passed on to the client (`joined`'s `large`).
+        large: bool,
+    },
     /// The user is no longer a member: nothing more of it follows.
     Left(ConversationId),
     /// A frame outside the lanes (receipts, typing, presence): written as it is, no seq.
@@ -344,8 +350,9 @@ impl<P: Clone> Hub<P> {
         }
     }
 
-    /// `user_id` became a member of `conversation_id` (after the store committed it).
-    pub fn member_added(&self, conversation_id: ConversationId, user_id: &UserId) {
+    /// `user_id` became a member of `conversation_id` (after the store committed it); `large`
+    /// goes with the `Joined` event.
+    pub fn member_added(&self, conversation_id: ConversationId, user_id: &UserId, large: bool) {
         let mut inner = self.write();
         let Some(user) = inner.users.get_mut(user_id) else {
             return;
@@ -356,7 +363,11 @@ impl<P: Clone> Hub<P> {
             inner.add_online_member(conversation_id, slot);
         }
         let slow = inner.at(slot).map_or_else(Vec::new, |online| {
-            notify(&online.connections, &Event::Joined(conversation_id))
+            let joined = Event::Joined {
+                conversation_id,
+                large,
+            };
+            notify(&online.connections, &joined)
         });
         inner.drop_slow(user_id, &slow, &self.slow_consumers);
     }
@@ -810,14 +821,17 @@ mod tests {
         let alice = user("alice");
         let mut phone = hub.register(&alice);
         hub.set_conversations(&alice, phone.version, &[]).unwrap();
-        hub.member_added(ConversationId(5), &alice);
+        hub.member_added(ConversationId(5), &alice, true);
         hub.publish(ConversationId(5), Seq(1), 1, None);
         hub.member_removed(ConversationId(5), &alice);
         hub.publish(ConversationId(5), Seq(2), 2, None);
         assert_eq!(
             drain(&mut phone),
             [
-                Event::Joined(ConversationId(5)),
+                Event::Joined {
+                    conversation_id: ConversationId(5),
+                    large: true
+                },
                 message(5, 1, 1),
                 Event::Left(ConversationId(5))
             ]

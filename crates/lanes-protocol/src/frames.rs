@@ -527,7 +527,8 @@ pub enum ServerFrame {
         /// The user's conversations of more than `receipts_members_max` members at this point:
         /// a delivered position there is shown to no one live, so clients confirm delivery
         /// there rarely (the SDK and the web client: at most about every 30 s). Absent when
-        /// there are none; not updated until the next `synced`.
+        /// there are none; not updated when a group grows (a conversation joined later is
+        /// marked in its `joined`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         large: Vec<ConversationId>,
     },
@@ -539,6 +540,9 @@ pub enum ServerFrame {
     Joined {
         /// The conversation.
         conversation_id: ConversationId,
+        /// It has more than `receipts_members_max` members: as in `synced`'s `large`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        large: bool,
     },
     /// The user stopped being a member of a conversation (removed or left); no more frames
     /// of it follow.

@@ -396,6 +396,17 @@ async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiEr
     }
 }
 
+/// Whether `conversation_id` has more than `realtime.receipts_members_max` members (what
+/// `joined` tells a new member). A failed count says no: it is only a hint to the client.
+async fn is_large(state: &AppState, conversation_id: ConversationId) -> bool {
+    let members_max = state.config.realtime.receipts_members_max;
+    blocking(&state.store, move |store| {
+        store.larger_than(&[conversation_id], members_max)
+    })
+    .await
+    .is_ok_and(|large| !large.is_empty())
+}
+
 /// Refuses (`conflict`) when one of `users` is already in `limits.conversations_per_user_max`
 /// conversations. Checked before the change, outside its transaction: concurrent joins may
 /// overshoot by the few that race, which bounds the count all the same.
@@ -484,8 +495,8 @@ pub(crate) async fn direct_of(
     let (conversation_id, created) =
         blocking(&state.store, move |store| store.create_direct(&a, &b, now)).await?;
     if created {
-        state.hub.member_added(conversation_id, &me);
-        state.hub.member_added(conversation_id, &other);
+        state.hub.member_added(conversation_id, &me, false);
+        state.hub.member_added(conversation_id, &other, false);
     }
     let mut response = view(state, conversation_id, me).await?;
     if created {
@@ -558,9 +569,10 @@ pub(crate) async fn group_of(
         store.create_group(&creator, &name, &stored, now)
     })
     .await?;
-    state.hub.member_added(conversation_id, &owner);
+    let large = members.len() + 1 > state.config.realtime.receipts_members_max;
+    state.hub.member_added(conversation_id, &owner, large);
     for member in &members {
-        state.hub.member_added(conversation_id, member);
+        state.hub.member_added(conversation_id, member, large);
     }
     let mut response = view(state, conversation_id, owner).await?;
     *response.status_mut() = StatusCode::CREATED;
@@ -687,7 +699,8 @@ pub(crate) async fn add_member_as(
         return Err(error);
     }
     if outcome == ManageOutcome::Changed {
-        state.hub.member_added(conversation_id, &added);
+        let large = is_large(state, conversation_id).await;
+        state.hub.member_added(conversation_id, &added, large);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -806,7 +819,8 @@ async fn remove(
         Err(_) => None,
     };
     if result.is_err() || refused.is_some() {
-        state.hub.member_added(conversation_id, &target);
+        let large = is_large(state, conversation_id).await;
+        state.hub.member_added(conversation_id, &target, large);
     }
     if let Some(error) = refused {
         return Err(error);

@@ -303,8 +303,15 @@ async fn handle(
             Admission::Duplicate => {}
             Admission::Gap => catch_up(state, user_id, conversation_id, collected).await?,
         },
-        Event::Joined(conversation_id) => {
-            collected.push(&encode_server(&ServerFrame::Joined { conversation_id }))?;
+        Event::Joined {
+            conversation_id,
+            large,
+        } => {
+            let joined = ServerFrame::Joined {
+                conversation_id,
+                large,
+            };
+            collected.push(&encode_server(&joined))?;
             catch_up(state, user_id, conversation_id, collected).await?;
         }
         Event::Left(conversation_id) => {

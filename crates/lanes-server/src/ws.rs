@@ -806,8 +806,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
             }
-            Event::Joined(conversation_id) => {
-                self.connection.handle_joined(conversation_id);
+            Event::Joined {
+                conversation_id,
+                large,
+            } => {
+                self.connection.handle_joined(conversation_id, large);
                 self.pending_catch_up.push(conversation_id);
             }
             Event::Left(conversation_id) => self.connection.handle_left(conversation_id),

@@ -522,6 +522,64 @@ async fn a_lingering_committer_stores_sends() {
 /// Past `realtime.receipts_members_max` members a position goes only to its own user's devices
 /// (live and after catch-up), the welcome says where that starts, and the receipts endpoint
 /// still has everyone's.
+/// `joined` tells a member added while connected whether the conversation is large (more than
+/// `receipts_members_max` members), as `synced` does for the ones it had.
+#[tokio::test]
+async fn joined_says_whether_the_conversation_is_large() {
+    let (server, http, _config) = start_with_config("[realtime]\nreceipts_members_max = 2\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let dave = http.register("dave").await;
+    let (mut dave_ws, _) = RawWs::hello(&server.ws_url(), &dave, json!([]), None).await;
+    let pair = http.group(&alice, "pair", &["dave".into()]).await;
+    let (joined, _) = dave_ws.until("joined").await;
+    assert_eq!(joined["conversation_id"], pair);
+    assert!(joined.get("large").is_none(), "two members: {joined}");
+    let trio = http
+        .group(&alice, "trio", &["bob".into(), "dave".into()])
+        .await;
+    let (joined, _) = dave_ws.until("joined").await;
+    assert_eq!(
+        (&joined["conversation_id"], &joined["large"]),
+        (&json!(trio), &json!(true))
+    );
+    // Added to a group that grew past the bound: counted after the add.
+    let (status, body) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{pair}/members"),
+            Some(&alice),
+            Some(json!({"user_id": "bob"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let (status, body) = http
+        .call(
+            "DELETE",
+            &format!("/v1/conversations/{pair}/members/bob"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    bob_ws.until("left").await;
+    let (status, body) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{pair}/members"),
+            Some(&alice),
+            Some(json!({"user_id": "bob"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (joined, _) = bob_ws.until("joined").await;
+    assert_eq!(
+        (&joined["conversation_id"], &joined["large"]),
+        (&json!(pair), &json!(true))
+    );
+}
+
 #[tokio::test]
 async fn large_groups_share_only_own_receipts() {
     let (server, http, _config) =
