@@ -403,6 +403,7 @@ export class Lanes extends EventTarget {
         this.changed(null);
         break;
       case "joined":
+        if (frame.large && this.large) this.large.add(frame.conversation_id);
         this.refreshConversation(frame.conversation_id);
         break;
       case "left":
@@ -607,7 +608,7 @@ export class Lanes extends EventTarget {
     this.timers.receipts = setTimeout(() => { this.timers.receipts = null; this.flushReceipts(); }, at - Date.now());
   }
 
-  /** Large conversations (the server's `synced` said so, or more members than
+  /** Large conversations (the server's `synced` or `joined` said so, or more members than
    *  `receipts_members_max`): a delivered position there is shown to no one live, so it is
    *  confirmed at most every RECEIPTS_INTERVAL_LARGE_MS (as the Rust SDK does). */
   isLarge(c) {

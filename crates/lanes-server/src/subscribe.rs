@@ -53,11 +53,7 @@ pub(crate) async fn listing(
                 Ok(()) => {
                     let heads = store.heads_of(&listed)?;
                     let (receipts, large) = if with_receipts {
-                        let ids: Vec<ConversationId> = heads.iter().map(|(id, _)| *id).collect();
-                        (
-                            store.receipts_of(&listed, None, receipts_members_max)?,
-                            store.larger_than(&ids, receipts_members_max)?,
-                        )
+                        store.sync_receipts_of(&listed, receipts_members_max)?
                     } else {
                         (Vec::new(), Vec::new())
                     };

@@ -560,6 +560,67 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(connection)
 }
 
+/// Receipt positions of `user_id`'s conversations (or only `conversation`): every member's in
+/// conversations of at most `members_max` members, only the user's own in larger ones; with
+/// `with_large`, also those larger conversations, judged by the same count (one marker row
+/// each).
+fn receipts_and_large(
+    connection: &Connection,
+    user_id: &UserId,
+    conversation: Option<ConversationId>,
+    members_max: usize,
+    with_large: bool,
+) -> rusqlite::Result<(Vec<ReceiptRow>, Vec<ConversationId>)> {
+    let mut statement = connection.prepare_cached(concat!(
+        "WITH mine AS MATERIALIZED (
+             SELECT me.conversation_id, ",
+        members_up_to!("me.conversation_id", "?3"),
+        " <= ?3 AS open
+             FROM members me
+             WHERE me.user_id = ?1 AND (?2 IS NULL OR me.conversation_id = ?2)
+         ),
+         shown AS (
+             SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq
+             FROM mine JOIN members m ON m.conversation_id = mine.conversation_id
+             WHERE mine.open
+             UNION ALL
+             SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq
+             FROM mine JOIN members m
+                  ON m.conversation_id = mine.conversation_id AND m.user_id = ?1
+             WHERE NOT mine.open
+         )
+         SELECT s.conversation_id, s.user_id, s.delivered_seq, s.read_seq,
+                COALESCE(u.hide_read_receipts, 0), 0 AS large
+         FROM shown s LEFT JOIN users u ON u.user_id = s.user_id
+         WHERE s.delivered_seq > 0
+         UNION ALL
+         SELECT conversation_id, NULL, 0, 0, 0, 1 FROM mine WHERE ?4 AND NOT open
+         ORDER BY 1, 2"
+    ))?;
+    let mut rows = statement.query(params![
+        user_id.as_str(),
+        conversation.map(|id| sql_i64(id.0)),
+        sql_limit(members_max),
+        with_large,
+    ])?;
+    let (mut receipts, mut large) = (Vec::new(), Vec::new());
+    while let Some(row) = rows.next()? {
+        let conversation_id = ConversationId(u64_column(row, 0)?);
+        if row.get::<_, bool>(5)? {
+            large.push(conversation_id);
+        } else {
+            receipts.push(ReceiptRow {
+                conversation_id,
+                user_id: user_id_column(row, 1)?,
+                delivered_seq: Seq(u64_column(row, 2)?),
+                read_seq: Seq(u64_column(row, 3)?),
+                hide_read: row.get(4)?,
+            });
+        }
+    }
+    Ok((receipts, large))
+}
+
 /// Reads a column that must hold a valid id; a bad value means a corrupt database.
 fn user_id_column(row: &Row<'_>, index: usize) -> rusqlite::Result<UserId> {
     let text: String = row.get(index)?;
@@ -1572,50 +1633,17 @@ impl Store for SqliteStore {
         members_max: usize,
     ) -> Result<Vec<ReceiptRow>, StoreError> {
         self.read(|connection| {
-            // In a conversation over `members_max` only the user's own row is read.
-            connection
-                .prepare_cached(concat!(
-                    "WITH mine AS MATERIALIZED (
-                         SELECT me.conversation_id, ",
-                    members_up_to!("me.conversation_id", "?3"),
-                    " <= ?3 AS open
-                         FROM members me
-                         WHERE me.user_id = ?1 AND (?2 IS NULL OR me.conversation_id = ?2)
-                     ),
-                     shown AS (
-                         SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq
-                         FROM mine JOIN members m ON m.conversation_id = mine.conversation_id
-                         WHERE mine.open
-                         UNION ALL
-                         SELECT m.conversation_id, m.user_id, m.delivered_seq, m.read_seq
-                         FROM mine JOIN members m
-                              ON m.conversation_id = mine.conversation_id AND m.user_id = ?1
-                         WHERE NOT mine.open
-                     )
-                     SELECT s.conversation_id, s.user_id, s.delivered_seq, s.read_seq,
-                            COALESCE(u.hide_read_receipts, 0)
-                     FROM shown s LEFT JOIN users u ON u.user_id = s.user_id
-                     WHERE s.delivered_seq > 0
-                     ORDER BY s.conversation_id, s.user_id"
-                ))?
-                .query_map(
-                    params![
-                        user_id.as_str(),
-                        conversation.map(|id| sql_i64(id.0)),
-                        sql_limit(members_max),
-                    ],
-                    |row| {
-                        Ok(ReceiptRow {
-                            conversation_id: ConversationId(u64_column(row, 0)?),
-                            user_id: user_id_column(row, 1)?,
-                            delivered_seq: Seq(u64_column(row, 2)?),
-                            read_seq: Seq(u64_column(row, 3)?),
-                            hide_read: row.get(4)?,
-                        })
-                    },
-                )?
-                .collect()
+            receipts_and_large(connection, user_id, conversation, members_max, false)
+                .map(|(rows, _)| rows)
         })
+    }
+
+    fn sync_receipts_of(
+        &self,
+        user_id: &UserId,
+        members_max: usize,
+    ) -> Result<(Vec<ReceiptRow>, Vec<ConversationId>), StoreError> {
+        self.read(|connection| receipts_and_large(connection, user_id, None, members_max, true))
     }
 
     fn larger_than(

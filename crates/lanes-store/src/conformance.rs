@@ -916,6 +916,20 @@ pub fn large_groups_show_only_own_positions(store: &dyn Store) {
         own_in_group,
         "the group is larger than 2, the direct conversation is not"
     );
+    for (members_max, expected, large) in [(2, &own_in_group, vec![group]), (3, &all, vec![])] {
+        let (rows, found) = store
+            .sync_receipts_of(&alice, members_max)
+            .expect("sync receipts");
+        let rows: Vec<(ConversationId, UserId)> = rows
+            .into_iter()
+            .map(|row| (row.conversation_id, row.user_id))
+            .collect();
+        assert_eq!(
+            (&rows, found),
+            (expected, large),
+            "members_max {members_max}"
+        );
+    }
     assert_eq!(shown(&bob, Some(group), 2), vec![(group, bob.clone())]);
     assert!(
         shown(&carol, Some(group), 2).is_empty(),

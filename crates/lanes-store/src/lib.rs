@@ -299,6 +299,13 @@ pub trait Store: Send + Sync + 'static {
         conversation: Option<ConversationId>,
         members_max: usize,
     ) -> Result<Vec<ReceiptRow>, StoreError>;
+    /// `receipts_of(user_id, None, members_max)` and, judged by the same count, the user's
+    /// conversations of more than `members_max` members (what a connection's sync needs).
+    fn sync_receipts_of(
+        &self,
+        user_id: &UserId,
+        members_max: usize,
+    ) -> Result<(Vec<ReceiptRow>, Vec<ConversationId>), StoreError>;
     /// Which of `conversations` have more than `members_max` members. Counts at most
     /// `members_max + 1` members of each, so large groups cost no more than small ones.
     fn larger_than(
