@@ -126,7 +126,29 @@ fn fanout() {
         );
         let sent = report["confirmations"].as_u64().unwrap_or(0);
         assert!(confirmations.contains(&sent), "{receipts:?}: {report}");
+        assert_eq!(report["members_told_large"], 0, "8 members are not large");
     }
+    // Past receipts_members_max (100), `synced` calls the group large, and members confirm as
+    // the SDK does there: even the first after a random part of 30 s, so few in a short run
+    // (all 101 at once before).
+    let report = bench(&[
+        "fanout",
+        "--members",
+        "102",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "0.5",
+        "--receipts",
+    ]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["deliveries"], 1010, "10 messages × 101 receivers");
+    assert_eq!(report["members_told_large"], 102, "{report}");
+    let sent = report["confirmations"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        sent <= 30,
+        "{sent} confirmations in a large group: {report}"
+    );
 }
 
 #[test]
