@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lanes_protocol::http::{
     AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials,
-    DeleteMessage, EditMessage, ErrorBody, EventsPage, History, PollRequest, Position,
+    DeleteMessage, EditMessage, ErrorBody, EventsPage, History, MemberPage, PollRequest, Position,
     PresenceList, React, ReceiptList, Role, SendMessage, Session, SetPresence, SetTyping, Settings,
 };
 use lanes_protocol::{
@@ -107,6 +107,24 @@ impl HttpApi {
     /// `GET /v1/conversations/{id}`.
     pub async fn conversation(&self, id: ConversationId) -> Result<Conversation, ClientError> {
         let request = self.request(Method::GET, &format!("/v1/conversations/{id}"));
+        decode(&self.execute(request).await?)
+    }
+
+    /// `GET /v1/conversations/{id}/members?after=U&limit=N`: up to `limit` members with user ids
+    /// after `after` (from the first without), by user id; for the next page pass the last
+    /// user id while `has_more`.
+    pub async fn members(
+        &self,
+        id: ConversationId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<MemberPage, ClientError> {
+        let mut request = self
+            .request(Method::GET, &format!("/v1/conversations/{id}/members"))
+            .query(&[("limit", limit)]);
+        if let Some(after) = after {
+            request = request.query(&[("after", after.as_str())]);
+        }
         decode(&self.execute(request).await?)
     }
 

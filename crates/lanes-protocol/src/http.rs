@@ -186,6 +186,16 @@ pub struct History {
     pub has_more: bool,
 }
 
+/// `GET /v1/conversations/{id}/members`: a page of members in user id order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberPage {
+    /// Ascending by user id.
+    pub members: Vec<Member>,
+    /// True when more members follow: ask again with `after` = the last user id here.
+    pub has_more: bool,
+}
+
 /// `GET`/`PUT /v1/me/settings`: the user's preferences.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

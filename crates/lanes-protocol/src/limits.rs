@@ -23,8 +23,9 @@ pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Most members a group may have, by default.
 pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
 /// Most members a conversation lists in `GET /v1/conversations`: a listing must not cost every
-/// member of every large group (10,000 members made 500 KB). `member_count` has them all, and
-/// `GET /v1/conversations/{id}` lists them all.
+/// member of every large group (10,000 members made 500 KB). `member_count` has them all,
+/// `GET /v1/conversations/{id}` lists them all, `GET /v1/conversations/{id}/members` pages them
+/// (this many by default).
 pub const MEMBERS_LISTED_MAX: usize = 100;
 /// Largest conversation whose members are sent each other's receipt positions, by default.
 /// In a larger one every position change would go to every member (members² per message):
@@ -43,6 +44,8 @@ const HELLO_CURSOR_BYTES_MAX: usize =
 pub const PAGE_LEN_MAX: usize = 500;
 /// Default page of messages returned by history when the client does not say.
 pub const PAGE_LEN_DEFAULT: usize = 100;
+/// Largest page of `GET /v1/conversations/{id}/members` (default `MEMBERS_LISTED_MAX`).
+pub const MEMBERS_PAGE_MAX: usize = 1_000;
 /// Most sends one connection may have waiting for their ack; further frames are not read
 /// until acks come back (backpressure instead of an unbounded queue).
 pub const INFLIGHT_SENDS_MAX: usize = 256;

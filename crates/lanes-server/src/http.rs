@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use lanes_protocol::http::{
     AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials, ErrorBody,
-    History, Role, Session, Settings,
+    History, MemberPage, Role, Session, Settings,
 };
 use lanes_protocol::{ConversationId, ErrorCode, Seq, StoreEpoch, UserId, limits};
 use lanes_store::{ManageOutcome, decide_removal};
@@ -49,7 +49,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(create_direct))
         .routes(routes!(create_group))
         .routes(routes!(get_conversation))
-        .routes(routes!(add_member))
+        .routes(routes!(list_members, add_member))
         .routes(routes!(remove_member))
         .routes(routes!(leave))
         .routes(routes!(history, actions::send))
@@ -623,6 +623,71 @@ fn manage_error(outcome: ManageOutcome) -> Option<ApiError> {
         ManageOutcome::UnknownUser => Some(ApiError::new(ErrorCode::NotFound, "user not found")),
         ManageOutcome::NotMember => Some(ApiError::new(ErrorCode::NotFound, "not a member")),
     }
+}
+
+/// `GET /v1/conversations/{id}/members` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct MembersQuery {
+    /// The members with user ids after this one (the last of the previous page).
+    after: Option<String>,
+    /// Page size: 1 to 1,000, default 100.
+    limit: Option<usize>,
+}
+
+/// `GET /v1/conversations/{id}/members`
+///
+/// Every member in user id order, a page at a time: the way to list a large group
+/// (`GET /v1/conversations/{id}` lists all of them in one answer).
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/members",
+    tag = "conversations",
+    operation_id = "list_members",
+    summary = "List a conversation's members, a page at a time",
+    security(("user_token" = [])),
+    params(("id" = ConversationId, Path, description = "The conversation"), MembersQuery),
+    responses(
+        (status = 200, description = "The page, ascending by user id", body = MemberPage),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    )
+)]
+async fn list_members(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<u64>, PathRejection>,
+    query: Result<Query<MembersQuery>, QueryRejection>,
+) -> Result<Json<MemberPage>, ApiError> {
+    let conversation_id = conversation_id(path)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(limits::MEMBERS_LISTED_MAX);
+    if limit == 0 || limit > limits::MEMBERS_PAGE_MAX {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("limit must be 1 to {}", limits::MEMBERS_PAGE_MAX),
+        ));
+    }
+    let after = query
+        .after
+        .map(|after| {
+            UserId::parse(&after)
+                .map_err(|err| ApiError::new(ErrorCode::InvalidField, format!("after: {err}")))
+        })
+        .transpose()?;
+    let viewer = caller.user_id;
+    // One more than asked tells whether more follow.
+    let mut members = blocking(&state.store, move |store| {
+        store.members_page(conversation_id, &viewer, after.as_ref(), limit + 1)
+    })
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let has_more = members.len() > limit;
+    members.truncate(limit);
+    Ok(Json(MemberPage { members, has_more }))
 }
 
 /// `POST /v1/conversations/{id}/members`

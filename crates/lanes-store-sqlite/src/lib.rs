@@ -1349,6 +1349,43 @@ impl Store for SqliteStore {
         })
     }
 
+    fn members_page(
+        &self,
+        conversation_id: ConversationId,
+        viewer: &UserId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Member>>, StoreError> {
+        self.read(|connection| {
+            let transaction = connection.unchecked_transaction()?;
+            if kind_and_role(&transaction, conversation_id, viewer)?.is_none() {
+                return Ok(None);
+            }
+            // A walk of the primary key from `after`.
+            let page = transaction
+                .prepare_cached(
+                    "SELECT user_id, role FROM members
+                     WHERE conversation_id = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3",
+                )?
+                .query_map(
+                    params![
+                        sql_i64(conversation_id.0),
+                        after.map_or("", UserId::as_str),
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    |row| {
+                        Ok(Member {
+                            user_id: user_id_column(row, 0)?,
+                            role: role_column(row, 1)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<Member>>>()?;
+            transaction.finish()?;
+            Ok(Some(page))
+        })
+    }
+
     fn conversation_for(
         &self,
         conversation_id: ConversationId,

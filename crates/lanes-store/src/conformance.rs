@@ -54,6 +54,7 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
             large_groups_show_only_own_positions,
         ),
         ("listings_cap_members", listings_cap_members),
+        ("members_come_in_pages", members_come_in_pages),
         ("settings_and_presence", settings_and_presence),
         ("unread_count_saturates", unread_count_saturates),
         (
@@ -861,6 +862,43 @@ pub fn listings_cap_members(store: &dyn Store) {
         .find(|c| c.conversation_id == small)
         .expect("listed");
     assert_eq!((few.members.len(), few.member_count), (4, 4));
+}
+
+/// Members come in pages by user id, each after the last one seen; only members may look.
+pub fn members_come_in_pages(store: &dyn Store) {
+    let owner = user(store, "owner");
+    let others: Vec<UserId> = (0..5).map(|n| user(store, &format!("m{n}"))).collect();
+    let outsider = user(store, "outsider");
+    let group = store
+        .create_group(&owner, "five", &others, NOW)
+        .expect("group");
+    let page = |after: Option<&UserId>, limit| -> Vec<String> {
+        store
+            .members_page(group, &owner, after, limit)
+            .expect("page")
+            .expect("a member may look")
+            .into_iter()
+            .map(|member| member.user_id.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(page(None, 2), ["m0", "m1"]);
+    let m1 = UserId::parse("m1").expect("valid");
+    assert_eq!(page(Some(&m1), 3), ["m2", "m3", "m4"]);
+    let m4 = UserId::parse("m4").expect("valid");
+    assert_eq!(page(Some(&m4), 3), ["owner"]);
+    assert!(page(Some(&owner), 3).is_empty());
+    let roles = store
+        .members_page(group, &owner, Some(&m4), 1)
+        .expect("page")
+        .expect("member");
+    assert_eq!(roles[0].role, Role::Owner);
+    assert!(
+        store
+            .members_page(group, &outsider, None, 10)
+            .expect("page")
+            .is_none(),
+        "not a member"
+    );
 }
 
 /// Beyond `members_max` members, a member is shown only their own positions; conversations are

@@ -4,7 +4,7 @@
 
 pub mod conformance;
 
-use lanes_protocol::http::{Conversation, ConversationKind, Role, Settings};
+use lanes_protocol::http::{Conversation, ConversationKind, Member, Role, Settings};
 use lanes_protocol::{
     ClientMsgId, Content, ConversationId, MessageFrame, Seq, StoreEpoch, UnixMillis, UserId,
 };
@@ -228,6 +228,16 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: ConversationId,
         viewer: &UserId,
     ) -> Result<Option<Conversation>, StoreError>;
+    /// Up to `limit` members of the conversation with user ids after `after` (from the first
+    /// without), in user id order; `None` unless `viewer` is a member (checked in the same read
+    /// transaction).
+    fn members_page(
+        &self,
+        conversation_id: ConversationId,
+        viewer: &UserId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Member>>, StoreError>;
     /// Every conversation of `user_id`, newest activity first, each listing at most
     /// `limits::MEMBERS_LISTED_MAX` members (`user_id` first, then by user id) and counting all.
     fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError>;

@@ -555,6 +555,65 @@ async fn joined_while_connected_gets_history_without_gap() {
 }
 
 #[tokio::test]
+async fn members_come_a_page_at_a_time() {
+    let server = start();
+    let owner = register(&server, "owner").await;
+    let mut others = Vec::new();
+    for name in ["m0", "m1", "m2", "m3"] {
+        others.push(register(&server, name).await.id);
+    }
+    let outsider = register(&server, "outsider").await;
+    let group = within("create group", owner.api.create_group("crowd", &others))
+        .await
+        .unwrap()
+        .conversation_id;
+    let mut seen = Vec::new();
+    let mut after: Option<UserId> = None;
+    loop {
+        let page = within("members", owner.api.members(group, after.as_ref(), 2))
+            .await
+            .unwrap();
+        assert!(page.members.len() <= 2);
+        seen.extend(page.members.iter().map(|m| m.user_id.as_str().to_owned()));
+        after = page.members.last().map(|m| m.user_id.clone());
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seen, ["m0", "m1", "m2", "m3", "owner"]);
+    let code = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Api { code, .. }) => code,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    assert_eq!(
+        code(outsider.api.members(group, None, 10).await),
+        ErrorCode::NotFound,
+        "only members may look"
+    );
+    assert_eq!(
+        code(owner.api.members(group, None, 0).await),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        code(owner.api.members(group, None, 1001).await),
+        ErrorCode::InvalidField
+    );
+    let bad_after = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/conversations/{group}/members?after=%20bad",
+            server.base_url()
+        ))
+        .bearer_auth(&owner.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_after.status(), 400);
+    let body: serde_json::Value = bad_after.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_field", "{body}");
+    server.assert_clean_log();
+}
+
+#[tokio::test]
 async fn definite_errors_fail_the_send() {
     let server = start();
     let alice = register(&server, "alice").await;
