@@ -580,9 +580,9 @@ export class Lanes extends EventTarget {
 
   /** Confirms delivery soon (a burst is confirmed once), then at most once per
    *  RECEIPTS_INTERVAL_MS (RECEIPTS_INTERVAL_LARGE_MS in large conversations: isLarge): one
-   *  confirmation per message would have a busy group's members send
-   *  the server a frame for nearly every message they receive. Each wait is lengthened by up to
-   *  half of it at random, so that a group's members do not confirm in step; in large ones a
+   *  confirmation per message would have a busy group's members send the server a frame for
+   *  nearly every message they receive. Each wait is lengthened by up to half of it at random,
+   *  so that a group's members do not confirm in step; in large ones a
    *  position that finds the wait over (after a quiet time, or a reconnect) waits a random part
    *  of an interval first, so that their members do not all confirm the same message at once
    *  (the SDK's ReceiptPacer::spreading). */

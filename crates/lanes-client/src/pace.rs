@@ -175,7 +175,8 @@ impl Unconfirmed {
         due
     }
 
-    /// A new connection: nothing waits, and the first positions go at once.
+    /// A new connection: nothing waits, and the first positions go at once (in large
+    /// conversations after a drawn wait).
     pub(crate) fn reset(&mut self) {
         for class in [&mut self.ordinary, &mut self.large] {
             class.positions.clear();

@@ -625,6 +625,17 @@ fn manage_error(outcome: ManageOutcome) -> Option<ApiError> {
     }
 }
 
+/// A page size asked for (`default` when not): 1 to `max`, else `invalid_field`.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit.unwrap_or(default) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("limit must be 1 to {max}"),
+        )),
+    }
+}
+
 /// `GET /v1/conversations/{id}/members` query.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -664,13 +675,11 @@ async fn list_members(
 ) -> Result<Json<MemberPage>, ApiError> {
     let conversation_id = conversation_id(path)?;
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(limits::MEMBERS_LISTED_MAX);
-    if limit == 0 || limit > limits::MEMBERS_PAGE_MAX {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            format!("limit must be 1 to {}", limits::MEMBERS_PAGE_MAX),
-        ));
-    }
+    let limit = page_limit(
+        query.limit,
+        limits::MEMBERS_LISTED_MAX,
+        limits::MEMBERS_PAGE_MAX,
+    )?;
     let after = query
         .after
         .map(|after| {
@@ -933,13 +942,7 @@ async fn history(
 ) -> Result<Json<History>, ApiError> {
     let conversation_id = conversation_id(path)?;
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(limits::PAGE_LEN_DEFAULT);
-    if limit == 0 || limit > limits::PAGE_LEN_MAX {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            format!("limit must be 1 to {}", limits::PAGE_LEN_MAX),
-        ));
-    }
+    let limit = page_limit(query.limit, limits::PAGE_LEN_DEFAULT, limits::PAGE_LEN_MAX)?;
     let viewer = caller.user_id;
     // One more than asked tells whether more exist beyond the page.
     let page = match (query.after, query.before) {
