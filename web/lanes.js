@@ -444,7 +444,7 @@ export class Lanes extends EventTarget {
     c.kind = summary.kind;
     c.name = summary.name;
     c.members = summary.members || [];
-    // The conversation list names at most 100 members of a group; its own view names all.
+    // A conversation names at most 100 members of a group (moreMembers pages the rest).
     c.memberCount = Math.max(summary.member_count || 0, c.members.length);
     c.head = Math.max(c.head, summary.head_seq || 0);
     // The count covers everything up to the summary's head; messages at or below it (still in
@@ -837,7 +837,6 @@ export class Lanes extends EventTarget {
     this.changed(null);
     const c = this.conversations.get(id);
     if (!c) return;
-    if (c.members.length < c.memberCount) this.refreshConversation(id);
     if (!c.loaded) await this.loadHistory(id);
     this.watchPresence();
     this.markRead();
@@ -856,6 +855,20 @@ export class Lanes extends EventTarget {
     this.changed(null);
     return c;
   }
+  /** The next page of a group's members beyond those it holds: the listing names the caller,
+   *  then the others by user id, and so do the pages, so the next one starts after the last
+   *  other member held. */
+  async moreMembers(id) {
+    const c = this.conversations.get(id);
+    if (!c) return;
+    const others = c.members.map((m) => m.user_id).filter((user) => user !== this.me).sort();
+    const after = others.length ? `&after=${encodeURIComponent(others[others.length - 1])}` : "";
+    const page = await this.http("GET", `/v1/conversations/${id}/members?limit=100${after}`);
+    const held = new Set(c.members.map((m) => m.user_id));
+    for (const m of page.members) if (!held.has(m.user_id)) c.members.push(m);
+    this.changed(id);
+  }
+
   async addMember(id, userId) {
     await this.http("POST", `/v1/conversations/${id}/members`, { user_id: userId });
     await this.refreshConversation(id);

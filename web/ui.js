@@ -458,16 +458,22 @@ export class Ui {
     });
     // Rebuilt only when it shows something else: every message re-renders the conversation, and
     // a "Remove" click must not land on a discarded button.
-    const sig = JSON.stringify([c.id, rows]);
+    const hidden = c.memberCount - c.members.length;
+    const sig = JSON.stringify([c.id, rows, hidden]);
     if (this.membersSig === sig) return;
     this.membersSig = sig;
+    // A large group's members beyond those listed come a page at a time.
+    const more = hidden > 0 ? h("li", {}, h("button", {
+      type: "button", class: "link", id: "more-members",
+      onclick: () => lanes.moreMembers(c.id).catch((e) => { $("members-error").textContent = e.message; }),
+    }, `Show more (${hidden} not shown)`)) : null;
     $("member-list").replaceChildren(...rows.map((m) => h("li", {},
       h("span", { class: `dot ${m.state}`, "aria-hidden": "true" }),
       ` ${m.id} `, m.role !== "member" ? h("span", { class: "role" }, m.role) : null,
       m.canRemove ? h("button", {
         type: "button", class: "link", "aria-label": `Remove ${m.id}`,
         onclick: () => lanes.removeMember(c.id, m.id).catch((e) => { $("members-error").textContent = e.message; }),
-      }, "Remove") : null)));
+      }, "Remove") : null)), ...(more ? [more] : []));
   }
 
   /** The element of one message, rebuilt only when what it shows changed. */

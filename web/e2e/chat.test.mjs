@@ -327,6 +327,35 @@ async function scenario(browser) {
   await alice.evaluate(() => { window.lanes.receiptsMembersMax = 100; });
   log(`large group confirmed ${crowdCalls.length} time(s) for 3 messages`);
 
+  step = "members of a large group, a page at a time";
+  // A conversation names at most 100 members; the rest come from the members endpoint on request.
+  const adminKey = process.env.LANES_ADMIN_KEY;
+  assert(adminKey, "LANES_ADMIN_KEY is not set");
+  await alice.evaluate(async (key) => {
+    const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+    const users = [];
+    for (let i = 0; i < 101; i++) {
+      const user_id = `crowd${String(i).padStart(3, "0")}`;
+      const answer = await fetch("/v1/admin/users", { method: "POST", headers, body: JSON.stringify({ user_id }) });
+      if (answer.status !== 201) throw new Error(`user ${user_id}: ${answer.status}`);
+      users.push(user_id);
+    }
+    const body = JSON.stringify({ kind: "group", name: "Hundred", owner: "alice", members: users });
+    const group = await fetch("/v1/admin/conversations", { method: "POST", headers, body });
+    if (group.status !== 201) throw new Error(`group: ${group.status}`);
+  }, adminKey);
+  await until(alice, "the large group in alice's list", () => [...document.querySelectorAll(".conv-name")].some((el) => el.textContent === "Hundred"));
+  await openConversation(alice, "Hundred");
+  await until(alice, "the member count", () => document.getElementById("conv-sub").textContent === "102 members");
+  await alice.getByRole("button", { name: "Members" }).click();
+  await until(alice, "100 members listed and a button for the rest", () => document.querySelectorAll("#member-list li").length === 101
+    && document.getElementById("more-members")?.textContent === "Show more (2 not shown)");
+  await alice.locator("#more-members").click();
+  await until(alice, "all 102 members listed", () => document.querySelectorAll("#member-list li").length === 102 && !document.getElementById("more-members"));
+  const listed = await alice.evaluate(() => [...document.querySelectorAll("#member-list li")].map((li) => li.textContent.trim().split(" ")[0]));
+  assert(new Set(listed).size === 102 && listed.includes("crowd100") && listed.includes("alice"), `listed: ${listed.join(", ")}`);
+  log("a group of 102: 100 members listed, the rest on request");
+
   step = "history with infinite scroll";
   // 120 messages from carol to alice, posted over HTTP before alice opens the chat. Alice's
   // client confirms their delivery as they arrive, but at most once a second.

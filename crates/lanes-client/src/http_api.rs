@@ -104,7 +104,8 @@ impl HttpApi {
         Ok(list.conversations)
     }
 
-    /// `GET /v1/conversations/{id}`.
+    /// `GET /v1/conversations/{id}`: at most 100 members named (the caller first; all counted
+    /// in `member_count`); `members` pages through everyone.
     pub async fn conversation(&self, id: ConversationId) -> Result<Conversation, ClientError> {
         let request = self.request(Method::GET, &format!("/v1/conversations/{id}"));
         decode(&self.execute(request).await?)

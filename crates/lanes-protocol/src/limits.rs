@@ -23,9 +23,9 @@ pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Most members a group may have, by default.
 pub const GROUP_MEMBERS_DEFAULT: usize = 10_000;
 /// Most members a conversation lists in `GET /v1/conversations`: a listing must not cost every
-/// member of every large group (10,000 members made 500 KB). `member_count` has them all,
-/// `GET /v1/conversations/{id}` lists them all, `GET /v1/conversations/{id}/members` pages them
-/// (this many by default).
+/// member of every large group (10,000 members made 500 KB); the same in
+/// `GET /v1/conversations/{id}`. `member_count` has them all, and
+/// `GET /v1/conversations/{id}/members` pages them (this many by default).
 pub const MEMBERS_LISTED_MAX: usize = 100;
 /// Largest conversation whose members are sent each other's receipt positions, by default.
 /// In a larger one every position change would go to every member (members² per message):

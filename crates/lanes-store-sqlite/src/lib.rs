@@ -1394,7 +1394,12 @@ impl Store for SqliteStore {
         // One read transaction: the head, last message and unread count agree with each other.
         self.read(|connection| {
             let transaction = connection.unchecked_transaction()?;
-            let view = view_of(&transaction, conversation_id, viewer, None)?;
+            let view = view_of(
+                &transaction,
+                conversation_id,
+                viewer,
+                Some(limits::MEMBERS_LISTED_MAX),
+            )?;
             transaction.finish()?;
             Ok(view)
         })

@@ -820,7 +820,7 @@ pub fn markers_only_move_forward(store: &dyn Store) {
 }
 
 /// The listing names at most `MEMBERS_LISTED_MAX` members (the viewer first) and counts them
-/// all; the conversation's own view lists everyone.
+/// all; so does the conversation's own view, and `members_page` walks through everyone.
 pub fn listings_cap_members(store: &dyn Store) {
     let max = lanes_protocol::limits::MEMBERS_LISTED_MAX;
     let owner = user(store, "owner");
@@ -850,12 +850,24 @@ pub fn listings_cap_members(store: &dyn Store) {
     expected.sort();
     expected.truncate(max - 1);
     assert_eq!(rest, expected, "then the others by user id");
-    let whole = store
+    let view = store
         .conversation_for(group, viewer)
         .expect("view")
         .expect("member");
-    assert_eq!(whole.members.len(), max + 6);
-    assert_eq!(whole.member_count, (max + 6) as u64);
+    assert_eq!(view.members, crowd.members, "the same cap as the listing");
+    assert_eq!(view.member_count, (max + 6) as u64);
+    let mut everyone = Vec::new();
+    loop {
+        let page = store
+            .members_page(group, viewer, everyone.last(), 40)
+            .expect("page")
+            .expect("member");
+        if page.is_empty() {
+            break;
+        }
+        everyone.extend(page.into_iter().map(|member| member.user_id));
+    }
+    assert_eq!(everyone.len(), max + 6, "the pages hold everyone");
     let few = store.conversations_of(&others[0]).expect("listing");
     let few = few
         .iter()

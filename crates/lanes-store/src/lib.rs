@@ -222,7 +222,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         conversation_id: ConversationId,
     ) -> Result<Option<ConversationInfo>, StoreError>;
-    /// The conversation as `viewer` sees it (`None` unless `viewer` is a member).
+    /// The conversation as `viewer` sees it (`None` unless `viewer` is a member), listing at
+    /// most `limits::MEMBERS_LISTED_MAX` members as `conversations_of` does (`members_page`
+    /// has the rest).
     fn conversation_for(
         &self,
         conversation_id: ConversationId,

@@ -268,7 +268,7 @@ async fn admin_adds_follow_the_same_rules_as_user_adds() {
 }
 
 /// A listing names at most 100 members of a large group (the caller first) and counts them all;
-/// the group's own view names everyone.
+/// so does the group's own view, and the members endpoint pages the rest.
 #[tokio::test]
 async fn a_listing_names_at_most_a_hundred_members_and_counts_all() {
     let (_server, http, _config) = start();
@@ -335,6 +335,21 @@ async fn a_listing_names_at_most_a_hundred_members_and_counts_all() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(whole["members"].as_array().unwrap().len(), 121);
+    assert_eq!(whole["members"], listed["members"], "capped as the listing");
     assert_eq!(whole["member_count"], 121);
+    let (status, rest) = http
+        .call(
+            "GET",
+            &format!(
+                "/v1/conversations/{group_id}/members?after={}&limit=1000",
+                names[99]
+            ),
+            Some(&zoe),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{rest}");
+    // u099…u119 and zoe.
+    assert_eq!(rest["members"].as_array().unwrap().len(), 22, "{rest}");
+    assert_eq!(rest["has_more"], false);
 }

@@ -119,12 +119,25 @@ fn chat_in_a_real_browser() {
         );
         return;
     }
-    let mut server = TestServer::start(env!("CARGO_BIN_EXE_lanes"));
+    // An admin key, for the step that makes a group of more than 100 members.
+    let admin_key = "web-test-admin-key-web-test-admin-key";
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("[admin]\napi_keys = [\"{admin_key}\"]\n"),
+    )
+    .unwrap();
+    let mut server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
     let started = Instant::now();
     let mut child = Command::new("node")
         .arg(e2e.join("chat.test.mjs"))
         .arg(server.base_url())
         .env("CHROMIUM_PATH", &chromium)
+        .env("LANES_ADMIN_KEY", admin_key)
         .current_dir(repository())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
