@@ -300,7 +300,7 @@ export class Lanes extends EventTarget {
       let page;
       try {
         page = await this.http("POST", "/v1/events", {
-          cursors: this.cursorList(), epoch: this.epoch, timeout_ms: first ? 0 : POLL_TIMEOUT_MS,
+          cursors: this.cursorList(), epoch: this.epoch, timeout_ms: first ? 0 : POLL_TIMEOUT_MS, sync: first,
         }, abort.signal);
       } catch (error) {
         if (link !== this.link) return;
@@ -316,7 +316,7 @@ export class Lanes extends EventTarget {
       }
       this.saveCursors();
       if (first) {
-        this.onFrame({ type: "synced" });
+        this.onFrame({ type: "synced", large: page.large });
         first = false;
       }
       this.scheduleReceipts();

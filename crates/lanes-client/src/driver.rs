@@ -149,6 +149,7 @@ pub(crate) async fn connect_once(
         epoch,
         timeout_ms: Some(0),
         presence: None,
+        sync: true,
     };
     let page = match timeout(HANDSHAKE_TIMEOUT, http.poll(&request)).await {
         Ok(page) => page?,
@@ -730,11 +731,13 @@ impl Driver {
                     next_ping: now + PING_INTERVAL,
                 }));
             }
-            Channel::Poll(page) => {
+            Channel::Poll(mut page) => {
                 self.link = Link::Polling(Box::new(Polling {
                     request: Box::pin(std::future::pending()),
                     synced: false,
                 }));
+                // The first poll asked which conversations are large (`synced`'s list).
+                self.unconfirmed.set_large(std::mem::take(&mut page.large));
                 self.on_polled(*page);
             }
         }
@@ -757,6 +760,7 @@ impl Driver {
             epoch: self.delivery.epoch().cloned(),
             timeout_ms: Some(POLL_TIMEOUT_MS),
             presence: None,
+            sync: false,
         };
         let http = self.http.clone();
         let mut synced_now = false;

@@ -313,6 +313,10 @@ pub struct PollRequest {
     /// This client's presence while it polls (`online` by default).
     #[serde(default)]
     pub presence: Option<PresenceState>,
+    /// Also name the user's large conversations in the answer (`large`, as `synced` does on a
+    /// WebSocket): for a client's first poll.
+    #[serde(default)]
+    pub sync: bool,
 }
 
 /// `GET`/`POST /v1/events`: what happened since the cursors, in the order a WebSocket would
@@ -332,6 +336,10 @@ pub struct EventsPage {
     /// As in `welcome`: beyond this many members, a conversation's receipts are the user's own.
     #[serde(default = "crate::frames::receipts_members_default")]
     pub receipts_members_max: usize,
+    /// When the poll asked (`sync`): the user's conversations over `receipts_members_max`
+    /// members, as in `synced`. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large: Vec<ConversationId>,
 }
 
 /// `POST /v1/admin/users` (API key): create a user for the application.

@@ -51,6 +51,8 @@ pub(crate) struct PollQuery {
     timeout_ms: Option<u64>,
     /// This client's presence while it polls (`online` by default).
     presence: Option<PresenceState>,
+    /// Also name the user's large conversations (`large`): for a client's first poll.
+    sync: Option<bool>,
 }
 
 /// The response: events as the hub encoded them (shared with WebSocket connections). Its shape
@@ -62,6 +64,8 @@ pub(crate) struct Page {
     cursors: Vec<Cursor>,
     user_id: UserId,
     receipts_members_max: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    large: Vec<ConversationId>,
 }
 
 fn parse_cursors(text: &str) -> Result<Vec<Cursor>, ApiError> {
@@ -120,6 +124,7 @@ pub(crate) async fn poll_get(
         epoch: query.epoch.map(StoreEpoch),
         timeout_ms: query.timeout_ms,
         presence: query.presence,
+        sync: query.sync.unwrap_or(false),
     };
     let credential = Authenticator::credential(&caller.token);
     poll(state, caller.user_id, credential, request)
@@ -239,9 +244,11 @@ async fn poll(
             .presence
             .set_away(&user_id, subscription.connection_id, true);
     }
-    let heads = crate::subscribe::listing(&state, &user_id, subscription.version, false)
-        .await?
-        .heads;
+    // A first poll (`sync`) also learns the large conversations; the receipt positions read
+    // with them are not sent (a poll carries no snapshot).
+    let listing =
+        crate::subscribe::listing(&state, &user_id, subscription.version, request.sync).await?;
+    let (heads, large) = (listing.heads, listing.large);
     let mut collected = Collected {
         cursors,
         events: Vec::new(),
@@ -284,6 +291,7 @@ async fn poll(
         cursors: collected.cursors.to_cursors(),
         user_id,
         receipts_members_max: state.config.realtime.receipts_members_max,
+        large,
     })
 }
 

@@ -613,6 +613,21 @@ async fn large_groups_share_only_own_receipts() {
         page["receipts_members_max"], 2,
         "a poll says it as welcome does"
     );
+    assert!(page.get("large").is_none(), "only when asked: {page}");
+    let (status, page) = http
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&alice),
+            Some(json!({"cursors": [], "timeout_ms": 0, "sync": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["large"],
+        json!([group]),
+        "a first poll learns what synced says"
+    );
     let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     let (mut bob_laptop, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     alice_ws.send_message(group, "g1", "team").await;

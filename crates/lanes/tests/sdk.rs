@@ -781,6 +781,72 @@ async fn messenger_features_over_the_sdk() {
 
 /// Over long-polling nothing pushes presence: the SDK asks for it when told to watch, then
 /// every `presence_poll_interval`, and reports what changed.
+/// A long-polling client's first poll asks which conversations are large, and the SDK confirms
+/// delivery there on the large pace, as over a WebSocket.
+#[tokio::test]
+async fn long_polling_learns_the_large_conversations() {
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config_file.path(),
+        "[realtime]\nreceipts_members_max = 2\nreceipts_flush_ms = 10\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(
+        env!("CARGO_BIN_EXE_lanes"),
+        &["--config", config_file.path().to_str().unwrap()],
+        &[],
+    );
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let carol = register(&server, "carol").await;
+    let group = within(
+        "create group",
+        alice
+            .api
+            .create_group("trio", &[bob.id.clone(), carol.id.clone()]),
+    )
+    .await
+    .unwrap()
+    .conversation_id;
+    let direct = within("create direct", alice.api.create_direct(&bob.id))
+        .await
+        .unwrap()
+        .conversation_id;
+    let mut polling = config(&server, &bob);
+    polling.transport = Transport::LongPoll;
+    polling.receipts_interval = Duration::from_millis(100);
+    // Capped at a day: the first wait in a large conversation, a random part of it, outlasts
+    // the test.
+    polling.receipts_interval_large = Duration::MAX;
+    let (_bob_client, mut bob_events, _) = connect_synced(polling, &bob).await;
+    let (alice_client, _alice_events, _) = connect_synced(config(&server, &alice), &alice).await;
+    send(&alice_client, group, "to the group").await;
+    send(&alice_client, direct, "to bob").await;
+    for _ in 0..2 {
+        next_message(&mut bob_events).await;
+    }
+    let delivered_to_bob = |receipts: Vec<lanes_protocol::Receipt>| {
+        receipts
+            .into_iter()
+            .find(|receipt| receipt.user_id == bob.id)
+            .map_or(Seq::ZERO, |receipt| receipt.delivered_seq)
+    };
+    // The direct conversation is confirmed on the ordinary pace (the group's position would go
+    // in the same batch, were the group not known as large)…
+    within("bob's confirmation in the direct conversation", async {
+        while delivered_to_bob(alice.api.receipts(direct).await.unwrap()) == Seq::ZERO {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // …the group's is not.
+    assert_eq!(
+        delivered_to_bob(alice.api.receipts(group).await.unwrap()),
+        Seq::ZERO
+    );
+    server.assert_clean_log();
+}
+
 #[tokio::test]
 async fn presence_is_polled_over_long_polling() {
     let config_file = tempfile::NamedTempFile::new().unwrap();
