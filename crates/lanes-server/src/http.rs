@@ -649,8 +649,7 @@ struct MembersQuery {
 
 /// `GET /v1/conversations/{id}/members`
 ///
-/// Every member in user id order, a page at a time: the way to list a large group
-/// (`GET /v1/conversations/{id}` lists all of them in one answer).
+/// Every member in user id order, a page at a time (a conversation itself names at most 100).
 #[utoipa::path(
     get,
     path = "/v1/conversations/{id}/members",
