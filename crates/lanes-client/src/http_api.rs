@@ -104,6 +104,22 @@ impl HttpApi {
         Ok(list.conversations)
     }
 
+    /// `GET /v1/conversations?limit=N&after=…`: up to `limit` of them, newest activity first,
+    /// from where the page that answered with `next` ended (`after`; `None`: the first page).
+    pub async fn conversations_page(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<ConversationList, ClientError> {
+        let mut request = self
+            .request(Method::GET, "/v1/conversations")
+            .query(&[("limit", limit)]);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        decode(&self.execute(request).await?)
+    }
+
     /// `GET /v1/conversations/{id}`: at most 100 members named (the caller first; all counted
     /// in `member_count`); `members` pages through everyone.
     pub async fn conversation(&self, id: ConversationId) -> Result<Conversation, ClientError> {

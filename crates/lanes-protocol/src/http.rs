@@ -174,6 +174,9 @@ pub struct Conversation {
 pub struct ConversationList {
     /// Newest activity first.
     pub conversations: Vec<Conversation>,
+    /// With `limit`, when more follow: pass it as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `GET /v1/conversations/{id}/messages`.

@@ -44,6 +44,8 @@ const HELLO_CURSOR_BYTES_MAX: usize =
 pub const PAGE_LEN_MAX: usize = 500;
 /// Default page of messages returned by history when the client does not say.
 pub const PAGE_LEN_DEFAULT: usize = 100;
+/// Largest page of `GET /v1/conversations` when a `limit` is given (without one: all).
+pub const CONVERSATIONS_PAGE_MAX: usize = 500;
 /// Largest page of `GET /v1/conversations/{id}/members` (default `MEMBERS_LISTED_MAX`).
 pub const MEMBERS_PAGE_MAX: usize = 1_000;
 /// Most sends one connection may have waiting for their ack; further frames are not read

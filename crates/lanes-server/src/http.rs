@@ -16,8 +16,8 @@ use lanes_protocol::http::{
     AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials, ErrorBody,
     History, MemberPage, Role, Session, Settings,
 };
-use lanes_protocol::{ConversationId, ErrorCode, Seq, StoreEpoch, UserId, limits};
-use lanes_store::{ManageOutcome, decide_removal};
+use lanes_protocol::{ConversationId, ErrorCode, Seq, StoreEpoch, UnixMillis, UserId, limits};
+use lanes_store::{ListingCursor, ManageOutcome, decide_removal};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
 use utoipa::OpenApi;
@@ -352,7 +352,21 @@ async fn put_settings(
     Ok(Json(settings))
 }
 
+/// `GET /v1/conversations` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ConversationsQuery {
+    /// At most this many (1 to 500); without it, all of them.
+    limit: Option<usize>,
+    /// Continue after the page that answered with this `next`.
+    after: Option<String>,
+}
+
 /// `GET /v1/conversations`
+///
+/// Newest activity first (the newest event's time, or the creation for none yet; then the
+/// higher id). With `limit`, a page at a time: `next` names where the following page starts.
 #[utoipa::path(
     get,
     path = "/v1/conversations",
@@ -360,8 +374,10 @@ async fn put_settings(
     operation_id = "list_conversations",
     summary = "The caller's conversations",
     security(("user_token" = [])),
+    params(ConversationsQuery),
     responses(
         (status = 200, description = "Newest activity first", body = ConversationList),
+        BadRequest,
         Unauthorized,
         Unavailable,
     )
@@ -369,12 +385,44 @@ async fn put_settings(
 async fn list_conversations(
     State(state): State<AppState>,
     caller: Caller,
+    query: Result<Query<ConversationsQuery>, QueryRejection>,
 ) -> Result<Json<ConversationList>, ApiError> {
-    let conversations = blocking(&state.store, move |store| {
-        store.conversations_of(&caller.user_id)
+    let Query(query) = query?;
+    let limit = match query.limit {
+        None => usize::MAX,
+        limit => page_limit(limit, 0, limits::CONVERSATIONS_PAGE_MAX)?,
+    };
+    let after = query
+        .after
+        .as_deref()
+        .map(parse_listing_cursor)
+        .transpose()?;
+    let (conversations, next) = blocking(&state.store, move |store| {
+        store.conversations_page(&caller.user_id, after, limit)
     })
     .await?;
-    Ok(Json(ConversationList { conversations }))
+    let next = next.map(|cursor| format!("{}.{}", cursor.activity.0, cursor.conversation_id));
+    Ok(Json(ConversationList {
+        conversations,
+        next,
+    }))
+}
+
+/// Reads a listing's `next` (`activity.conversation_id`).
+fn parse_listing_cursor(text: &str) -> Result<ListingCursor, ApiError> {
+    text.split_once('.')
+        .and_then(|(activity, id)| {
+            Some(ListingCursor {
+                activity: UnixMillis(activity.parse().ok()?),
+                conversation_id: ConversationId(id.parse().ok()?),
+            })
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidField,
+                "after must be a listing's next (as it was given)",
+            )
+        })
 }
 
 async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiError> {

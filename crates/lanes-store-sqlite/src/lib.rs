@@ -44,8 +44,9 @@ use lanes_protocol::{
     StoreEpoch, UnixMillis, UserId, limits,
 };
 use lanes_store::{
-    AppendOutcome, AppendRejection, ConversationInfo, ManageOutcome, MarkerUpdate, MayManage,
-    MembershipChange, NewMessage, ReceiptRow, Store, StoreError, StoredUser, decide_removal,
+    AppendOutcome, AppendRejection, ConversationInfo, ListingCursor, ManageOutcome, MarkerUpdate,
+    MayManage, MembershipChange, NewMessage, ReceiptRow, Store, StoreError, StoredUser,
+    decide_removal,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -1405,30 +1406,55 @@ impl Store for SqliteStore {
         })
     }
 
-    fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError> {
+    fn conversations_page(
+        &self,
+        user_id: &UserId,
+        after: Option<ListingCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<ListingCursor>), StoreError> {
         self.read(|connection| {
             // One read transaction: every view is of the same moment.
             let transaction = connection.unchecked_transaction()?;
             let connection: &Connection = &transaction;
-            let ids: Vec<u64> = connection
+            // One more than asked tells whether more follow.
+            let mut page: Vec<ListingCursor> = connection
                 .prepare_cached(
                     // Last activity: the newest event's time, or the creation for none yet.
-                    "SELECT c.conversation_id FROM members m
-                     JOIN conversations c ON c.conversation_id = m.conversation_id
-                     WHERE m.user_id = ?1
-                     ORDER BY COALESCE(
-                         (SELECT server_ts FROM messages e
-                          WHERE e.conversation_id = c.conversation_id ORDER BY e.seq DESC LIMIT 1),
-                         c.created_at) DESC,
-                       c.conversation_id DESC",
+                    "SELECT id, activity FROM (
+                         SELECT c.conversation_id AS id, COALESCE(
+                             (SELECT server_ts FROM messages e
+                              WHERE e.conversation_id = c.conversation_id
+                              ORDER BY e.seq DESC LIMIT 1),
+                             c.created_at) AS activity
+                         FROM members m
+                         JOIN conversations c ON c.conversation_id = m.conversation_id
+                         WHERE m.user_id = ?1)
+                     WHERE ?2 IS NULL OR (activity, id) < (?2, ?3)
+                     ORDER BY activity DESC, id DESC
+                     LIMIT ?4",
                 )?
-                .query_map([user_id.as_str()], |row| u64_column(row, 0))?
+                .query_map(
+                    params![
+                        user_id.as_str(),
+                        after.map(|cursor| cursor.activity.0),
+                        after.map(|cursor| sql_i64(cursor.conversation_id.0)),
+                        sql_limit(limit).saturating_add(1),
+                    ],
+                    |row| {
+                        Ok(ListingCursor {
+                            conversation_id: ConversationId(u64_column(row, 0)?),
+                            activity: UnixMillis(row.get(1)?),
+                        })
+                    },
+                )?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut conversations = Vec::with_capacity(ids.len());
-            for id in ids {
+            let more = page.len() > limit;
+            page.truncate(limit);
+            let mut conversations = Vec::with_capacity(page.len());
+            for listed in &page {
                 if let Some(view) = view_of(
                     connection,
-                    ConversationId(id),
+                    listed.conversation_id,
                     user_id,
                     Some(limits::MEMBERS_LISTED_MAX),
                 )? {
@@ -1436,7 +1462,7 @@ impl Store for SqliteStore {
                 }
             }
             transaction.finish()?;
-            Ok(conversations)
+            Ok((conversations, page.last().copied().filter(|_| more)))
         })
     }
 

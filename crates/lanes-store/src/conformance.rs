@@ -55,6 +55,7 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
         ),
         ("listings_cap_members", listings_cap_members),
         ("members_come_in_pages", members_come_in_pages),
+        ("conversations_come_in_pages", conversations_come_in_pages),
         ("settings_and_presence", settings_and_presence),
         ("unread_count_saturates", unread_count_saturates),
         (
@@ -874,6 +875,54 @@ pub fn listings_cap_members(store: &dyn Store) {
         .find(|c| c.conversation_id == small)
         .expect("listed");
     assert_eq!((few.members.len(), few.member_count), (4, 4));
+}
+
+/// The listing comes in pages that join up to the whole, in its order, ties included.
+pub fn conversations_come_in_pages(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let mut groups = Vec::new();
+    for (n, now) in [NOW, NOW, UnixMillis(NOW.0 + 5), NOW, UnixMillis(NOW.0 + 9)]
+        .into_iter()
+        .enumerate()
+    {
+        let group = store
+            .create_group(&alice, &format!("g{n}"), &[], now)
+            .expect("group");
+        groups.push(group);
+    }
+    // A message makes the first group the most recently active.
+    store
+        .append_batch(&[message(&alice, "m", groups[0])], UnixMillis(NOW.0 + 20))
+        .expect("append");
+    let whole: Vec<ConversationId> = store
+        .conversations_of(&alice)
+        .expect("listing")
+        .into_iter()
+        .map(|c| c.conversation_id)
+        .collect();
+    assert_eq!(whole.len(), 5);
+    assert_eq!(whole[0], groups[0], "newest activity first");
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store.conversations_page(&alice, after, 2).expect("page");
+        assert!(page.len() <= 2);
+        paged.extend(page.iter().map(|c| c.conversation_id));
+        match next {
+            Some(cursor) => {
+                assert_eq!(Some(&cursor.conversation_id), paged.last());
+                after = Some(cursor);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, whole, "the pages join up to the listing");
+    let (all, next) = store.conversations_page(&alice, None, 5).expect("page");
+    assert_eq!(
+        (all.len(), next),
+        (5, None),
+        "nothing follows a full last page"
+    );
 }
 
 /// Members come in pages by user id, each after the last one seen; only members may look.

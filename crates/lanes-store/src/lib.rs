@@ -45,6 +45,16 @@ pub enum AppendRejection {
     ReactionUnchanged,
 }
 
+/// Where a page of `Store::conversations_page` ends: its last conversation and that
+/// conversation's last activity (the listing's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingCursor {
+    /// The newest event's time, or the creation for none yet.
+    pub activity: UnixMillis,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+}
+
 /// A member's receipt positions to move forward (never backwards; a seq beyond the head is
 /// clamped to the head).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +252,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<Member>>, StoreError>;
     /// Every conversation of `user_id`, newest activity first, each listing at most
     /// `limits::MEMBERS_LISTED_MAX` members (`user_id` first, then by user id) and counting all.
-    fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError>;
+    fn conversations_of(&self, user_id: &UserId) -> Result<Vec<Conversation>, StoreError> {
+        self.conversations_page(user_id, None, usize::MAX)
+            .map(|(conversations, _)| conversations)
+    }
+    /// Up to `limit` of them, from after `after` (in the same order, newest activity first,
+    /// then the higher id), and where the page ends when more follow.
+    fn conversations_page(
+        &self,
+        user_id: &UserId,
+        after: Option<ListingCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<ListingCursor>), StoreError>;
     /// Every conversation of `user_id` with its head seq (for catch-up).
     fn heads_of(&self, user_id: &UserId) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
     /// How many conversations `user_id` is a member of.

@@ -555,6 +555,50 @@ async fn joined_while_connected_gets_history_without_gap() {
 }
 
 #[tokio::test]
+async fn conversations_come_a_page_at_a_time() {
+    let server = start();
+    let alice = register(&server, "alice").await;
+    for name in ["b0", "b1", "b2", "b3", "b4"] {
+        let other = register(&server, name).await;
+        within("create direct", alice.api.create_direct(&other.id))
+            .await
+            .unwrap();
+    }
+    let whole: Vec<ConversationId> = within("listing", alice.api.conversations())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.conversation_id)
+        .collect();
+    assert_eq!(whole.len(), 5);
+    let (mut paged, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let page = within("a page", alice.api.conversations_page(2, after.as_deref()))
+            .await
+            .unwrap();
+        assert!(page.conversations.len() <= 2);
+        paged.extend(page.conversations.iter().map(|c| c.conversation_id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, whole);
+    let code = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Api { code, .. }) => code,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    for (limit, after) in [(0, None), (501, None), (2, Some("12")), (2, Some("x.1"))] {
+        assert_eq!(
+            code(alice.api.conversations_page(limit, after).await),
+            ErrorCode::InvalidField,
+            "limit {limit}, after {after:?}"
+        );
+    }
+    server.assert_clean_log();
+}
+
+#[tokio::test]
 async fn members_come_a_page_at_a_time() {
     let server = start();
     let owner = register(&server, "owner").await;
