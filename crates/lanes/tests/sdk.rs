@@ -554,6 +554,14 @@ async fn joined_while_connected_gets_history_without_gap() {
     server.assert_clean_log();
 }
 
+/// The code of an API error (anything else fails the test).
+fn api_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Api { code, .. }) => code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn conversations_come_a_page_at_a_time() {
     let server = start();
@@ -584,13 +592,9 @@ async fn conversations_come_a_page_at_a_time() {
         }
     }
     assert_eq!(paged, whole);
-    let code = |result: Result<_, ClientError>| match result {
-        Err(ClientError::Api { code, .. }) => code,
-        other => panic!("expected an API error, got {other:?}"),
-    };
     for (limit, after) in [(0, None), (501, None), (2, Some("12")), (2, Some("x.1"))] {
         assert_eq!(
-            code(alice.api.conversations_page(limit, after).await),
+            api_code(alice.api.conversations_page(limit, after).await),
             ErrorCode::InvalidField,
             "limit {limit}, after {after:?}"
         );
@@ -625,21 +629,17 @@ async fn members_come_a_page_at_a_time() {
         }
     }
     assert_eq!(seen, ["m0", "m1", "m2", "m3", "owner"]);
-    let code = |result: Result<_, ClientError>| match result {
-        Err(ClientError::Api { code, .. }) => code,
-        other => panic!("expected an API error, got {other:?}"),
-    };
     assert_eq!(
-        code(outsider.api.members(group, None, 10).await),
+        api_code(outsider.api.members(group, None, 10).await),
         ErrorCode::NotFound,
         "only members may look"
     );
     assert_eq!(
-        code(owner.api.members(group, None, 0).await),
+        api_code(owner.api.members(group, None, 0).await),
         ErrorCode::InvalidField
     );
     assert_eq!(
-        code(owner.api.members(group, None, 1001).await),
+        api_code(owner.api.members(group, None, 1001).await),
         ErrorCode::InvalidField
     );
     let bad_after = reqwest::Client::new()
