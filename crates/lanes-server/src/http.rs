@@ -445,7 +445,8 @@ async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiEr
 }
 
 /// Whether `conversation_id` has more than `realtime.receipts_members_max` members (what
-/// `joined` tells a new member). A failed count says no: it is only a hint to the client.
+/// `joined` tells a member put back after a refused removal). A failed count says no: it is
+/// only a hint to the client.
 async fn is_large(state: &AppState, conversation_id: ConversationId) -> bool {
     let members_max = state.config.realtime.receipts_members_max;
     blocking(&state.store, move |store| {
@@ -690,7 +691,7 @@ fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize,
 #[into_params(parameter_in = Query)]
 struct MembersQuery {
     /// The members with user ids after this one (the last of the previous page).
-    after: Option<String>,
+    after: Option<UserId>,
     /// Page size: 1 to 1,000, default 100.
     limit: Option<usize>,
 }
@@ -727,17 +728,10 @@ async fn list_members(
         limits::MEMBERS_LISTED_MAX,
         limits::MEMBERS_PAGE_MAX,
     )?;
-    let after = query
-        .after
-        .map(|after| {
-            UserId::parse(&after)
-                .map_err(|err| ApiError::new(ErrorCode::InvalidField, format!("after: {err}")))
-        })
-        .transpose()?;
     let viewer = caller.user_id;
     // One more than asked tells whether more follow.
     let mut members = blocking(&state.store, move |store| {
-        store.members_page(conversation_id, &viewer, after.as_ref(), limit + 1)
+        store.members_page(conversation_id, &viewer, query.after.as_ref(), limit + 1)
     })
     .await?
     .ok_or_else(ApiError::not_found)?;
@@ -804,8 +798,9 @@ pub(crate) async fn add_member_as(
     require_room(state, vec![added.clone()]).await?;
     let stored = added.clone();
     let now = now_millis();
-    let outcome = blocking(&state.store, move |store| {
-        store.add_member_as(
+    let receipts_members_max = state.config.realtime.receipts_members_max;
+    let (outcome, large) = blocking(&state.store, move |store| {
+        let outcome = store.add_member_as(
             &actor,
             conversation_id,
             &stored,
@@ -813,14 +808,19 @@ pub(crate) async fn add_member_as(
             members_max,
             may_manage,
             now,
-        )
+        )?;
+        // In the same trip: what `joined` tells the new member (a hint: a failed count says no).
+        let large = outcome == ManageOutcome::Changed
+            && store
+                .larger_than(&[conversation_id], receipts_members_max)
+                .is_ok_and(|large| !large.is_empty());
+        Ok((outcome, large))
     })
     .await?;
     if let Some(error) = manage_error(outcome) {
         return Err(error);
     }
     if outcome == ManageOutcome::Changed {
-        let large = is_large(state, conversation_id).await;
         state.hub.member_added(conversation_id, &added, large);
     }
     Ok(StatusCode::NO_CONTENT)
