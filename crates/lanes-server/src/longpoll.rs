@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::http::Caller;
 use crate::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
 use crate::presence::Presence;
+use crate::subscribe::Extra;
 use crate::{AppState, blocking};
 
 /// Default wait of a poll with nothing to return.
@@ -244,10 +245,13 @@ async fn poll(
             .presence
             .set_away(&user_id, subscription.connection_id, true);
     }
-    // A first poll (`sync`) also learns the large conversations; the receipt positions read
-    // with them are not sent (a poll carries no snapshot).
-    let listing =
-        crate::subscribe::listing(&state, &user_id, subscription.version, request.sync).await?;
+    // A first poll (`sync`) also learns the large conversations.
+    let extra = if request.sync {
+        Extra::Large
+    } else {
+        Extra::Nothing
+    };
+    let listing = crate::subscribe::listing(&state, &user_id, subscription.version, extra).await?;
     let (heads, large) = (listing.heads, listing.large);
     let mut collected = Collected {
         cursors,

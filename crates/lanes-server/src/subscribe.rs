@@ -13,27 +13,38 @@ use crate::{AppState, blocking};
 /// Attempts to list a user's conversations while membership keeps changing under the listing.
 const LISTING_ATTEMPTS_MAX: usize = 16;
 
+/// What a listing reads besides the heads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extra {
+    /// Nothing (a later long poll).
+    Nothing,
+    /// The large conversations (a first long poll: it carries no receipt positions).
+    Large,
+    /// The receipt positions and the large conversations, judged by one count (a WebSocket).
+    ReceiptsAndLarge,
+}
+
 /// What a connection learns about its user's conversations when it subscribes.
 pub(crate) struct Listing {
     /// Every conversation with its head.
     pub(crate) heads: Vec<(ConversationId, Seq)>,
-    /// Receipt positions in them (when asked for; in conversations over
+    /// Receipt positions in them (`Extra::ReceiptsAndLarge`; in conversations over
     /// `realtime.receipts_members_max` members only the user's own), read after subscribing:
     /// later changes arrive through the hub.
     pub(crate) receipts: Vec<ReceiptRow>,
-    /// With the receipts: the conversations over `realtime.receipts_members_max` members,
-    /// where clients confirm delivery rarely (`synced`'s `large`).
+    /// The conversations over `realtime.receipts_members_max` members (unless
+    /// `Extra::Nothing`), where clients confirm delivery rarely (`synced`'s `large`).
     pub(crate) large: Vec<ConversationId>,
 }
 
 /// Records the user's conversations in the hub (registered at `version`), then returns every
-/// conversation with its head (and, with `with_receipts`, the receipt positions and the large
-/// conversations), read after the hub delivers them, in one trip to the blocking pool.
+/// conversation with its head and what `extra` asks for, read after the hub delivers them, in
+/// one trip to the blocking pool.
 pub(crate) async fn listing(
     state: &AppState,
     user_id: &UserId,
     version: u64,
-    with_receipts: bool,
+    extra: Extra,
 ) -> Result<Listing, ApiError> {
     // One trip to the blocking pool for the whole listing: connect storms are bound by these
     // hand-offs more than by the queries.
@@ -52,10 +63,16 @@ pub(crate) async fn listing(
                 // after subscribing is sure to include it.
                 Ok(()) => {
                     let heads = store.heads_of(&listed)?;
-                    let (receipts, large) = if with_receipts {
-                        store.sync_receipts_of(&listed, receipts_members_max)?
-                    } else {
-                        (Vec::new(), Vec::new())
+                    let (receipts, large) = match extra {
+                        Extra::Nothing => (Vec::new(), Vec::new()),
+                        Extra::Large => {
+                            let ids: Vec<ConversationId> =
+                                heads.iter().map(|(id, _)| *id).collect();
+                            (Vec::new(), store.larger_than(&ids, receipts_members_max)?)
+                        }
+                        Extra::ReceiptsAndLarge => {
+                            store.sync_receipts_of(&listed, receipts_members_max)?
+                        }
                     };
                     return Ok(Some(Listing {
                         heads,

@@ -699,7 +699,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .connected(&user_id, subscription.connection_id);
         let version = subscription.version;
         self.subscription = Some(subscription);
-        let listing = match crate::subscribe::listing(&self.state, &user_id, version, true).await {
+        let listing = match crate::subscribe::listing(
+            &self.state,
+            &user_id,
+            version,
+            crate::subscribe::Extra::ReceiptsAndLarge,
+        )
+        .await
+        {
             Ok(listing) => listing,
             Err(err) => return self.fail(err.code, err.message).map(|()| Vec::new()),
         };
