@@ -454,22 +454,7 @@ async fn sigterm_then_restart() {
 #[tokio::test]
 async fn removed_member_sees_left_and_nothing_after() {
     let server = start();
-    let alice = register(&server, "alice").await;
-    let bob = register(&server, "bob").await;
-    let carol = register(&server, "carol").await;
-    let group = within(
-        "create group",
-        alice
-            .api
-            .create_group("team", &[bob.id.clone(), carol.id.clone()]),
-    )
-    .await
-    .unwrap()
-    .conversation_id;
-    let direct = within("create direct", alice.api.create_direct(&bob.id))
-        .await
-        .unwrap()
-        .conversation_id;
+    let (alice, bob, carol, group, direct) = trio_and_direct(&server).await;
     let (alice_client, _alice_events, _) = connect_synced(config(&server, &alice), &alice).await;
     let (bob_client, mut bob_events, _) = connect_synced(config(&server, &bob), &bob).await;
     let (_carol_client, mut carol_events, _) =
@@ -552,6 +537,29 @@ async fn joined_while_connected_gets_history_without_gap() {
     assert_eq!((message.seq, message.body.as_str()), (Seq(4), "live 4"));
     assert_eq!(message.message_id, ack.message_id);
     server.assert_clean_log();
+}
+
+/// alice, bob and carol, alice's group of the three, and alice's direct conversation with bob.
+async fn trio_and_direct(
+    server: &TestServer,
+) -> (User, User, User, ConversationId, ConversationId) {
+    let alice = register(server, "alice").await;
+    let bob = register(server, "bob").await;
+    let carol = register(server, "carol").await;
+    let group = within(
+        "create group",
+        alice
+            .api
+            .create_group("team", &[bob.id.clone(), carol.id.clone()]),
+    )
+    .await
+    .unwrap()
+    .conversation_id;
+    let direct = within("create direct", alice.api.create_direct(&bob.id))
+        .await
+        .unwrap()
+        .conversation_id;
+    (alice, bob, carol, group, direct)
 }
 
 /// The code of an API error (anything else fails the test).
@@ -840,22 +848,7 @@ async fn long_polling_learns_the_large_conversations() {
         &["--config", config_file.path().to_str().unwrap()],
         &[],
     );
-    let alice = register(&server, "alice").await;
-    let bob = register(&server, "bob").await;
-    let carol = register(&server, "carol").await;
-    let group = within(
-        "create group",
-        alice
-            .api
-            .create_group("trio", &[bob.id.clone(), carol.id.clone()]),
-    )
-    .await
-    .unwrap()
-    .conversation_id;
-    let direct = within("create direct", alice.api.create_direct(&bob.id))
-        .await
-        .unwrap()
-        .conversation_id;
+    let (alice, bob, _carol, group, direct) = trio_and_direct(&server).await;
     let mut polling = config(&server, &bob);
     polling.transport = Transport::LongPoll;
     polling.receipts_interval = Duration::from_millis(100);
