@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::SinkExt;
 use lanes_protocol::codec::encode_client;
 use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, Seq, ServerFrame};
 use serde_json::json;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::net::{
-    Confirmations, Quick, Socket, Target, create_users, leading_number, next_frame, next_text,
-    quick, run_id, user_id, user_name,
+    Confirmations, Quick, Socket, Target, create_users, leading_number, next_frame, quick, run_id,
+    user_id, user_name,
 };
 use super::report::Report;
 use super::{CpuTime, SpawnedServer};
@@ -139,7 +137,7 @@ pub(crate) async fn run(
             ),
             reply_to: None,
         };
-        sender.send(Message::text(encode_client(&send))).await?;
+        sender.send_text(&encode_client(&send)).await?;
     }
     // Senders also receive every message: read their acks (they are not counted as receivers).
     for (index, sender) in senders.iter_mut().enumerate() {
@@ -257,17 +255,17 @@ async fn receive(
             .and_then(|(_, confirmations)| confirmations.due());
         let text = match due {
             Some(due) => tokio::select! {
-                text = next_text(socket) => text?,
+                text = socket.next_text() => text?,
                 () = tokio::time::sleep_until(due) => continue,
             },
-            None => next_text(socket).await?,
+            None => socket.next_text().await?,
         };
-        let (seq, body) = match quick(text.as_str()) {
+        let (seq, body) = match quick(text) {
             Quick::Message { seq, body, .. } => (seq, body),
             // A refused `received`, say: the run must not pass over it.
             Quick::Error => anyhow::bail!(
                 "server error: {:?}",
-                lanes_protocol::codec::decode_server(text.as_str())
+                lanes_protocol::codec::decode_server(text)
             ),
             Quick::Ack { .. } | Quick::Other => {
                 counts.other_bytes += text.len() as u64;
@@ -304,7 +302,7 @@ async fn confirm_due(
             conversation_id: *conversation_id,
             seq,
         };
-        socket.send(Message::text(encode_client(&received))).await?;
+        socket.send_text(&encode_client(&received)).await?;
         counts.confirmations += 1;
     }
     Ok(())

@@ -205,7 +205,7 @@ async fn open(
         let _ = connect_latency.record(took.as_micros() as u64);
         holders.push(tokio::spawn(async move {
             let mut socket = socket;
-            while let Some(Ok(_)) = socket.next().await {}
+            while socket.next_text().await.is_ok() {}
         }));
     }
     Ok((holders, connect_latency))

@@ -12,6 +12,7 @@ mod pairs;
 mod report;
 mod storm;
 mod sync;
+mod ws;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -8,17 +8,14 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use lanes_client::{HttpApi, ReceiptPacer};
 use lanes_protocol::codec::{decode_server, encode_client};
 use lanes_protocol::{ClientFrame, ConversationId, Seq, ServerFrame, StoreEpoch, UserId};
 use memchr::memmem;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
+pub(crate) use super::ws::Socket;
 
 /// A synced connection.
 pub(crate) struct Connected {
@@ -32,7 +29,7 @@ pub(crate) struct Connected {
 /// The server under load and how to act as its users.
 pub(crate) struct Target {
     pub(crate) base_url: String,
-    ws_url: String,
+    host: String,
     server_addr: SocketAddr,
     secret: String,
     sources: u8,
@@ -49,10 +46,10 @@ impl Target {
             .to_owned();
         Target {
             base_url: base_url.to_owned(),
-            ws_url: format!("ws://{host}/v1/ws"),
             server_addr: host
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            host,
             secret: secret.to_owned(),
             sources: sources.max(1),
             next_source: AtomicUsize::new(0),
@@ -116,21 +113,15 @@ impl Target {
             .await
             .with_context(|| format!("connect to {}", self.server_addr))?;
         stream.set_nodelay(true)?;
-        // tungstenite's default 128 KiB read buffer per socket would make the driver, not the
-        // server, the memory and page-fault hog with thousands of connections.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(16 * 1024);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(self.ws_url.as_str(), stream, Some(config))
-                .await
-                .context("websocket handshake")?;
+        let mut ws = Socket::handshake(stream, &self.host, "/v1/ws")
+            .await
+            .context("websocket handshake")?;
         let hello = ClientFrame::Hello {
             token: self.token(user)?,
             cursors,
             epoch,
         };
-        ws.send(Message::text(encode_client(&hello))).await?;
+        ws.send_text(&encode_client(&hello)).await?;
         let mut caught_up = Vec::new();
         loop {
             match next_frame(&mut ws).await? {
@@ -192,19 +183,9 @@ pub(crate) async fn connect_all(
     Ok(sockets)
 }
 
-/// The next server frame, skipping pings; an error when the socket ends.
+/// The next server frame; an error when the socket ends.
 pub(crate) async fn next_frame(ws: &mut Socket) -> anyhow::Result<ServerFrame> {
-    loop {
-        match ws.next().await {
-            None => bail!("connection closed"),
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(Message::Text(text))) => {
-                return decode_server(text.as_str()).context("undecodable server frame");
-            }
-            Some(Ok(Message::Close(frame))) => bail!("connection closed: {frame:?}"),
-            Some(Ok(_)) => continue,
-        }
-    }
+    decode_server(ws.next_text().await?).context("undecodable server frame")
 }
 
 /// Makes sure every user exists on the server (one authenticated call each, 64 at a time), so
@@ -293,21 +274,6 @@ pub(crate) fn leading_number(text: &str) -> Option<u64> {
         .position(|byte| !byte.is_ascii_digit())
         .unwrap_or(text.len());
     text[..end].parse().ok()
-}
-
-/// The next text frame, skipping pings; an error when the socket ends.
-pub(crate) async fn next_text(
-    ws: &mut Socket,
-) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
-    loop {
-        match ws.next().await {
-            None => bail!("connection closed"),
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(Message::Text(text))) => return Ok(text),
-            Some(Ok(Message::Close(frame))) => bail!("connection closed: {frame:?}"),
-            Some(Ok(_)) => continue,
-        }
-    }
 }
 
 /// A user id for bench user `index` of run `run`.

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::{FutureExt, SinkExt};
+use futures_util::FutureExt;
 use hdrhistogram::Histogram;
 use lanes_protocol::codec::encode_client;
 use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, Seq};
 use serde_json::json;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::net::{Confirmations, Quick, Target, next_text, quick, run_id, user_id, user_name};
+use super::net::{Confirmations, Quick, Target, quick, run_id, user_id, user_name};
 use super::report::{Report, histogram, latency_ms};
 use super::{CpuTime, SpawnedServer};
 
@@ -253,7 +252,7 @@ impl User {
                     body: body(self.started, args.body_bytes),
                     reply_to: None,
                 };
-                socket.feed(Message::text(encode_client(&send))).await?;
+                socket.feed_text(&encode_client(&send));
                 in_flight.push_back(Instant::now());
                 result.sent += 1;
                 wrote = true;
@@ -279,7 +278,7 @@ impl User {
                     conversation_id: self.conversation_id,
                     seq,
                 };
-                socket.send(Message::text(encode_client(&received))).await?;
+                socket.send_text(&encode_client(&received)).await?;
             }
             let wake_at = if sending && in_flight.len() < args.window {
                 next_send_at.min(self.send_until)
@@ -291,14 +290,14 @@ impl User {
             };
             let wake_at = confirmations.due().map_or(wake_at, |due| due.min(wake_at));
             let text = tokio::select! {
-                text = next_text(&mut socket) => text?,
+                text = socket.next_text() => text?,
                 _ = tokio::time::sleep_until(wake_at) => continue,
             };
-            self.on_frame(text.as_str(), &mut result, &mut in_flight, &mut last_seq)?;
+            self.on_frame(text, &mut result, &mut in_flight, &mut last_seq)?;
             // Frames that already arrived are read before sending again, so the sends they let
             // through go out in one write, as a client flushing its outbox does.
-            while let Some(text) = next_text(&mut socket).now_or_never() {
-                self.on_frame(text?.as_str(), &mut result, &mut in_flight, &mut last_seq)?;
+            while let Some(text) = socket.next_text().now_or_never() {
+                self.on_frame(text?, &mut result, &mut in_flight, &mut last_seq)?;
             }
             if args.receipts && result.received > received_before {
                 received_before = result.received;

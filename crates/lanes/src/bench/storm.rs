@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::SinkExt;
 use lanes_protocol::codec::encode_client;
 use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, Cursor, Seq, ServerFrame};
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
 use super::net::{Target, create_users, next_frame, run_id, user_id, user_name};
@@ -288,7 +286,7 @@ async fn feed(
                 attempt = 0;
                 let mut resent = true;
                 for (_, frame) in &unacked {
-                    if ws.send(Message::text(encode_client(frame))).await.is_err() {
+                    if ws.send_text(&encode_client(frame)).await.is_err() {
                         resent = false;
                         break;
                     }
@@ -310,7 +308,7 @@ async fn feed(
             };
             next += 1;
             next_send_at += interval;
-            if ws.send(Message::text(encode_client(&frame))).await.is_err() {
+            if ws.send_text(&encode_client(&frame)).await.is_err() {
                 socket = None;
             }
             unacked.push_back((group, frame));

@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::SinkExt;
 use lanes_protocol::codec::encode_client;
 use lanes_protocol::{ClientFrame, ClientMsgId, ConversationId, Cursor, Seq, ServerFrame};
 use serde_json::json;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::SpawnedServer;
 use super::net::{Socket, Target, create_users, next_frame, run_id, user_id, user_name};
@@ -167,7 +165,7 @@ async fn send_spread(
                         body: format!("message {sent} of a long history"),
                         reply_to: None,
                     };
-                    socket.feed(Message::text(encode_client(&frame))).await?;
+                    socket.feed_text(&encode_client(&frame));
                     sent += 1;
                 }
                 socket.flush().await?;
