@@ -406,6 +406,10 @@ export class Lanes extends EventTarget {
         if (frame.large && this.large) this.large.add(frame.conversation_id);
         this.refreshConversation(frame.conversation_id);
         break;
+      case "large": // a group grew past receipts_members_max: its count and members changed
+        if (this.large) this.large.add(frame.conversation_id);
+        this.refreshConversation(frame.conversation_id);
+        break;
       case "left":
         this.conversations.delete(frame.conversation_id);
         if (this.visible === frame.conversation_id) this.visible = null;
@@ -608,7 +612,7 @@ export class Lanes extends EventTarget {
     this.timers.receipts = setTimeout(() => { this.timers.receipts = null; this.flushReceipts(); }, at - Date.now());
   }
 
-  /** Large conversations (the server's `synced` or `joined` said so, or more members than
+  /** Large conversations (the server's `synced`, `joined` or `large` said so, or more members than
    *  `receipts_members_max`): a delivered position there is shown to no one live, so it is
    *  confirmed at most every RECEIPTS_INTERVAL_LARGE_MS (as the Rust SDK does). */
   isLarge(c) {

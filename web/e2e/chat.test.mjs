@@ -331,30 +331,41 @@ async function scenario(browser) {
   // A conversation names at most 100 members; the rest come from the members endpoint on request.
   const adminKey = process.env.LANES_ADMIN_KEY;
   assert(adminKey, "LANES_ADMIN_KEY is not set");
-  await alice.evaluate(async (key) => {
+  // Made with 100 members (not large: the server's receipts_members_max is 100), then grown
+  // to 101: the add that crosses the bound tells alice's client that the group is large now.
+  const hundred = await alice.evaluate(async (key) => {
     const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
     const users = [];
-    for (let i = 0; i < 101; i++) {
+    for (let i = 0; i < 100; i++) {
       const user_id = `crowd${String(i).padStart(3, "0")}`;
       const answer = await fetch("/v1/admin/users", { method: "POST", headers, body: JSON.stringify({ user_id }) });
       if (answer.status !== 201) throw new Error(`user ${user_id}: ${answer.status}`);
       users.push(user_id);
     }
-    const body = JSON.stringify({ kind: "group", name: "Hundred", owner: "alice", members: users });
+    const body = JSON.stringify({ kind: "group", name: "Hundred", owner: "alice", members: users.slice(0, 99) });
     const group = await fetch("/v1/admin/conversations", { method: "POST", headers, body });
     if (group.status !== 201) throw new Error(`group: ${group.status}`);
+    return (await group.json()).conversation_id;
   }, adminKey);
+  await until(alice, "the group of 100 joined", (id) => window.lanes.conversations.has(id), hundred);
+  assert(!(await alice.evaluate((id) => window.lanes.large.has(id), hundred)), "a group of 100 is not large");
+  await alice.evaluate(async ([key, id]) => {
+    const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+    const answer = await fetch(`/v1/admin/conversations/${id}/members`, { method: "POST", headers, body: JSON.stringify({ user_id: "crowd099" }) });
+    if (answer.status !== 204) throw new Error(`add: ${answer.status}`);
+  }, [adminKey, hundred]);
+  await until(alice, "the server naming the grown group large", (id) => window.lanes.large.has(id), hundred);
   await until(alice, "the large group in alice's list", () => [...document.querySelectorAll(".conv-name")].some((el) => el.textContent === "Hundred"));
   await openConversation(alice, "Hundred");
-  await until(alice, "the member count", () => document.getElementById("conv-sub").textContent === "102 members");
+  await until(alice, "the member count", () => document.getElementById("conv-sub").textContent === "101 members");
   await alice.getByRole("button", { name: "Members" }).click();
   await until(alice, "100 members listed and a button for the rest", () => document.querySelectorAll("#member-list li").length === 101
-    && document.getElementById("more-members")?.textContent === "Show more (2 not shown)");
+    && document.getElementById("more-members")?.textContent === "Show more (1 not shown)");
   await alice.locator("#more-members").click();
-  await until(alice, "all 102 members listed", () => document.querySelectorAll("#member-list li").length === 102 && !document.getElementById("more-members"));
+  await until(alice, "all 101 members listed", () => document.querySelectorAll("#member-list li").length === 101 && !document.getElementById("more-members"));
   const listed = await alice.evaluate(() => [...document.querySelectorAll("#member-list li")].map((li) => li.textContent.trim().split(" ")[0]));
-  assert(new Set(listed).size === 102 && listed.includes("crowd100") && listed.includes("alice"), `listed: ${listed.join(", ")}`);
-  log("a group of 102: 100 members listed, the rest on request");
+  assert(new Set(listed).size === 101 && listed.includes("crowd099") && listed.includes("alice"), `listed: ${listed.join(", ")}`);
+  log("a group grown to 101: named large, 100 members listed, the rest on request");
 
   step = "history with infinite scroll";
   // 120 messages from carol to alice, posted over HTTP before alice opens the chat. Alice's

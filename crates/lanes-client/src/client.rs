@@ -50,8 +50,8 @@ pub struct ClientConfig {
     /// group means a frame to the server for nearly every message received. Intervals above a
     /// day count as a day.
     pub receipts_interval: Duration,
-    /// The same in the conversations the server calls large when it syncs a WebSocket
-    /// (`synced`'s `large`: more than `receipts_members_max` members; default 30 s). There a
+    /// The same in the conversations the server calls large (`synced`'s `large`, `joined`'s,
+    /// or a `large` frame: more than `receipts_members_max` members; default 30 s). There a
     /// delivered position is shown to no one live, and every member confirming every second
     /// would cost the server a frame per member per second.
     pub receipts_interval_large: Duration,

@@ -908,6 +908,7 @@ impl Driver {
                 }
                 self.push_event(Event::Joined(conversation_id));
             }
+            ServerFrame::Large { conversation_id } => self.unconfirmed.add_large(conversation_id),
             ServerFrame::Left { conversation_id } => {
                 self.delivery.handle_left(conversation_id);
                 self.drain_delivery();

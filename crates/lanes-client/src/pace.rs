@@ -121,7 +121,8 @@ impl Unconfirmed {
         }
     }
 
-    /// The user joined a large conversation (`joined`'s `large`).
+    /// The user joined a large conversation (`joined`'s `large`), or one grew past the bound
+    /// (`large`).
     pub(crate) fn add_large(&mut self, conversation_id: ConversationId) {
         if self.large_ids.insert(conversation_id)
             && let Some(seq) = self.ordinary.positions.remove(&conversation_id)

@@ -794,7 +794,7 @@ async fn confirms_receipts_at_most_once_per_interval() {
 }
 
 #[tokio::test]
-async fn confirms_rarely_in_conversations_synced_as_large() {
+async fn confirms_rarely_in_conversations_named_large() {
     let interval = Duration::from_millis(200);
     let mut server = FakeServer::start().await;
     let (_client, mut events, mut conn) = connect(&mut server, |config| {
@@ -818,12 +818,17 @@ async fn confirms_rarely_in_conversations_synced_as_large() {
         next_event(&mut events).await,
         Event::Joined(ConversationId(3))
     );
+    // A group that grew past the bound meanwhile.
+    conn.send(ServerFrame::Large {
+        conversation_id: ConversationId(4),
+    })
+    .await;
     let mut confirmed = Vec::new();
-    // Conversation 1 is ordinary, 2 and 3 large: 1's first position goes at once and later
-    // ones on its pace, while 2's and 3's wait (even the first: a random part of the large
+    // Conversation 1 is ordinary, 2, 3 and 4 large: 1's first position goes at once and later
+    // ones on its pace, while the others wait (even the first: a random part of the large
     // interval).
     for round in 1..=3 {
-        for conversation in [1, 2, 3] {
+        for conversation in [1, 2, 3, 4] {
             conn.send(ServerFrame::Message(message(conversation, round)))
                 .await;
             assert_eq!(next_messages(&mut events, 1).await, [(conversation, round)]);

@@ -527,8 +527,8 @@ pub enum ServerFrame {
         /// The user's conversations of more than `receipts_members_max` members at this point:
         /// a delivered position there is shown to no one live, so clients confirm delivery
         /// there rarely (the SDK and the web client: at most about every 30 s). Absent when
-        /// there are none; not updated when a group grows (a conversation joined later is
-        /// marked in its `joined`).
+        /// there are none. Later: a conversation joined is marked in its `joined`, one that
+        /// grows past the bound is named by a `large` frame.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         large: Vec<ConversationId>,
     },
@@ -543,6 +543,13 @@ pub enum ServerFrame {
         /// It has more than `receipts_members_max` members: as in `synced`'s `large`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         large: bool,
+    },
+    /// A conversation of the user grew past `receipts_members_max` members while the user was
+    /// connected: from now on as in `synced`'s `large`. Sent once, as the add that crossed the
+    /// bound is stored, to every member online then; not sent when a group shrinks back.
+    Large {
+        /// The conversation.
+        conversation_id: ConversationId,
     },
     /// The user stopped being a member of a conversation (removed or left); no more frames
     /// of it follow.

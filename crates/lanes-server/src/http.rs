@@ -7,16 +7,21 @@ use std::net::SocketAddr;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
+use lanes_hub::Delivery;
+use lanes_protocol::codec::encode_server;
 use lanes_protocol::http::{
     AddMember, Conversation, ConversationList, CreateDirect, CreateGroup, Credentials, ErrorBody,
     History, MemberPage, Role, Session, Settings,
 };
-use lanes_protocol::{ConversationId, ErrorCode, Seq, StoreEpoch, UnixMillis, UserId, limits};
+use lanes_protocol::{
+    ConversationId, ErrorCode, Seq, ServerFrame, StoreEpoch, UnixMillis, UserId, limits,
+};
 use lanes_store::{ListingCursor, ManageOutcome, decide_removal};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
@@ -799,7 +804,7 @@ pub(crate) async fn add_member_as(
     let stored = added.clone();
     let now = now_millis();
     let receipts_members_max = state.config.realtime.receipts_members_max;
-    let (outcome, large) = blocking(&state.store, move |store| {
+    let (outcome, size) = blocking(&state.store, move |store| {
         let outcome = store.add_member_as(
             &actor,
             conversation_id,
@@ -809,21 +814,50 @@ pub(crate) async fn add_member_as(
             may_manage,
             now,
         )?;
-        // In the same trip: what `joined` tells the new member (a hint: a failed count says no).
-        let large = outcome == ManageOutcome::Changed
-            && store
-                .larger_than(&[conversation_id], receipts_members_max)
-                .is_ok_and(|large| !large.is_empty());
-        Ok((outcome, large))
+        // In the same trip: whether the group is large now, and whether this add made it so
+        // (hints: a failed count says no).
+        let larger_than = |members: usize| {
+            store
+                .larger_than(&[conversation_id], members)
+                .is_ok_and(|large| !large.is_empty())
+        };
+        let size = if outcome != ManageOutcome::Changed || !larger_than(receipts_members_max) {
+            Size::Ordinary
+        } else if larger_than(receipts_members_max + 1) {
+            Size::Large
+        } else {
+            Size::JustLarge
+        };
+        Ok((outcome, size))
     })
     .await?;
     if let Some(error) = manage_error(outcome) {
         return Err(error);
     }
     if outcome == ManageOutcome::Changed {
-        state.hub.member_added(conversation_id, &added, large);
+        state
+            .hub
+            .member_added(conversation_id, &added, size != Size::Ordinary);
+        if size == Size::JustLarge {
+            // Everyone online in it now confirms delivery rarely there, as `synced` would
+            // have told them (two adds that race across the bound may both miss it; members
+            // then learn it at their next `synced`).
+            let large = Utf8Bytes::from(encode_server(&ServerFrame::Large { conversation_id }));
+            state
+                .hub
+                .signal(conversation_id, |_| Some(large.clone()), Delivery::Reliable);
+        }
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A group's size after an add, against `receipts_members_max`.
+#[derive(PartialEq)]
+enum Size {
+    Ordinary,
+    /// Past the bound by exactly one: this add crossed it.
+    JustLarge,
+    Large,
 }
 
 /// `DELETE /v1/conversations/{id}/members/{user_id}`

@@ -519,13 +519,11 @@ async fn a_lingering_committer_stores_sends() {
     server.assert_clean_log();
 }
 
-/// Past `realtime.receipts_members_max` members a position goes only to its own user's devices
-/// (live and after catch-up), the welcome says where that starts, and the receipts endpoint
-/// still has everyone's.
 /// `joined` tells a member added while connected whether the conversation is large (more than
-/// `receipts_members_max` members), as `synced` does for the ones it had.
+/// `receipts_members_max` members), as `synced` does for the ones it had, and a `large` frame
+/// tells the members online when an add takes a group past the bound (only then).
 #[tokio::test]
-async fn joined_says_whether_the_conversation_is_large() {
+async fn joined_and_large_say_whether_the_conversation_is_large() {
     let (server, http, _config) = start_with_config("[realtime]\nreceipts_members_max = 2\n");
     let alice = http.register("alice").await;
     let bob = http.register("bob").await;
@@ -556,6 +554,9 @@ async fn joined_says_whether_the_conversation_is_large() {
         assert_eq!(status, 204, "{body}");
     };
     add_bob().await;
+    // Dave was in `pair` as it crossed the bound.
+    let (large, _) = dave_ws.until("large").await;
+    assert_eq!(large, json!({"type": "large", "conversation_id": pair}));
     let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     let (status, body) = http
         .call(
@@ -573,8 +574,38 @@ async fn joined_says_whether_the_conversation_is_large() {
         (&joined["conversation_id"], &joined["large"]),
         (&json!(pair), &json!(true))
     );
+    // Crossed again: everyone online hears it, the new member too.
+    let (large, _) = bob_ws.until("large").await;
+    assert_eq!(large["conversation_id"], pair);
+    let (large, _) = dave_ws.until("large").await;
+    assert_eq!(large["conversation_id"], pair);
+    // An add to a group already past the bound is no news to its members.
+    http.register("erin").await;
+    let (status, body) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{pair}/members"),
+            Some(&alice),
+            Some(json!({"user_id": "erin"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let mut dave_sends = RawWs::hello(&server.ws_url(), &dave, json!([]), None)
+        .await
+        .0;
+    dave_sends.send_message(pair, "d1", "after erin").await;
+    for ws in [&mut dave_ws, &mut bob_ws] {
+        let (_, skipped) = ws.until("message").await;
+        assert!(
+            skipped.iter().all(|frame| frame["type"] != "large"),
+            "{skipped:?}"
+        );
+    }
 }
 
+/// Past `realtime.receipts_members_max` members a position goes only to its own user's devices
+/// (live and after catch-up), the welcome says where that starts, and the receipts endpoint
+/// still has everyone's.
 #[tokio::test]
 async fn large_groups_share_only_own_receipts() {
     let (server, http, _config) =
