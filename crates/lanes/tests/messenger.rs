@@ -542,18 +542,19 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
         (&json!(trio), &json!(true))
     );
     // Added to a group that grew past the bound: counted after the add.
-    let add_bob = || async {
+    let (http, alice) = (&http, &alice);
+    let add = |user_id: &'static str| async move {
         let (status, body) = http
             .call(
                 "POST",
                 &format!("/v1/conversations/{pair}/members"),
-                Some(&alice),
-                Some(json!({"user_id": "bob"})),
+                Some(alice),
+                Some(json!({"user_id": user_id})),
             )
             .await;
         assert_eq!(status, 204, "{body}");
     };
-    add_bob().await;
+    add("bob").await;
     // Dave was in `pair` as it crossed the bound.
     let (large, _) = dave_ws.until("large").await;
     assert_eq!(large, json!({"type": "large", "conversation_id": pair}));
@@ -562,13 +563,13 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
         .call(
             "DELETE",
             &format!("/v1/conversations/{pair}/members/bob"),
-            Some(&alice),
+            Some(alice),
             None,
         )
         .await;
     assert_eq!(status, 204, "{body}");
     bob_ws.until("left").await;
-    add_bob().await;
+    add("bob").await;
     let (joined, _) = bob_ws.until("joined").await;
     assert_eq!(
         (&joined["conversation_id"], &joined["large"]),
@@ -581,15 +582,7 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
     assert_eq!(large["conversation_id"], pair);
     // An add to a group already past the bound is no news to its members.
     http.register("erin").await;
-    let (status, body) = http
-        .call(
-            "POST",
-            &format!("/v1/conversations/{pair}/members"),
-            Some(&alice),
-            Some(json!({"user_id": "erin"})),
-        )
-        .await;
-    assert_eq!(status, 204, "{body}");
+    add("erin").await;
     let mut dave_sends = RawWs::hello(&server.ws_url(), &dave, json!([]), None)
         .await
         .0;

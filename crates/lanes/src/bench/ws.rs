@@ -1,9 +1,9 @@
 //! The bench's WebSocket client: the handshake, masked text frames out, server frames in.
 //!
 //! Thousands of the bench's users share two cores with the server they measure, so what each
-//! delivery costs the driver shows in the server's figures. Through tokio-tungstenite a member's
-//! read cost more user time than the server's whole delivery (docs/BENCHMARKS.md, eleventh
-//! session): the codec zeroed the free part of its read buffer before every read, split every
+//! delivery costs the driver shows in the server's figures. Through tokio-tungstenite a member
+//! spent more user time reading a message than the server spent delivering it
+//! (docs/BENCHMARKS.md, eleventh session): the codec zeroed the free part of its read buffer before every read, split every
 //! frame off a `BytesMut`, and registered the task's waker with two proxies on every poll. Here
 //! a connection reads into one buffer it keeps (spare capacity, never zeroed) and hands out text
 //! frames as slices of it; frame headers are parsed and written by tungstenite's `FrameHeader`,
