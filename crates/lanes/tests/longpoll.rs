@@ -532,3 +532,70 @@ async fn a_long_backlog_comes_in_pages_without_loss_or_duplicates() {
     assert!(bob_poll.poll(0).await.is_empty());
     server.assert_clean_log();
 }
+
+/// A waiting long poll hears that a group grew past `receipts_members_max`, as a WebSocket
+/// does (`large`), once.
+#[tokio::test]
+async fn a_poll_names_a_group_that_grew_large() {
+    let (_server, http, _config) =
+        common::start_with_config("[realtime]\nreceipts_members_max = 2\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    http.register("carol").await;
+    http.register("dave").await;
+    let pair = http.group(&alice, "pair", &["carol".into()]).await;
+    // So that alice may see bob's presence.
+    http.direct(&alice, "bob").await;
+    let mut bob_poll = Poller::new(&http.base, &bob);
+    let waiting = tokio::spawn(async move {
+        let events = bob_poll.poll(5_000).await;
+        (bob_poll, events)
+    });
+    // Bob counts as online once his poll is registered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, presence) = http
+            .call("GET", "/v1/presence?user_ids=bob", Some(&alice), None)
+            .await;
+        if presence["users"][0]["state"] == "online" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never polled: {presence}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let add = |user_id: &'static str| {
+        let (http, alice) = (&http, &alice);
+        async move {
+            let (status, body) = http
+                .call(
+                    "POST",
+                    &format!("/v1/conversations/{pair}/members"),
+                    Some(alice),
+                    Some(json!({"user_id": user_id})),
+                )
+                .await;
+            assert_eq!(status, 204, "{body}");
+        }
+    };
+    // Bob's own add takes the group past the bound.
+    add("bob").await;
+    let (mut bob_poll, mut events) = waiting.await.unwrap();
+    if events.len() < 2 {
+        events.extend(bob_poll.poll(5_000).await);
+    }
+    assert_eq!(
+        events,
+        [
+            json!({"type": "joined", "conversation_id": pair, "large": true}),
+            json!({"type": "large", "conversation_id": pair})
+        ]
+    );
+    // Past the bound already: no news.
+    add("dave").await;
+    http_send(&http, &alice, pair, "a1", "four of us").await;
+    let events = bob_poll.until_seq(pair, 1).await;
+    assert!(
+        events.iter().all(|event| event["type"] != "large"),
+        "{events:?}"
+    );
+}
