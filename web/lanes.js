@@ -410,6 +410,10 @@ export class Lanes extends EventTarget {
         if (this.large) this.large.add(frame.conversation_id);
         this.refreshConversation(frame.conversation_id);
         break;
+      case "member_added": // someone else joined or left a group (groups up to the bound)
+      case "member_removed":
+        this.refreshConversation(frame.conversation_id);
+        break;
       case "left":
         this.conversations.delete(frame.conversation_id);
         if (this.visible === frame.conversation_id) this.visible = null;

@@ -327,6 +327,32 @@ async function scenario(browser) {
   await alice.evaluate(() => { window.lanes.receiptsMembersMax = 100; });
   log(`large group confirmed ${crowdCalls.length} time(s) for 3 messages`);
 
+  step = "members joining and leaving a group, live";
+  // Alice adds dave to the team and removes him again; bob's client hears both (`member_added`,
+  // `member_removed`) and shows the group's new member count without a reload.
+  const teamCount = (page, count) => until(page, `the team counted at ${count}`,
+    (count) => [...window.lanes.conversations.values()].some((c) => c.name === "Team" && c.memberCount === count), count);
+  await teamCount(bob, 3);
+  await alice.evaluate(async (key) => {
+    const admin = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+    const created = await fetch("/v1/admin/users", { method: "POST", headers: admin, body: JSON.stringify({ user_id: "dave" }) });
+    if (created.status !== 201) throw new Error(`user dave: ${created.status}`);
+    const team = [...window.lanes.conversations.values()].find((c) => c.name === "Team");
+    const { token } = JSON.parse(localStorage.getItem("lanes.session"));
+    const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+    const added = await fetch(`/v1/conversations/${team.id}/members`, { method: "POST", headers, body: JSON.stringify({ user_id: "dave" }) });
+    if (added.status !== 204) throw new Error(`add dave: ${added.status}`);
+  }, process.env.LANES_ADMIN_KEY);
+  await teamCount(bob, 4);
+  await alice.evaluate(async () => {
+    const team = [...window.lanes.conversations.values()].find((c) => c.name === "Team");
+    const { token } = JSON.parse(localStorage.getItem("lanes.session"));
+    const removed = await fetch(`/v1/conversations/${team.id}/members/dave`, { method: "DELETE", headers: { authorization: `Bearer ${token}` } });
+    if (removed.status !== 204) throw new Error(`remove dave: ${removed.status}`);
+  });
+  await teamCount(bob, 3);
+  log("bob saw dave join the team and leave it");
+
   step = "members of a large group, a page at a time";
   // A conversation names at most 100 members; the rest come from the members endpoint on request.
   const adminKey = process.env.LANES_ADMIN_KEY;

@@ -145,6 +145,28 @@ pub enum Event {
     /// [`Client::cursors`] and the next `hello`), so if we join it again its messages are
     /// delivered again from seq 1.
     Left(ConversationId),
+    /// Someone else became a member of one of our groups (pushed in groups of at most
+    /// `receipts_members_max` members; larger ones: [`HttpApi::members`]).
+    MemberAdded {
+        /// The group.
+        conversation_id: ConversationId,
+        /// Who joined.
+        user_id: UserId,
+        /// Their role.
+        role: lanes_protocol::http::Role,
+        /// Members now.
+        member_count: usize,
+    },
+    /// Someone else stopped being a member of one of our groups (removed, or left), pushed as
+    /// [`Event::MemberAdded`] is.
+    MemberRemoved {
+        /// The group.
+        conversation_id: ConversationId,
+        /// Who left.
+        user_id: UserId,
+        /// Members now.
+        member_count: usize,
+    },
     /// The connection was lost; the client is reconnecting.
     Disconnected {
         /// What happened, for humans.

@@ -46,6 +46,8 @@ impl ResumePoint {
             }
             Event::Synced
             | Event::Joined(_)
+            | Event::MemberAdded { .. }
+            | Event::MemberRemoved { .. }
             | Event::Disconnected { .. }
             | Event::Receipts { .. }
             | Event::Typing { .. }

@@ -943,3 +943,40 @@ async fn confirms_receipt_of_what_it_receives() {
         ClientFrame::Read { seq, .. } if seq.0 == 4
     ));
 }
+
+#[tokio::test]
+async fn membership_changes_of_others_become_events() {
+    let mut server = FakeServer::start().await;
+    let (_client, mut events, conn) = connect(&mut server, |_| {}).await;
+    let carol = UserId::parse("carol").unwrap();
+    conn.send(ServerFrame::MemberAdded {
+        conversation_id: ConversationId(7),
+        user_id: carol.clone(),
+        role: lanes_protocol::http::Role::Member,
+        member_count: 3,
+    })
+    .await;
+    conn.send(ServerFrame::MemberRemoved {
+        conversation_id: ConversationId(7),
+        user_id: carol.clone(),
+        member_count: 2,
+    })
+    .await;
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::MemberAdded {
+            conversation_id: ConversationId(7),
+            user_id: carol.clone(),
+            role: lanes_protocol::http::Role::Member,
+            member_count: 3
+        }
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::MemberRemoved {
+            conversation_id: ConversationId(7),
+            user_id: carol,
+            member_count: 2
+        }
+    );
+}

@@ -551,6 +551,31 @@ pub enum ServerFrame {
         /// The conversation.
         conversation_id: ConversationId,
     },
+    /// Someone else became a member of one of the user's groups. Sent to the members online in
+    /// groups of at most `receipts_members_max` members (the add that takes a group past it is
+    /// announced by `large`; larger groups' changes are not pushed: page
+    /// `GET /v1/conversations/{id}/members`).
+    MemberAdded {
+        /// The group.
+        conversation_id: ConversationId,
+        /// Who joined.
+        user_id: UserId,
+        /// Their role.
+        role: crate::http::Role,
+        /// Members now.
+        member_count: usize,
+    },
+    /// Someone else stopped being a member of one of the user's groups (removed, or left),
+    /// announced as `member_added` is. Roles that change with it (an owner leaving hands the
+    /// group on) are in the group's view.
+    MemberRemoved {
+        /// The group.
+        conversation_id: ConversationId,
+        /// Who left.
+        user_id: UserId,
+        /// Members now.
+        member_count: usize,
+    },
     /// The user stopped being a member of a conversation (removed or left); no more frames
     /// of it follow.
     Left {

@@ -22,7 +22,7 @@ use lanes_protocol::http::{
 use lanes_protocol::{
     ConversationId, ErrorCode, Seq, ServerFrame, StoreEpoch, UnixMillis, UserId, limits,
 };
-use lanes_store::{ListingCursor, ManageOutcome, decide_removal};
+use lanes_store::{ListingCursor, ManageOutcome, Store, decide_removal};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
 use utoipa::OpenApi;
@@ -814,19 +814,10 @@ pub(crate) async fn add_member_as(
             may_manage,
             now,
         )?;
-        // In the same trip: whether the group is large now, and whether this add made it so
-        // (hints: a failed count says no).
-        let larger_than = |members: usize| {
-            store
-                .larger_than(&[conversation_id], members)
-                .is_ok_and(|large| !large.is_empty())
-        };
-        let size = if outcome != ManageOutcome::Changed || !larger_than(receipts_members_max) {
-            Size::Ordinary
-        } else if larger_than(receipts_members_max + 1) {
-            Size::Large
+        let size = if outcome == ManageOutcome::Changed {
+            size_of(store, conversation_id, receipts_members_max)
         } else {
-            Size::JustLarge
+            Size::Unknown
         };
         Ok((outcome, size))
     })
@@ -834,30 +825,65 @@ pub(crate) async fn add_member_as(
     if let Some(error) = manage_error(outcome) {
         return Err(error);
     }
-    if outcome == ManageOutcome::Changed {
-        state
-            .hub
-            .member_added(conversation_id, &added, size != Size::Ordinary);
-        if size == Size::JustLarge {
-            // Everyone online in it now confirms delivery rarely there, as `synced` would
-            // have told them (two adds that race across the bound may both miss it; members
-            // then learn it at their next `synced`).
-            let large = Utf8Bytes::from(encode_server(&ServerFrame::Large { conversation_id }));
-            state
-                .hub
-                .signal(conversation_id, |_| Some(large.clone()), Delivery::Reliable);
-        }
+    if outcome != ManageOutcome::Changed {
+        return Ok(StatusCode::NO_CONTENT);
     }
+    let large = matches!(size, Size::JustLarge | Size::Large);
+    state.hub.member_added(conversation_id, &added, large);
+    let frame = match size {
+        // Everyone online in it now confirms delivery rarely there, as `synced` would have
+        // told them (two adds that race across the bound may both miss it; members then learn
+        // it at their next `synced`).
+        Size::JustLarge => ServerFrame::Large { conversation_id },
+        Size::Small(member_count) => ServerFrame::MemberAdded {
+            conversation_id,
+            user_id: added.clone(),
+            role,
+            member_count,
+        },
+        Size::Large | Size::Unknown => return Ok(StatusCode::NO_CONTENT),
+    };
+    let payload = Utf8Bytes::from(encode_server(&frame));
+    // The new member has its `joined`, and hears `large` too.
+    let to_new_member = matches!(frame, ServerFrame::Large { .. });
+    state.hub.signal(
+        conversation_id,
+        |user_id| (to_new_member || *user_id != added).then(|| payload.clone()),
+        Delivery::Reliable,
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A group's size after an add, against `receipts_members_max`.
+/// A group's size after a membership change, against `receipts_members_max`: what its members
+/// online are told (a hint, counted after the change's commit: a failed count says nothing).
 #[derive(PartialEq)]
 enum Size {
-    Ordinary,
-    /// Past the bound by exactly one: this add crossed it.
+    /// At most the bound: this many members, told of each change.
+    Small(usize),
+    /// Past the bound by exactly one: an add crossed it.
     JustLarge,
     Large,
+    Unknown,
+}
+
+/// Counts `conversation_id`'s members only when there are at most `members_max` of them (the
+/// large ones only as far as the bound).
+fn size_of(store: &dyn Store, conversation_id: ConversationId, members_max: usize) -> Size {
+    let larger_than = |members: usize| {
+        store
+            .larger_than(&[conversation_id], members)
+            .map(|large| !large.is_empty())
+    };
+    match larger_than(members_max) {
+        Ok(false) => store
+            .conversation_info(conversation_id)
+            .ok()
+            .flatten()
+            .map_or(Size::Unknown, |info| Size::Small(info.members.len())),
+        Ok(true) if larger_than(members_max + 1).is_ok_and(|larger| !larger) => Size::JustLarge,
+        Ok(true) => Size::Large,
+        Err(_) => Size::Unknown,
+    }
 }
 
 /// `DELETE /v1/conversations/{id}/members/{user_id}`
@@ -965,12 +991,19 @@ async fn remove(
     // or fails, the member is put back (a `joined` catch-up covers what was skipped).
     state.hub.member_removed(conversation_id, &target);
     let removed = target.clone();
+    let receipts_members_max = state.config.realtime.receipts_members_max;
     let result = blocking(&state.store, move |store| {
-        store.remove_member_as(&actor, conversation_id, &removed, may_manage)
+        let outcome = store.remove_member_as(&actor, conversation_id, &removed, may_manage)?;
+        let size = if outcome == ManageOutcome::Changed {
+            size_of(store, conversation_id, receipts_members_max)
+        } else {
+            Size::Unknown
+        };
+        Ok((outcome, size))
     })
     .await;
     let refused = match &result {
-        Ok(outcome) => manage_error(*outcome),
+        Ok((outcome, _)) => manage_error(*outcome),
         Err(_) => None,
     };
     if result.is_err() || refused.is_some() {
@@ -980,7 +1013,18 @@ async fn remove(
     if let Some(error) = refused {
         return Err(error);
     }
-    result?;
+    if let (_, Size::Small(member_count)) = result? {
+        let payload = Utf8Bytes::from(encode_server(&ServerFrame::MemberRemoved {
+            conversation_id,
+            user_id: target,
+            member_count,
+        }));
+        state.hub.signal(
+            conversation_id,
+            |_| Some(payload.clone()),
+            Delivery::Reliable,
+        );
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

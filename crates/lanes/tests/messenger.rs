@@ -596,6 +596,98 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
     }
 }
 
+/// The members online hear who joins and leaves a group of at most `receipts_members_max`
+/// members (`member_added`, `member_removed`, with the count); the joining member hears only its
+/// `joined`, and changes past the bound are not announced (the crossing add says `large`).
+#[tokio::test]
+async fn members_hear_who_joins_and_leaves_a_small_group() {
+    let (server, http, _config) = start_with_config("[realtime]\nreceipts_members_max = 3\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let carol = http.register("carol").await;
+    http.register("dave").await;
+    http.register("erin").await;
+    let team = http.group(&alice, "team", &["bob".into()]).await;
+    let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    let (http, alice_token) = (&http, &alice);
+    let change = |method: &'static str, path: String, body: Option<Value>| async move {
+        let (status, answer) = http.call(method, &path, Some(alice_token), body).await;
+        assert_eq!(status, 204, "{method} {path}: {answer}");
+    };
+    let add = |user_id: &'static str| {
+        change(
+            "POST",
+            format!("/v1/conversations/{team}/members"),
+            Some(json!({"user_id": user_id})),
+        )
+    };
+    let remove = |user_id: &'static str| {
+        change(
+            "DELETE",
+            format!("/v1/conversations/{team}/members/{user_id}"),
+            None,
+        )
+    };
+    add("carol").await;
+    let (added, _) = bob_ws.until("member_added").await;
+    assert_eq!(
+        added,
+        json!({"type": "member_added", "conversation_id": team, "user_id": "carol",
+               "role": "member", "member_count": 3})
+    );
+    carol_ws.until("joined").await;
+    // Carol leaves by herself.
+    let (status, body) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{team}/leave"),
+            Some(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (removed, _) = bob_ws.until("member_removed").await;
+    assert_eq!(
+        removed,
+        json!({"type": "member_removed", "conversation_id": team, "user_id": "carol",
+               "member_count": 2})
+    );
+    add("carol").await;
+    let (added, _) = bob_ws.until("member_added").await;
+    assert_eq!(added["member_count"], 3);
+    // The fourth member takes the group past the bound: `large`, not `member_added`; then no
+    // news until it is back within the bound.
+    add("dave").await;
+    let (_, skipped) = bob_ws.until("large").await;
+    assert!(
+        skipped.iter().all(|frame| frame["type"] != "member_added"),
+        "{skipped:?}"
+    );
+    add("erin").await;
+    remove("erin").await;
+    remove("dave").await;
+    let (removed, skipped) = bob_ws.until("member_removed").await;
+    assert_eq!(
+        (&removed["user_id"], &removed["member_count"]),
+        (&json!("dave"), &json!(3))
+    );
+    assert!(
+        skipped
+            .iter()
+            .all(|frame| !frame["type"].as_str().unwrap_or("").starts_with("member_")),
+        "{skipped:?}"
+    );
+    // Carol heard of none of her own joins.
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    alice_ws.send_message(team, "a1", "all here").await;
+    let (_, skipped) = carol_ws.until("message").await;
+    let about_carol = skipped
+        .iter()
+        .filter(|frame| frame["type"] == "member_added" && frame["user_id"] == "carol");
+    assert_eq!(about_carol.count(), 0, "{skipped:?}");
+}
+
 /// Past `realtime.receipts_members_max` members a position goes only to its own user's devices
 /// (live and after catch-up), the welcome says where that starts, and the receipts endpoint
 /// still has everyone's.
