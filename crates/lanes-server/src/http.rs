@@ -856,7 +856,6 @@ pub(crate) async fn add_member_as(
 
 /// A group's size after a membership change, against `receipts_members_max`: what its members
 /// online are told (a hint, counted after the change's commit: a failed count says nothing).
-#[derive(PartialEq)]
 enum Size {
     /// At most the bound: this many members, told of each change.
     Small(usize),
