@@ -411,9 +411,22 @@ export class Lanes extends EventTarget {
         this.refreshConversation(frame.conversation_id);
         break;
       case "member_added": // someone else joined or left a group (groups up to the bound)
-      case "member_removed":
-        this.refreshConversation(frame.conversation_id);
+      case "member_removed": {
+        // Applied here rather than refetched: every member online would ask at once.
+        const c = this.conversations.get(frame.conversation_id);
+        const owner = c?.members.find((m) => m.role === "owner");
+        if (!c || (frame.type === "member_removed" && owner?.user_id === frame.user_id)) {
+          // Unknown here, or the owner left and handed the group on: the view has the roles.
+          this.refreshConversation(frame.conversation_id);
+          break;
+        }
+        c.members = c.members.filter((m) => m.user_id !== frame.user_id);
+        if (frame.type === "member_added") c.members.push({ user_id: frame.user_id, role: frame.role });
+        c.memberCount = Math.max(frame.member_count, c.members.length);
+        if (c.id === this.visible) this.watchPresence();
+        this.changed(c.id);
         break;
+      }
       case "left":
         this.conversations.delete(frame.conversation_id);
         if (this.visible === frame.conversation_id) this.visible = null;
