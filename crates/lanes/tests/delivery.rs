@@ -371,15 +371,7 @@ async fn a_member_added_while_online_is_told_and_caught_up() {
     }
     let (mut bob_ws, caught_up) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     assert!(caught_up.is_empty());
-    let (status, _) = http
-        .call(
-            "POST",
-            &format!("/v1/conversations/{group}/members"),
-            Some(&alice),
-            Some(json!({"user_id":"bob"})),
-        )
-        .await;
-    assert_eq!(status, 204);
+    http.add_member(&alice, group, "bob").await;
     let (joined, _) = bob_ws.until("joined").await;
     assert_eq!(joined["conversation_id"], group);
     let mut seen = Vec::new();

@@ -563,22 +563,8 @@ async fn a_poll_names_a_group_that_grew_large() {
         assert!(Instant::now() < deadline, "bob never polled: {presence}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let add = |user_id: &'static str| {
-        let (http, alice) = (&http, &alice);
-        async move {
-            let (status, body) = http
-                .call(
-                    "POST",
-                    &format!("/v1/conversations/{pair}/members"),
-                    Some(alice),
-                    Some(json!({"user_id": user_id})),
-                )
-                .await;
-            assert_eq!(status, 204, "{body}");
-        }
-    };
     // Bob's own add takes the group past the bound.
-    add("bob").await;
+    http.add_member(&alice, pair, "bob").await;
     let (mut bob_poll, mut events) = waiting.await.unwrap();
     if events.len() < 2 {
         events.extend(bob_poll.poll(5_000).await);
@@ -591,7 +577,7 @@ async fn a_poll_names_a_group_that_grew_large() {
         ]
     );
     // Past the bound already: no news.
-    add("dave").await;
+    http.add_member(&alice, pair, "dave").await;
     http_send(&http, &alice, pair, "a1", "four of us").await;
     let events = bob_poll.until_seq(pair, 1).await;
     assert!(

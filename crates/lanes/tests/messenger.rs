@@ -542,19 +542,7 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
         (&json!(trio), &json!(true))
     );
     // Added to a group that grew past the bound: counted after the add.
-    let (http, alice) = (&http, &alice);
-    let add = |user_id: &'static str| async move {
-        let (status, body) = http
-            .call(
-                "POST",
-                &format!("/v1/conversations/{pair}/members"),
-                Some(alice),
-                Some(json!({"user_id": user_id})),
-            )
-            .await;
-        assert_eq!(status, 204, "{body}");
-    };
-    add("bob").await;
+    http.add_member(&alice, pair, "bob").await;
     // Dave was in `pair` as it crossed the bound.
     let (large, _) = dave_ws.until("large").await;
     assert_eq!(large, json!({"type": "large", "conversation_id": pair}));
@@ -563,13 +551,13 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
         .call(
             "DELETE",
             &format!("/v1/conversations/{pair}/members/bob"),
-            Some(alice),
+            Some(&alice),
             None,
         )
         .await;
     assert_eq!(status, 204, "{body}");
     bob_ws.until("left").await;
-    add("bob").await;
+    http.add_member(&alice, pair, "bob").await;
     let (joined, _) = bob_ws.until("joined").await;
     assert_eq!(
         (&joined["conversation_id"], &joined["large"]),
@@ -582,7 +570,7 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
     assert_eq!(large["conversation_id"], pair);
     // An add to a group already past the bound is no news to its members.
     http.register("erin").await;
-    add("erin").await;
+    http.add_member(&alice, pair, "erin").await;
     let mut dave_sends = RawWs::hello(&server.ws_url(), &dave, json!([]), None)
         .await
         .0;
@@ -611,23 +599,11 @@ async fn members_hear_who_joins_and_leaves_a_small_group() {
     let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
     let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
     let (http, alice_token) = (&http, &alice);
-    let change = |method: &'static str, path: String, body: Option<Value>| async move {
-        let (status, answer) = http.call(method, &path, Some(alice_token), body).await;
-        assert_eq!(status, 204, "{method} {path}: {answer}");
-    };
-    let add = |user_id: &'static str| {
-        change(
-            "POST",
-            format!("/v1/conversations/{team}/members"),
-            Some(json!({"user_id": user_id})),
-        )
-    };
-    let remove = |user_id: &'static str| {
-        change(
-            "DELETE",
-            format!("/v1/conversations/{team}/members/{user_id}"),
-            None,
-        )
+    let add = |user_id: &'static str| http.add_member(alice_token, team, user_id);
+    let remove = |user_id: &'static str| async move {
+        let path = format!("/v1/conversations/{team}/members/{user_id}");
+        let (status, body) = http.call("DELETE", &path, Some(alice_token), None).await;
+        assert_eq!(status, 204, "remove {user_id}: {body}");
     };
     add("carol").await;
     let (added, _) = bob_ws.until("member_added").await;

@@ -144,6 +144,19 @@ impl Http {
         body["conversation_id"].as_u64().unwrap()
     }
 
+    /// Adds `user_id` to a group as `token`'s user (who must be allowed to).
+    pub async fn add_member(&self, token: &str, conversation: u64, user_id: &str) {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/v1/conversations/{conversation}/members"),
+                Some(token),
+                Some(json!({"user_id": user_id})),
+            )
+            .await;
+        assert_eq!(status, 204, "add {user_id}: {body}");
+    }
+
     /// The whole history of a conversation, as (seq, body) pairs.
     pub async fn history(&self, token: &str, conversation: u64) -> Vec<(u64, String)> {
         let mut after = 0;
