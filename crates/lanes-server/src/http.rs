@@ -22,7 +22,7 @@ use lanes_protocol::http::{
 use lanes_protocol::{
     ConversationId, ErrorCode, Seq, ServerFrame, StoreEpoch, UnixMillis, UserId, limits,
 };
-use lanes_store::{ListingCursor, ManageOutcome, Store, decide_removal};
+use lanes_store::{ListingCursor, ManageOutcome, Store, StoreError, decide_removal};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
 use utoipa::OpenApi;
@@ -455,10 +455,19 @@ async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiEr
 async fn is_large(state: &AppState, conversation_id: ConversationId) -> bool {
     let members_max = state.config.realtime.receipts_members_max;
     blocking(&state.store, move |store| {
-        store.larger_than(&[conversation_id], members_max)
+        larger_than(store, conversation_id, members_max)
     })
     .await
-    .is_ok_and(|large| !large.is_empty())
+    .unwrap_or(false)
+}
+
+/// Whether `conversation_id` has more than `members` members (counting no further).
+fn larger_than(
+    store: &dyn Store,
+    conversation_id: ConversationId,
+    members: usize,
+) -> Result<bool, StoreError> {
+    Ok(!store.larger_than(&[conversation_id], members)?.is_empty())
 }
 
 /// Refuses (`conflict`) when one of `users` is already in `limits.conversations_per_user_max`
@@ -868,18 +877,17 @@ enum Size {
 /// Counts `conversation_id`'s members only when there are at most `members_max` of them (the
 /// large ones only as far as the bound).
 fn size_of(store: &dyn Store, conversation_id: ConversationId, members_max: usize) -> Size {
-    let larger_than = |members: usize| {
-        store
-            .larger_than(&[conversation_id], members)
-            .map(|large| !large.is_empty())
-    };
-    match larger_than(members_max) {
+    match larger_than(store, conversation_id, members_max) {
         Ok(false) => store
             .conversation_info(conversation_id)
             .ok()
             .flatten()
             .map_or(Size::Unknown, |info| Size::Small(info.members.len())),
-        Ok(true) if larger_than(members_max + 1).is_ok_and(|larger| !larger) => Size::JustLarge,
+        Ok(true)
+            if larger_than(store, conversation_id, members_max + 1).is_ok_and(|larger| !larger) =>
+        {
+            Size::JustLarge
+        }
         Ok(true) => Size::Large,
         Err(_) => Size::Unknown,
     }

@@ -66,8 +66,6 @@ pub(crate) async fn listing(
                     let (receipts, large) = match extra {
                         Extra::Nothing => (Vec::new(), Vec::new()),
                         Extra::Large => {
-                            let ids: Vec<ConversationId> =
-                                heads.iter().map(|(id, _)| *id).collect();
                             (Vec::new(), store.larger_than(&ids, receipts_members_max)?)
                         }
                         Extra::ReceiptsAndLarge => {

@@ -1372,7 +1372,7 @@ impl Store for SqliteStore {
                     params![
                         sql_i64(conversation_id.0),
                         after.map_or("", UserId::as_str),
-                        i64::try_from(limit).unwrap_or(i64::MAX)
+                        sql_limit(limit)
                     ],
                     |row| {
                         Ok(Member {
