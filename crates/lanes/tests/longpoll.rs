@@ -452,6 +452,22 @@ async fn http_errors_carry_codes_and_statuses() {
             400,
             "invalid_field",
         ),
+        (
+            "GET",
+            "/v1/events?sync=maybe".into(),
+            Some(&bob),
+            None,
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/v1/events".into(),
+            Some(&bob),
+            Some(json!({"cursors": [], "sync": "yes"})),
+            400,
+            "bad_frame",
+        ),
         ("GET", "/v1/events".into(), None, None, 401, "unauthorized"),
         (
             "POST",
