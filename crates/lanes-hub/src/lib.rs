@@ -3,7 +3,8 @@
 //! every online member with `try_send`: publishing never waits on a slow reader. A connection
 //! whose bounded queue is full is dropped from the hub and flagged slow. Never touches the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -88,7 +89,6 @@ struct ConnectionEntry<P> {
 /// The hub's tables hash with foldhash (randomly seeded, so user-chosen ids cannot be made to
 /// collide): SipHash was ~4% of the CPU of a 10,000-member fan-out.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// An online user's place in `Inner::online`.
 type Slot = usize;
@@ -96,7 +96,10 @@ type Slot = usize;
 #[derive(Debug)]
 struct UserEntry {
     slot: Slot,
-    conversations: Set<ConversationId>,
+    /// The user's conversations, each with the user's index in its online members: leaving
+    /// one is a swap-remove at that index, not a search through a list that may hold 10,000
+    /// slots (and does so under the write lock that `publish` waits for).
+    conversations: Map<ConversationId, usize>,
     /// Bumped by every membership change, so a connection that listed the user's conversations
     /// from the store can tell whether a change raced with its listing.
     version: u64,
@@ -165,7 +168,7 @@ impl<P> Inner<P> {
                 user_id.clone(),
                 UserEntry {
                     slot,
-                    conversations: Set::default(),
+                    conversations: Map::default(),
                     version: 0,
                 },
             );
@@ -180,29 +183,60 @@ impl<P> Inner<P> {
         let Some(user) = self.users.remove(user_id) else {
             return;
         };
-        for conversation_id in user.conversations {
-            self.remove_online_member(conversation_id, user.slot);
+        for (conversation_id, index) in user.conversations {
+            self.remove_online_member(conversation_id, index);
         }
         self.online[user.slot] = None;
         self.free.push(user.slot);
     }
 
-    /// Callers add a slot only when the user's own set gained the conversation, so it is not
-    /// listed yet (checked in tests; a group's online members can be 10,000).
-    fn add_online_member(&mut self, conversation_id: ConversationId, slot: Slot) {
-        let members = self.conversations.entry(conversation_id).or_default();
-        debug_assert!(!members.contains(&slot), "listed twice");
-        members.push(slot);
+    /// Lists online `user_id` among the online members of `conversation_id`, unless it is
+    /// already.
+    fn join(&mut self, user_id: &UserId, conversation_id: ConversationId) {
+        if let Some(user) = self.users.get_mut(user_id)
+            && let Entry::Vacant(vacant) = user.conversations.entry(conversation_id)
+        {
+            let members = self.conversations.entry(conversation_id).or_default();
+            vacant.insert(members.len());
+            members.push(user.slot);
+        }
     }
 
-    fn remove_online_member(&mut self, conversation_id: ConversationId, slot: Slot) {
-        if let Some(members) = self.conversations.get_mut(&conversation_id) {
-            if let Some(index) = members.iter().position(|member| *member == slot) {
-                members.swap_remove(index);
+    /// Takes `user_id` off the online members of `conversation_id`; returns whether it was
+    /// listed.
+    fn leave(&mut self, user_id: &UserId, conversation_id: ConversationId) -> bool {
+        let Some(index) = self
+            .users
+            .get_mut(user_id)
+            .and_then(|user| user.conversations.remove(&conversation_id))
+        else {
+            return false;
+        };
+        self.remove_online_member(conversation_id, index);
+        true
+    }
+
+    /// Removes the member at `index` (which the caller has just taken out of its user's
+    /// `conversations`); the member moved into its place gets its new index.
+    fn remove_online_member(&mut self, conversation_id: ConversationId, index: usize) {
+        let Some(members) = self
+            .conversations
+            .get_mut(&conversation_id)
+            .filter(|members| index < members.len())
+        else {
+            return;
+        };
+        members.swap_remove(index);
+        if let Some(&moved) = members.get(index) {
+            let moved_user = self.online.get(moved).and_then(Option::as_ref);
+            if let Some(position) = moved_user
+                .and_then(|online| self.users.get_mut(&online.user_id))
+                .and_then(|user| user.conversations.get_mut(&conversation_id))
+            {
+                *position = index;
             }
-            if members.is_empty() {
-                self.conversations.remove(&conversation_id);
-            }
+        } else if members.is_empty() {
+            self.conversations.remove(&conversation_id);
         }
     }
 
@@ -326,14 +360,8 @@ impl<P: Clone> Hub<P> {
         if user.version != version {
             return Err(user.version);
         }
-        let slot = user.slot;
-        let added: Vec<ConversationId> = conversation_ids
-            .iter()
-            .copied()
-            .filter(|conversation_id| user.conversations.insert(*conversation_id))
-            .collect();
-        for conversation_id in added {
-            inner.add_online_member(conversation_id, slot);
+        for conversation_id in conversation_ids {
+            inner.join(user_id, *conversation_id);
         }
         Ok(())
     }
@@ -359,9 +387,7 @@ impl<P: Clone> Hub<P> {
         };
         user.version += 1;
         let slot = user.slot;
-        if user.conversations.insert(conversation_id) {
-            inner.add_online_member(conversation_id, slot);
-        }
+        inner.join(user_id, conversation_id);
         let slow = inner.at(slot).map_or_else(Vec::new, |online| {
             let joined = Event::Joined {
                 conversation_id,
@@ -383,11 +409,10 @@ impl<P: Clone> Hub<P> {
         // Bumped even when the conversation is not (yet) in the set: a listing taken before this
         // call may still hold it, and must be redone.
         user.version += 1;
-        if !user.conversations.remove(&conversation_id) {
+        let slot = user.slot;
+        if !inner.leave(user_id, conversation_id) {
             return;
         }
-        let slot = user.slot;
-        inner.remove_online_member(conversation_id, slot);
         let slow = inner.at(slot).map_or_else(Vec::new, |online| {
             notify(&online.connections, &Event::Left(conversation_id))
         });
@@ -553,7 +578,7 @@ impl<P: Clone> Hub<P> {
         self.read()
             .users
             .get(user_id)
-            .is_some_and(|user| user.conversations.contains(&conversation_id))
+            .is_some_and(|user| user.conversations.contains_key(&conversation_id))
     }
 
     fn offer(&self, entry: &ConnectionEntry<P>, event: Event<P>, delivery: Delivery) -> bool {
@@ -867,6 +892,131 @@ mod tests {
         assert_eq!(hub.slow_consumers(), 1);
         assert_eq!(hub.stats().users, 1);
         assert_eq!(hub.publish(ConversationId(1), Seq(4), 4, None), 1);
+    }
+
+    /// Every user's stored index points at its own slot, and each list holds exactly the users
+    /// that name it.
+    fn assert_positions_hold(hub: &Hub<u32>) {
+        let inner = hub.read();
+        let mut listed = 0;
+        for user in inner.users.values() {
+            for (conversation_id, index) in &user.conversations {
+                assert_eq!(
+                    inner.conversations[conversation_id].get(*index),
+                    Some(&user.slot)
+                );
+                listed += 1;
+            }
+        }
+        assert_eq!(
+            inner.conversations.values().map(Vec::len).sum::<usize>(),
+            listed
+        );
+    }
+
+    /// Which of `subscriptions` got a message published to `conversation`.
+    fn reached(
+        hub: &Hub<u32>,
+        subscriptions: &mut [Subscription<u32>],
+        conversation: u64,
+    ) -> Vec<usize> {
+        hub.publish(ConversationId(conversation), Seq(1), 0, None);
+        let mut reached = Vec::new();
+        for (index, subscription) in subscriptions.iter_mut().enumerate() {
+            if drain(subscription)
+                .iter()
+                .any(|event| matches!(event, Event::Message { .. }))
+            {
+                reached.push(index);
+            }
+        }
+        reached
+    }
+
+    #[test]
+    fn a_member_moved_by_a_leave_leaves_from_its_new_place() {
+        let hub: Hub<u32> = Hub::new(8);
+        let users = [user("alice"), user("bob"), user("carol")];
+        let mut subscriptions: Vec<_> = users.iter().map(|user| online(&hub, user, 1)).collect();
+        // alice leaves from the front: carol, last, takes her place.
+        hub.member_removed(ConversationId(1), &users[0]);
+        assert_positions_hold(&hub);
+        assert_eq!(reached(&hub, &mut subscriptions, 1), [1, 2]);
+        // carol leaves from there; bob must still be listed.
+        hub.unregister(&users[2], subscriptions[2].connection_id);
+        assert_positions_hold(&hub);
+        assert_eq!(reached(&hub, &mut subscriptions, 1), [1]);
+        hub.member_removed(ConversationId(1), &users[1]);
+        assert_eq!(hub.stats().conversations, 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Connect(usize),
+        Disconnect(usize),
+        Add(u64, usize),
+        Remove(u64, usize),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..6usize).prop_map(Step::Connect),
+            (0..6usize).prop_map(Step::Disconnect),
+            (0..3u64, 0..6usize).prop_map(|(c, u)| Step::Add(c, u)),
+            (0..3u64, 0..6usize).prop_map(|(c, u)| Step::Remove(c, u)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Joins, leaves, connects and disconnects in any order: a message reaches exactly
+        /// the online members, and every stored index still points at its user.
+        #[test]
+        fn any_membership_history_reaches_exactly_the_online_members(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            let hub: Hub<u32> = Hub::new(64);
+            let users: Vec<UserId> = (0..6).map(|i| user(&format!("user{i}"))).collect();
+            let mut members = std::collections::BTreeSet::new();
+            let mut subscriptions: Vec<Option<Subscription<u32>>> = (0..6).map(|_| None).collect();
+            for step in steps {
+                match step {
+                    Step::Connect(u) if subscriptions[u].is_none() => {
+                        let subscription = hub.register(&users[u]);
+                        let listed: Vec<ConversationId> = members
+                            .iter()
+                            .filter(|(_, member)| *member == u)
+                            .map(|(c, _)| ConversationId(*c))
+                            .collect();
+                        hub.set_conversations(&users[u], subscription.version, &listed).unwrap();
+                        subscriptions[u] = Some(subscription);
+                    }
+                    Step::Disconnect(u) => {
+                        if let Some(subscription) = subscriptions[u].take() {
+                            hub.unregister(&users[u], subscription.connection_id);
+                        }
+                    }
+                    Step::Add(c, u) if members.insert((c, u)) => {
+                        hub.member_added(ConversationId(c), &users[u], false);
+                    }
+                    Step::Remove(c, u) if members.remove(&(c, u)) => {
+                        hub.member_removed(ConversationId(c), &users[u]);
+                    }
+                    _ => {}
+                }
+                assert_positions_hold(&hub);
+                for c in 0..3 {
+                    hub.publish(ConversationId(c), Seq(1), 0, None);
+                    for (u, subscription) in subscriptions.iter_mut().enumerate() {
+                        let Some(subscription) = subscription else { continue };
+                        let got = drain(subscription)
+                            .iter()
+                            .any(|event| matches!(event, Event::Message { .. }));
+                        proptest::prop_assert_eq!(got, members.contains(&(c, u)));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
