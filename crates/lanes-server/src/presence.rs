@@ -6,7 +6,7 @@
 //! `presence_flush_ms`, one frame per watching connection, so a flapping user costs at most one
 //! update per flush. Last-seen times are stored when users go offline.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ struct Inner {
     last_seen: HashMap<UserId, UnixMillis>,
     /// Users whose shown state changed since the last flush.
     changed: HashSet<UserId>,
+    /// Grace periods in the order they end (the grace is the same for all), each with its
+    /// user: a flush takes only those that ended instead of looking at every user. An entry
+    /// whose user came back (or left again later) no longer matches `offline_at` and is skipped.
+    expiring: VecDeque<(Instant, UserId)>,
 }
 
 /// The presence table.
@@ -75,10 +79,65 @@ impl Inner {
         }
     }
 
-    fn unwatch(&mut self, connection_id: ConnectionId) {
-        for watched in self.watching.remove(&connection_id).unwrap_or_default() {
+    fn connect(&mut self, user_id: &UserId, connection_id: ConnectionId) {
+        let user = self.users.entry(user_id.clone()).or_default();
+        user.connections.insert(connection_id, false);
+        user.offline_at = None;
+        self.refresh(user_id);
+    }
+
+    /// The connection ended; with it the user's last, the user goes offline at `offline_at`.
+    fn disconnect(&mut self, user_id: &UserId, connection_id: ConnectionId, offline_at: Instant) {
+        self.unwatch(user_id, connection_id);
+        if let Some(user) = self.users.get_mut(user_id) {
+            user.connections.remove(&connection_id);
+            if user.connections.is_empty() {
+                user.offline_at = Some(offline_at);
+                self.expiring.push_back((offline_at, user_id.clone()));
+            }
+        }
+        self.refresh(user_id);
+    }
+
+    /// Takes out the users whose grace period ended by `now`.
+    fn expire(&mut self, now: Instant) -> Vec<UserId> {
+        let mut expired = Vec::new();
+        while let Some((at, _)) = self.expiring.front()
+            && *at <= now
+        {
+            let Some((at, user_id)) = self.expiring.pop_front() else {
+                break;
+            };
+            if self
+                .users
+                .get(&user_id)
+                .is_some_and(|user| user.offline_at == Some(at))
+            {
+                self.users.remove(&user_id);
+                expired.push(user_id);
+            }
+        }
+        expired
+    }
+
+    fn watch(&mut self, watcher: &(UserId, ConnectionId), watched: UserId) {
+        self.watchers
+            .entry(watched.clone())
+            .or_default()
+            .insert(watcher.clone());
+        self.watching.entry(watcher.1).or_default().push(watched);
+    }
+
+    /// The connection `connection_id` of `user_id` watches nobody any more: each of its
+    /// entries is removed by key, not by a search of everyone watching the same user.
+    fn unwatch(&mut self, user_id: &UserId, connection_id: ConnectionId) {
+        let Some(watched) = self.watching.remove(&connection_id) else {
+            return;
+        };
+        let watcher = (user_id.clone(), connection_id);
+        for watched in watched {
             if let Some(watchers) = self.watchers.get_mut(&watched) {
-                watchers.retain(|(_, watcher)| *watcher != connection_id);
+                watchers.remove(&watcher);
                 if watchers.is_empty() {
                     self.watchers.remove(&watched);
                 }
@@ -111,24 +170,15 @@ impl Presence {
 
     /// A connection of `user_id` is live.
     pub(crate) fn connected(&self, user_id: &UserId, connection_id: ConnectionId) {
-        let mut inner = self.lock();
-        let user = inner.users.entry(user_id.clone()).or_default();
-        user.connections.insert(connection_id, false);
-        user.offline_at = None;
-        inner.refresh(user_id);
+        self.lock().connect(user_id, connection_id);
     }
 
     /// A connection of `user_id` ended.
     pub(crate) fn disconnected(&self, user_id: &UserId, connection_id: ConnectionId) {
         let mut inner = self.lock();
-        inner.unwatch(connection_id);
-        if let Some(user) = inner.users.get_mut(user_id) {
-            user.connections.remove(&connection_id);
-            if user.connections.is_empty() {
-                user.offline_at = Some(Instant::now() + self.grace);
-            }
-        }
-        inner.refresh(user_id);
+        // Taken under the lock, so the grace periods are queued in the order they end.
+        let offline_at = Instant::now() + self.grace;
+        inner.disconnect(user_id, connection_id, offline_at);
     }
 
     /// Every current connection of `user_id` is away (or back): the HTTP `POST /v1/presence`.
@@ -181,8 +231,9 @@ impl Presence {
         })
         .await?;
         let mut inner = self.lock();
-        if let Some(connection_id) = watcher {
-            inner.unwatch(connection_id);
+        let watcher = watcher.map(|connection_id| (user_id.clone(), connection_id));
+        if let Some((_, connection_id)) = watcher {
+            inner.unwatch(user_id, connection_id);
         }
         let mut users = Vec::with_capacity(visible.len());
         for (watched, stored_last_seen) in visible {
@@ -195,17 +246,8 @@ impl Presence {
                 state,
                 last_seen,
             });
-            if let Some(connection_id) = watcher {
-                inner
-                    .watchers
-                    .entry(watched.clone())
-                    .or_default()
-                    .insert((user_id.clone(), connection_id));
-                inner
-                    .watching
-                    .entry(connection_id)
-                    .or_default()
-                    .push(watched);
+            if let Some(watcher) = &watcher {
+                inner.watch(watcher, watched);
             }
         }
         Ok(users)
@@ -242,14 +284,7 @@ impl Presence {
         let mut frames: HashMap<(UserId, ConnectionId), Vec<UserPresence>> = HashMap::new();
         {
             let mut inner = self.lock();
-            let expired: Vec<UserId> = inner
-                .users
-                .iter()
-                .filter(|(_, user)| user.offline_at.is_some_and(|at| at <= now))
-                .map(|(user_id, _)| user_id.clone())
-                .collect();
-            for user_id in expired {
-                inner.users.remove(&user_id);
+            for user_id in inner.expire(now) {
                 inner.last_seen.insert(user_id.clone(), now_ms);
                 inner.changed.insert(user_id.clone());
                 went_offline.push((user_id, now_ms));
@@ -303,4 +338,69 @@ pub(crate) fn spawn_flusher(presence: Arc<Presence>, period: Duration) {
             presence.flush(Instant::now()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    /// Distinct connection ids, as the hub hands them out.
+    fn connections(n: usize) -> Vec<ConnectionId> {
+        let hub: Hub<u32> = Hub::new(1);
+        (0..n)
+            .map(|_| hub.register(&user("anyone")).connection_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_grace_period_ends_once_and_not_for_a_user_who_came_back() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let ids = connections(3);
+        let grace = Duration::from_secs(5);
+        let start = Instant::now();
+        let mut inner = Inner::default();
+        inner.connect(&alice, ids[0]);
+        inner.connect(&bob, ids[1]);
+        inner.disconnect(&alice, ids[0], start + grace);
+        inner.disconnect(&bob, ids[1], start + grace);
+        assert_eq!(inner.expire(start + grace / 2), Vec::<UserId>::new());
+        // bob comes back within his grace period, then leaves again later.
+        inner.connect(&bob, ids[2]);
+        assert_eq!(inner.expire(start + grace), std::slice::from_ref(&alice));
+        assert_eq!(inner.current(&alice), PresenceState::Offline);
+        assert_eq!(inner.current(&bob), PresenceState::Online);
+        inner.disconnect(&bob, ids[2], start + grace * 2);
+        assert_eq!(inner.expire(start + grace * 2), std::slice::from_ref(&bob));
+        assert_eq!(inner.expire(start + grace * 3), Vec::<UserId>::new());
+        assert!(inner.users.is_empty() && inner.expiring.is_empty());
+    }
+
+    #[test]
+    fn a_connection_that_stops_watching_leaves_the_other_watchers_alone() {
+        let (alice, bob, carol, dave) = (user("alice"), user("bob"), user("carol"), user("dave"));
+        let ids = connections(3);
+        let mut inner = Inner::default();
+        let alice_phone = (alice.clone(), ids[0]);
+        let alice_laptop = (alice.clone(), ids[1]);
+        let dave_phone = (dave.clone(), ids[2]);
+        for watched in [&bob, &carol] {
+            inner.watch(&alice_phone, watched.clone());
+            inner.watch(&alice_laptop, watched.clone());
+        }
+        inner.watch(&dave_phone, bob.clone());
+        inner.unwatch(&alice, ids[0]);
+        assert_eq!(
+            inner.watchers[&bob],
+            HashSet::from([alice_laptop.clone(), dave_phone.clone()])
+        );
+        assert_eq!(inner.watchers[&carol], HashSet::from([alice_laptop]));
+        inner.disconnect(&alice, ids[1], Instant::now());
+        assert_eq!(inner.watchers[&bob], HashSet::from([dave_phone]));
+        assert!(!inner.watchers.contains_key(&carol));
+        assert_eq!(inner.watching.keys().collect::<Vec<_>>(), [&ids[2]]);
+    }
 }
