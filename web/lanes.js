@@ -412,6 +412,8 @@ export class Lanes extends EventTarget {
         break;
       case "member_added": // someone else joined or left a group (groups up to the bound)
       case "member_removed": {
+        // Sent only in groups within receipts_members_max: one that was large is not any more.
+        if (this.large) this.large.delete(frame.conversation_id);
         // Applied here rather than refetched: every member online would ask at once.
         const c = this.conversations.get(frame.conversation_id);
         const owner = c?.members.find((m) => m.role === "owner");

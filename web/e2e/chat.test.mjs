@@ -391,7 +391,16 @@ async function scenario(browser) {
   await until(alice, "all 101 members listed", () => document.querySelectorAll("#member-list li").length === 101 && !document.getElementById("more-members"));
   const listed = await alice.evaluate(() => [...document.querySelectorAll("#member-list li")].map((li) => li.textContent.trim().split(" ")[0]));
   assert(new Set(listed).size === 101 && listed.includes("crowd099") && listed.includes("alice"), `listed: ${listed.join(", ")}`);
-  log("a group grown to 101: named large, 100 members listed, the rest on request");
+  // Alice removes one: the group is within the bound again, which `member_removed` (sent only
+  // in such groups) tells her client.
+  await alice.evaluate(async (id) => {
+    const { token } = JSON.parse(localStorage.getItem("lanes.session"));
+    const removed = await fetch(`/v1/conversations/${id}/members/crowd099`, { method: "DELETE", headers: { authorization: `Bearer ${token}` } });
+    if (removed.status !== 204) throw new Error(`remove crowd099: ${removed.status}`);
+  }, hundred);
+  await until(alice, "the group of 100 again, not large", (id) => !window.lanes.large.has(id)
+    && window.lanes.conversations.get(id)?.memberCount === 100, hundred);
+  log("a group grown to 101: named large, 100 members listed, the rest on request; back to 100: not large");
 
   step = "history with infinite scroll";
   // 120 messages from carol to alice, posted over HTTP before alice opens the chat. Alice's

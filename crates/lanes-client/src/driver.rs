@@ -909,26 +909,33 @@ impl Driver {
                 self.push_event(Event::Joined(conversation_id));
             }
             ServerFrame::Large { conversation_id } => self.unconfirmed.add_large(conversation_id),
+            // Sent only in groups within `receipts_members_max`: one that was large is not.
             ServerFrame::MemberAdded {
                 conversation_id,
                 user_id,
                 role,
                 member_count,
-            } => self.push_event(Event::MemberAdded {
-                conversation_id,
-                user_id,
-                role,
-                member_count,
-            }),
+            } => {
+                self.unconfirmed.remove_large(conversation_id);
+                self.push_event(Event::MemberAdded {
+                    conversation_id,
+                    user_id,
+                    role,
+                    member_count,
+                });
+            }
             ServerFrame::MemberRemoved {
                 conversation_id,
                 user_id,
                 member_count,
-            } => self.push_event(Event::MemberRemoved {
-                conversation_id,
-                user_id,
-                member_count,
-            }),
+            } => {
+                self.unconfirmed.remove_large(conversation_id);
+                self.push_event(Event::MemberRemoved {
+                    conversation_id,
+                    user_id,
+                    member_count,
+                });
+            }
             ServerFrame::Left { conversation_id } => {
                 self.delivery.handle_left(conversation_id);
                 self.drain_delivery();

@@ -131,6 +131,17 @@ impl Unconfirmed {
         }
     }
 
+    /// A group is within the bound again: the server tells its members online of membership
+    /// changes (`member_added`, `member_removed`) only then. What waits moves back to the
+    /// ordinary class.
+    pub(crate) fn remove_large(&mut self, conversation_id: ConversationId) {
+        if self.large_ids.remove(&conversation_id)
+            && let Some(seq) = self.large.positions.remove(&conversation_id)
+        {
+            self.received(conversation_id, seq);
+        }
+    }
+
     /// `seq` of `conversation_id` arrived.
     pub(crate) fn received(&mut self, conversation_id: ConversationId, seq: Seq) {
         let class = if self.large_ids.contains(&conversation_id) {
@@ -227,6 +238,22 @@ mod tests {
         assert_eq!(unconfirmed.due(second), None);
         unconfirmed.received(large, Seq(9));
         assert_eq!(unconfirmed.take_due(second, 0.0), vec![(large, Seq(9))]);
+    }
+
+    #[test]
+    fn a_group_back_within_the_bound_is_confirmed_on_the_ordinary_pace() {
+        let start = Instant::now();
+        let group = ConversationId(2);
+        let mut unconfirmed = Unconfirmed::new(Duration::from_secs(1), Duration::from_secs(30));
+        unconfirmed.add_large(group);
+        unconfirmed.received(group, Seq(3));
+        // A large group's first position waits a random part of its interval: here half.
+        assert!(unconfirmed.take_due(start, 0.5).is_empty());
+        unconfirmed.remove_large(group);
+        assert_eq!(unconfirmed.take_due(start, 0.5), vec![(group, Seq(3))]);
+        unconfirmed.received(group, Seq(4));
+        let later = start + Duration::from_millis(1250);
+        assert_eq!(unconfirmed.take_due(later, 0.0), vec![(group, Seq(4))]);
     }
 
     #[test]

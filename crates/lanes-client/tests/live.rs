@@ -945,6 +945,44 @@ async fn confirms_receipt_of_what_it_receives() {
 }
 
 #[tokio::test]
+async fn a_group_that_shrank_back_within_the_bound_is_confirmed_again() {
+    let mut server = FakeServer::start().await;
+    let (_client, mut events, mut conn) = connect(&mut server, |config| {
+        config.auto_receipts = true;
+        config.receipts_interval = Duration::from_millis(200);
+        // Capped at a day: the first wait there, a random part of it, outlasts the test.
+        config.receipts_interval_large = Duration::MAX;
+    })
+    .await;
+    conn.send(ServerFrame::Synced {
+        large: vec![ConversationId(2)],
+    })
+    .await;
+    assert_eq!(next_event(&mut events).await, Event::Synced);
+    conn.send(ServerFrame::Message(message(2, 1))).await;
+    assert_eq!(next_messages(&mut events, 1).await, [(2, 1)]);
+    // A member left and the group is within the bound again: the server says so with
+    // `member_removed`, which it sends only in such groups.
+    conn.send(ServerFrame::MemberRemoved {
+        conversation_id: ConversationId(2),
+        user_id: UserId::parse("carol").unwrap(),
+        member_count: 100,
+    })
+    .await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::MemberRemoved { .. }
+    ));
+    let confirmed = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .expect("the waiting position confirmed on the ordinary pace");
+    assert!(
+        matches!(confirmed, ClientFrame::Received { conversation_id, seq } if conversation_id.0 == 2 && seq.0 == 1),
+        "{confirmed:?}"
+    );
+}
+
+#[tokio::test]
 async fn membership_changes_of_others_become_events() {
     let mut server = FakeServer::start().await;
     let (_client, mut events, conn) = connect(&mut server, |_| {}).await;
