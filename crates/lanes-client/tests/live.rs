@@ -793,11 +793,14 @@ async fn confirms_receipts_at_most_once_per_interval() {
     assert_eq!(batch, [(1, 3), (2, 2)]);
 }
 
-#[tokio::test]
-async fn confirms_rarely_in_conversations_named_large() {
-    let interval = Duration::from_millis(200);
-    let mut server = FakeServer::start().await;
-    let (_client, mut events, mut conn) = connect(&mut server, |config| {
+/// A client confirming deliveries every `interval`, whose `synced` names conversation `large`
+/// large (where its confirmations then wait longer than any test).
+async fn connect_with_large(
+    server: &mut FakeServer,
+    interval: Duration,
+    large: u64,
+) -> (Client, Events, FakeConn) {
+    let (client, mut events, conn) = connect(server, |config| {
         config.auto_receipts = true;
         config.receipts_interval = interval;
         // Capped at a day: the first wait there, a random part of it, outlasts the test.
@@ -805,10 +808,18 @@ async fn confirms_rarely_in_conversations_named_large() {
     })
     .await;
     conn.send(ServerFrame::Synced {
-        large: vec![ConversationId(2)],
+        large: vec![ConversationId(large)],
     })
     .await;
     assert_eq!(next_event(&mut events).await, Event::Synced);
+    (client, events, conn)
+}
+
+#[tokio::test]
+async fn confirms_rarely_in_conversations_named_large() {
+    let interval = Duration::from_millis(200);
+    let mut server = FakeServer::start().await;
+    let (_client, mut events, mut conn) = connect_with_large(&mut server, interval, 2).await;
     conn.send(ServerFrame::Joined {
         conversation_id: ConversationId(3),
         large: true,
@@ -947,18 +958,8 @@ async fn confirms_receipt_of_what_it_receives() {
 #[tokio::test]
 async fn a_group_that_shrank_back_within_the_bound_is_confirmed_again() {
     let mut server = FakeServer::start().await;
-    let (_client, mut events, mut conn) = connect(&mut server, |config| {
-        config.auto_receipts = true;
-        config.receipts_interval = Duration::from_millis(200);
-        // Capped at a day: the first wait there, a random part of it, outlasts the test.
-        config.receipts_interval_large = Duration::MAX;
-    })
-    .await;
-    conn.send(ServerFrame::Synced {
-        large: vec![ConversationId(2)],
-    })
-    .await;
-    assert_eq!(next_event(&mut events).await, Event::Synced);
+    let (_client, mut events, mut conn) =
+        connect_with_large(&mut server, Duration::from_millis(200), 2).await;
     conn.send(ServerFrame::Message(message(2, 1))).await;
     assert_eq!(next_messages(&mut events, 1).await, [(2, 1)]);
     // A member left and the group is within the bound again: the server says so with
