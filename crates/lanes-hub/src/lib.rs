@@ -190,18 +190,6 @@ impl<P> Inner<P> {
         self.free.push(user.slot);
     }
 
-    /// Lists online `user_id` among the online members of `conversation_id`, unless it is
-    /// already.
-    fn join(&mut self, user_id: &UserId, conversation_id: ConversationId) {
-        if let Some(user) = self.users.get_mut(user_id)
-            && let Entry::Vacant(vacant) = user.conversations.entry(conversation_id)
-        {
-            let members = self.conversations.entry(conversation_id).or_default();
-            vacant.insert(members.len());
-            members.push(user.slot);
-        }
-    }
-
     /// Takes `user_id` off the online members of `conversation_id`; returns whether it was
     /// listed.
     fn leave(&mut self, user_id: &UserId, conversation_id: ConversationId) -> bool {
@@ -354,14 +342,19 @@ impl<P: Clone> Hub<P> {
         conversation_ids: &[ConversationId],
     ) -> Result<(), u64> {
         let mut inner = self.write();
-        let Some(user) = inner.users.get_mut(user_id) else {
+        let Inner {
+            users,
+            conversations,
+            ..
+        } = &mut *inner;
+        let Some(user) = users.get_mut(user_id) else {
             return Ok(());
         };
         if user.version != version {
             return Err(user.version);
         }
         for conversation_id in conversation_ids {
-            inner.join(user_id, *conversation_id);
+            join(user, conversations, *conversation_id);
         }
         Ok(())
     }
@@ -382,12 +375,17 @@ impl<P: Clone> Hub<P> {
     /// goes with the `Joined` event.
     pub fn member_added(&self, conversation_id: ConversationId, user_id: &UserId, large: bool) {
         let mut inner = self.write();
-        let Some(user) = inner.users.get_mut(user_id) else {
+        let Inner {
+            users,
+            conversations,
+            ..
+        } = &mut *inner;
+        let Some(user) = users.get_mut(user_id) else {
             return;
         };
         user.version += 1;
         let slot = user.slot;
-        inner.join(user_id, conversation_id);
+        join(user, conversations, conversation_id);
         let slow = inner.at(slot).map_or_else(Vec::new, |online| {
             let joined = Event::Joined {
                 conversation_id,
@@ -639,6 +637,20 @@ impl<P: Clone> Hub<P> {
                 .sum(),
             conversations: inner.conversations.len(),
         }
+    }
+}
+
+/// Lists online `user` among the online members of `conversation_id` (`Inner::conversations`),
+/// unless it is already.
+fn join(
+    user: &mut UserEntry,
+    conversations: &mut Map<ConversationId, Vec<Slot>>,
+    conversation_id: ConversationId,
+) {
+    if let Entry::Vacant(vacant) = user.conversations.entry(conversation_id) {
+        let members = conversations.entry(conversation_id).or_default();
+        vacant.insert(members.len());
+        members.push(user.slot);
     }
 }
 

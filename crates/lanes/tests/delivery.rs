@@ -312,15 +312,7 @@ async fn a_removed_member_stops_receiving_at_removal() {
         )
         .await;
     assert_eq!(status, 403);
-    let (status, _) = http
-        .call(
-            "DELETE",
-            &format!("/v1/conversations/{group}/members/bob"),
-            Some(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(status, 204);
+    http.remove_member(&alice, group, "bob").await;
     let (left, _) = bob_ws.until("left").await;
     assert_eq!(left["conversation_id"], group);
     alice_ws

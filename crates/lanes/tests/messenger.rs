@@ -547,15 +547,7 @@ async fn joined_and_large_say_whether_the_conversation_is_large() {
     let (large, _) = dave_ws.until("large").await;
     assert_eq!(large, json!({"type": "large", "conversation_id": pair}));
     let (mut bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
-    let (status, body) = http
-        .call(
-            "DELETE",
-            &format!("/v1/conversations/{pair}/members/bob"),
-            Some(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(status, 204, "{body}");
+    http.remove_member(&alice, pair, "bob").await;
     bob_ws.until("left").await;
     http.add_member(&alice, pair, "bob").await;
     let (joined, _) = bob_ws.until("joined").await;
@@ -600,11 +592,7 @@ async fn members_hear_who_joins_and_leaves_a_small_group() {
     let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
     let (http, alice_token) = (&http, &alice);
     let add = |user_id: &'static str| http.add_member(alice_token, team, user_id);
-    let remove = |user_id: &'static str| async move {
-        let path = format!("/v1/conversations/{team}/members/{user_id}");
-        let (status, body) = http.call("DELETE", &path, Some(alice_token), None).await;
-        assert_eq!(status, 204, "remove {user_id}: {body}");
-    };
+    let remove = |user_id: &'static str| http.remove_member(alice_token, team, user_id);
     add("carol").await;
     let (added, _) = bob_ws.until("member_added").await;
     assert_eq!(

@@ -157,6 +157,13 @@ impl Http {
         assert_eq!(status, 204, "add {user_id}: {body}");
     }
 
+    /// `token`'s user removes `user_id` from `conversation` (it must succeed).
+    pub async fn remove_member(&self, token: &str, conversation: u64, user_id: &str) {
+        let path = format!("/v1/conversations/{conversation}/members/{user_id}");
+        let (status, body) = self.call("DELETE", &path, Some(token), None).await;
+        assert_eq!(status, 204, "remove {user_id}: {body}");
+    }
+
     /// The whole history of a conversation, as (seq, body) pairs.
     pub async fn history(&self, token: &str, conversation: u64) -> Vec<(u64, String)> {
         let mut after = 0;
