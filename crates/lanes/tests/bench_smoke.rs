@@ -153,20 +153,25 @@ fn fanout() {
 
 #[test]
 fn floor() {
-    let report = bench(&[
-        "floor",
-        "--members",
-        "8",
-        "--rate",
-        "20",
-        "--duration-secs",
-        "0.5",
-    ]);
-    assert_eq!(report["lost"], 0);
-    assert_eq!(report["messages"], 10);
-    assert_eq!(report["deliveries"], 80, "10 messages × 8 members");
-    assert_eq!(report["reach_all_ms"]["count"], 10);
-    assert!(report["cpu_us_per_delivery"]["system"].as_f64().is_some());
+    for model in ["threads", "tasks", "inline"] {
+        let report = bench(&[
+            "floor",
+            "--members",
+            "8",
+            "--rate",
+            "20",
+            "--duration-secs",
+            "0.5",
+            "--model",
+            model,
+        ]);
+        assert_eq!(report["params"]["model"], model);
+        assert_eq!(report["lost"], 0, "{model}");
+        assert_eq!(report["messages"], 10);
+        assert_eq!(report["deliveries"], 80, "10 messages × 8 members, {model}");
+        assert_eq!(report["reach_all_ms"]["count"], 10);
+        assert!(report["cpu_us_per_delivery"]["system"].as_f64().is_some());
+    }
 }
 
 #[test]

@@ -4,14 +4,19 @@
 //! epoll (one `read` per arrival, as `fanout`'s members do). The time until every connection has
 //! a message is the floor a server's `fanout` reach sits on here; docs/BENCHMARKS.md compares
 //! the two.
+//!
+//! `--model` chooses how the writing side is built, to tell the kernel's cost from a runtime's:
+//! plain threads (the kernel alone), a tokio runtime with a task per connection woken through a
+//! queue for each message (the shape of Lanes' connection tasks), or a tokio runtime where one
+//! task writes every connection in turn (a publisher writing to the sockets itself).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
@@ -39,7 +44,26 @@ pub(crate) struct FloorArgs {
     /// Threads reading (the members' side).
     #[arg(long, default_value_t = 2)]
     readers: usize,
+    /// How the writing side is built.
+    #[arg(long, value_enum, default_value_t = Model::Threads)]
+    model: Model,
 }
+
+/// The writing side of `floor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Model {
+    /// `--writers` threads, each writing its share of the connections in turn.
+    Threads,
+    /// A tokio runtime with `--writers` workers: one task per connection, woken through its own
+    /// queue for every message by one publishing task.
+    Tasks,
+    /// A tokio runtime with `--writers` workers and as many tasks, each writing its share of
+    /// the connections in turn.
+    Inline,
+}
+
+/// A message's number and send time (µs after the start), sent to the writing side.
+type Tick = (u64, u64);
 
 /// A message's number and its send time (µs after the start), the head of every frame.
 const HEADER: usize = 16;
@@ -78,12 +102,31 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
 
     let mut ticks = Vec::new();
     let mut writers = Vec::new();
-    for share in split(sending, args.writers) {
-        let (tick, ticked) = mpsc::channel::<(u64, u64)>();
-        ticks.push(tick);
-        let frame_bytes = args.frame_bytes;
+    let frame_bytes = args.frame_bytes;
+    if args.model == Model::Threads {
+        for share in split(sending, args.writers) {
+            let (tick, ticked) = tokio::sync::mpsc::unbounded_channel::<Tick>();
+            ticks.push(tick);
+            writers.push(std::thread::spawn(move || {
+                write_all(share, ticked, frame_bytes)
+            }));
+        }
+    } else {
+        // A tick receiver per publishing task.
+        let publishers = if args.model == Model::Inline {
+            args.writers
+        } else {
+            1
+        };
+        let mut ticked = Vec::new();
+        for _ in 0..publishers {
+            let (tick, receiver) = tokio::sync::mpsc::unbounded_channel::<Tick>();
+            ticks.push(tick);
+            ticked.push(receiver);
+        }
+        let (workers, model) = (args.writers, args.model);
         writers.push(std::thread::spawn(move || {
-            write_all(share, ticked, frame_bytes)
+            write_on_runtime(sending, ticked, frame_bytes, workers, model)
         }));
     }
     let mut readers = Vec::new();
@@ -99,7 +142,8 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
         let sent = started.elapsed().as_micros() as u64;
         for tick in &ticks {
-            tick.send((n as u64, sent)).context("a writer stopped")?;
+            tick.send((n as u64, sent))
+                .map_err(|_| anyhow::anyhow!("a writer stopped"))?;
         }
     }
     drop(ticks);
@@ -126,6 +170,7 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         json!({
             "members": args.members, "rate": args.rate, "duration_secs": args.duration_secs,
             "frame_bytes": args.frame_bytes, "writers": args.writers, "readers": args.readers,
+            "model": format!("{:?}", args.model).to_lowercase(),
         }),
     );
     let lost = report.set_reach(
@@ -151,21 +196,103 @@ fn split<T>(items: Vec<T>, shares: usize) -> Vec<Vec<T>> {
     out
 }
 
+/// Message `n`'s frame: its number and send time, then filler.
+fn frame_of((n, sent): Tick, frame_bytes: usize) -> Vec<u8> {
+    let mut frame = vec![b'x'; frame_bytes];
+    frame[..8].copy_from_slice(&n.to_le_bytes());
+    frame[8..HEADER].copy_from_slice(&sent.to_le_bytes());
+    frame
+}
+
 /// Writes every ticked message to each of `streams`, one `write` per stream.
 fn write_all(
     mut streams: Vec<TcpStream>,
-    ticked: mpsc::Receiver<(u64, u64)>,
+    mut ticked: tokio::sync::mpsc::UnboundedReceiver<Tick>,
     frame_bytes: usize,
 ) -> anyhow::Result<()> {
-    let mut frame = vec![b'x'; frame_bytes];
-    while let Ok((n, sent)) = ticked.recv() {
-        frame[..8].copy_from_slice(&n.to_le_bytes());
-        frame[8..HEADER].copy_from_slice(&sent.to_le_bytes());
+    while let Some(tick) = ticked.blocking_recv() {
+        let frame = frame_of(tick, frame_bytes);
         for stream in &mut streams {
             stream.write_all(&frame).context("write")?;
         }
     }
     Ok(())
+}
+
+/// Messages a connection's task may have queued (one is all a paced run ever needs).
+const TASK_QUEUE: usize = 64;
+
+/// The writing side on a tokio runtime of `workers` threads (`Model::Tasks` or `Model::Inline`),
+/// with a tick receiver per publishing task. The publishing tasks are on the runtime, as Lanes' is.
+fn write_on_runtime(
+    streams: Vec<TcpStream>,
+    ticked: Vec<tokio::sync::mpsc::UnboundedReceiver<Tick>>,
+    frame_bytes: usize,
+    workers: usize,
+    model: Model,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_io()
+        .build()
+        .context("runtime")?;
+    runtime.block_on(async move {
+        let mut connections = Vec::with_capacity(streams.len());
+        for stream in streams {
+            stream.set_nonblocking(true).context("nonblocking")?;
+            connections.push(tokio::net::TcpStream::from_std(stream).context("register")?);
+        }
+        let mut ticked = ticked.into_iter();
+        if model == Model::Inline {
+            let mut publishers = Vec::new();
+            for (mut share, mut ticked) in split(connections, workers).into_iter().zip(ticked) {
+                publishers.push(tokio::spawn(async move {
+                    while let Some(tick) = ticked.recv().await {
+                        let frame = frame_of(tick, frame_bytes);
+                        for connection in &mut share {
+                            connection.write_all(&frame).await.context("write")?;
+                        }
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for publisher in publishers {
+                publisher.await.context("publisher")??;
+            }
+            return Ok(());
+        }
+        let mut ticked = ticked.next().context("no tick receiver")?;
+        let mut queues = Vec::with_capacity(connections.len());
+        let mut tasks = Vec::with_capacity(connections.len());
+        for mut connection in connections {
+            let (queue, mut queued) = tokio::sync::mpsc::channel::<Arc<[u8]>>(TASK_QUEUE);
+            queues.push(queue);
+            tasks.push(tokio::spawn(async move {
+                while let Some(frame) = queued.recv().await {
+                    connection.write_all(&frame).await.context("write")?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        tokio::spawn(async move {
+            while let Some(tick) = ticked.recv().await {
+                let frame: Arc<[u8]> = frame_of(tick, frame_bytes).into();
+                for queue in &queues {
+                    queue
+                        .try_send(Arc::clone(&frame))
+                        .map_err(|_| anyhow::anyhow!("a connection's queue is full"))?;
+                }
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("publisher")??;
+        for task in tasks {
+            task.await.context("connection task")??;
+        }
+        Ok(())
+    })
 }
 
 /// Receives until every stream has `total` frames or the deadline passed. Returns, per message,
