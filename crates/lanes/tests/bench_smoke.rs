@@ -153,8 +153,8 @@ fn fanout() {
 
 #[test]
 fn floor() {
-    for model in ["threads", "tasks", "inline"] {
-        let report = bench(&[
+    for (model, fsync) in [("threads", true), ("tasks", false), ("inline", false)] {
+        let mut args = vec![
             "floor",
             "--members",
             "8",
@@ -164,8 +164,13 @@ fn floor() {
             "0.5",
             "--model",
             model,
-        ]);
+        ];
+        if fsync {
+            args.push("--fsync");
+        }
+        let report = bench(&args);
         assert_eq!(report["params"]["model"], model);
+        assert_eq!(report["params"]["fsync"], fsync);
         assert_eq!(report["lost"], 0, "{model}");
         assert_eq!(report["messages"], 10);
         assert_eq!(report["deliveries"], 80, "10 messages × 8 members, {model}");

@@ -47,6 +47,10 @@ pub(crate) struct FloorArgs {
     /// How the writing side is built.
     #[arg(long, value_enum, default_value_t = Model::Threads)]
     model: Model,
+    /// Before each message goes out, write 4 KiB to a file in the system's temp directory and
+    /// `fdatasync` it (a durable server's commit; the reach counts it).
+    #[arg(long)]
+    fsync: bool,
 }
 
 /// The writing side of `floor`.
@@ -136,11 +140,21 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
             read_all(share, total, frame_bytes, started, deadline)
         }));
     }
+    let mut log = if args.fsync {
+        Some(tempfile::tempfile().context("a file to fsync")?)
+    } else {
+        None
+    };
+    let page = [b'l'; 4096];
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     for n in 0..total {
         let at = started + interval.mul_f64(n as f64);
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
         let sent = started.elapsed().as_micros() as u64;
+        if let Some(log) = &mut log {
+            log.write_all(&page).context("write the log")?;
+            log.sync_data().context("fdatasync")?;
+        }
         for tick in &ticks {
             tick.send((n as u64, sent))
                 .map_err(|_| anyhow::anyhow!("a writer stopped"))?;
@@ -170,7 +184,7 @@ pub(crate) fn run(args: FloorArgs) -> anyhow::Result<Report> {
         json!({
             "members": args.members, "rate": args.rate, "duration_secs": args.duration_secs,
             "frame_bytes": args.frame_bytes, "writers": args.writers, "readers": args.readers,
-            "model": format!("{:?}", args.model).to_lowercase(),
+            "model": format!("{:?}", args.model).to_lowercase(), "fsync": args.fsync,
         }),
     );
     let lost = report.set_reach(
