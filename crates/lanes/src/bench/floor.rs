@@ -7,8 +7,9 @@
 //!
 //! `--model` chooses how the writing side is built, to tell the kernel's cost from a runtime's:
 //! plain threads (the kernel alone), a tokio runtime with a task per connection woken through a
-//! queue for each message (the shape of Lanes' connection tasks), or a tokio runtime where one
-//! task writes every connection in turn (a publisher writing to the sockets itself).
+//! queue for each message (the shape of Lanes' connection tasks), or a tokio runtime where a
+//! task per worker writes its share of the connections in turn (a publisher writing to the
+//! sockets itself). `--fsync` makes each message durable first, as a server's commit does.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
