@@ -449,6 +449,34 @@ async fn require_users(state: &AppState, users: Vec<UserId>) -> Result<(), ApiEr
     }
 }
 
+/// Membership changes of one conversation take turns on this server, from the check of the
+/// current members to what the members online are told: the hub, the store and the frames then
+/// change in one order. Without it a removal that lost a race with another removal of the same
+/// member found them gone, and put them back in the hub as a refused removal must, where they
+/// kept receiving a conversation they had left; and the `large` / `member_removed` frames of
+/// changes racing at `receipts_members_max` could reach members in the wrong order. Shards
+/// keyed by conversation id: changes of different conversations rarely wait for each other, and
+/// the locks cost nothing per conversation. One server's turns: a cluster would need the
+/// store's.
+pub(crate) struct MembershipLocks([tokio::sync::Mutex<()>; MEMBERSHIP_SHARDS]);
+
+const MEMBERSHIP_SHARDS: usize = 64;
+
+impl Default for MembershipLocks {
+    fn default() -> Self {
+        MembershipLocks(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl MembershipLocks {
+    /// Waits for `conversation_id`'s turn; the change ends when the guard drops.
+    async fn lock(&self, conversation_id: ConversationId) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[(conversation_id.0 % MEMBERSHIP_SHARDS as u64) as usize]
+            .lock()
+            .await
+    }
+}
+
 /// Whether `conversation_id` has more than `realtime.receipts_members_max` members (what
 /// `joined` tells a member put back after a refused removal). A failed count says no: it is
 /// only a hint to the client.
@@ -810,6 +838,7 @@ pub(crate) async fn add_member_as(
 ) -> Result<StatusCode, ApiError> {
     let members_max = state.config.limits.group_members_max;
     require_room(state, vec![added.clone()]).await?;
+    let _turn = state.membership.lock(conversation_id).await;
     let stored = added.clone();
     let now = now_millis();
     let receipts_members_max = state.config.realtime.receipts_members_max;
@@ -841,8 +870,7 @@ pub(crate) async fn add_member_as(
     state.hub.member_added(conversation_id, &added, large);
     let frame = match size {
         // Everyone online in it now confirms delivery rarely there, as `synced` would have
-        // told them (two adds that race across the bound may both miss it; members then learn
-        // it at their next `synced`).
+        // told them.
         Size::JustLarge => ServerFrame::Large { conversation_id },
         Size::Small(member_count) => ServerFrame::MemberAdded {
             conversation_id,
@@ -970,8 +998,10 @@ async fn remove(
     target: UserId,
 ) -> Result<StatusCode, ApiError> {
     // Refuse what the current roles already refuse before touching the hub, so that nobody can
-    // make another member's devices see `left`/`joined` by trying. The store decides again in
-    // its transaction; only a race with a role change reaches the put-back below.
+    // make another member's devices see `left`/`joined` by trying. In this conversation's turn,
+    // so the members read are the ones the store then changes; the store decides again in its
+    // transaction, and only a failure of the store reaches the put-back below.
+    let _turn = state.membership.lock(conversation_id).await;
     let info = blocking(&state.store, move |store| {
         store.conversation_info(conversation_id)
     })

@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     rate_limits: Arc<rate_limits::RateLimits>,
     /// Open WebSocket connections per IP address (`websocket.connections_per_ip_max`).
     connections_by_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// One membership change of a conversation at a time (`http::MembershipLocks`).
+    membership: http::MembershipLocks,
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     epoch: StoreEpoch,
@@ -273,6 +275,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         presence,
         rate_limits,
         connections_by_ip: Arc::default(),
+        membership: http::MembershipLocks::default(),
         auth,
         connection_config: Arc::new(config.connection_config(epoch.clone())),
         config: Arc::new(config),
