@@ -163,7 +163,20 @@ impl Authenticator {
         }
         let ensured = user_id.clone();
         let now = now_millis();
-        blocking(&self.store, move |store| store.ensure_user(&ensured, now)).await?;
+        let password_account = blocking(&self.store, move |store| {
+            store.ensure_user(&ensured, now)?;
+            Ok(store
+                .user(&ensured)?
+                .is_some_and(|user| user.password_hash.is_some()))
+        })
+        .await?;
+        // A password account and the application's user of the same id are never one account:
+        // anyone may register an id before the application first mints a token for it.
+        if password_account {
+            return Err(unauthorized(
+                "token sub names a password account, which signs in with its password",
+            ));
+        }
         let mut known = self
             .known_users
             .lock()

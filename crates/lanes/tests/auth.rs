@@ -106,6 +106,43 @@ async fn hs256_and_rs256_tokens_are_accepted_and_bad_ones_refused() {
         .await;
     assert_eq!(app_ws.until("message").await.0["body"], "hello app user");
 
+    // Ids are one namespace: registering an id first does not make the application's tokens
+    // for it sign in to that account, and an id the application used cannot be registered.
+    let squatter = http.register("app-user-3").await;
+    let squatted = mint(
+        Algorithm::HS256,
+        &hs,
+        json!({"sub": "app-user-3", "exp": now() + 3600}),
+    );
+    let (status, body) = http
+        .call("GET", "/v1/conversations", Some(&squatted), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    ws.send(json!({"type": "hello", "token": squatted})).await;
+    assert_eq!(ws.frame().await["code"], "unauthorized");
+    let (status, _) = http
+        .call("GET", "/v1/conversations", Some(&squatter), None)
+        .await;
+    assert_eq!(status, 200, "the password account itself is unharmed");
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/register",
+            None,
+            Some(json!({"username": "app-user-1", "password": "a long enough password"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+
     let wrong_secret = EncodingKey::from_secret(b"another secret that is long enough!!");
     let forged_unsigned = {
         use base64::Engine;
