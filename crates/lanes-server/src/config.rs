@@ -251,6 +251,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// How long a client may take to send a request's headers, in milliseconds.
     pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request's body once its handler is reached, in
+    /// milliseconds.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -268,6 +271,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             tls: None,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -305,6 +309,9 @@ impl Config {
         }
         if self.header_read_timeout_ms == 0 {
             return Err("header_read_timeout_ms must be positive".into());
+        }
+        if self.body_read_timeout_ms == 0 {
+            return Err("body_read_timeout_ms must be positive".into());
         }
         let limits = &self.rate_limits;
         if [

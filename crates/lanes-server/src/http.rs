@@ -85,8 +85,74 @@ pub(crate) fn router(state: AppState) -> Router {
         // WebSocket are not: an upgrade's answer has no body.
         .layer(CompressionLayer::new())
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_within_timeout,
+        ))
         .layer(Extension(Arc::new(openapi)))
         .with_state(state)
+}
+
+/// Gives a request's body `body_read_timeout_ms` from the moment its headers are in: hyper's
+/// header timeout ends with the headers, and a client that then sent the body a byte at a time
+/// would hold its socket and a task for as long as it liked. The body is still read only by the
+/// handler that wants it (after authentication); reading past the deadline fails, and the
+/// handler answers `400 bad_frame`.
+async fn body_within_timeout(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let timeout_ms = state.config.body_read_timeout_ms;
+    let request = request.map(|inner| {
+        axum::body::Body::new(DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(
+                timeout_ms,
+            ))),
+            timeout_ms,
+        })
+    });
+    next.run(request).await
+}
+
+/// A body that fails once its deadline has passed (`body_within_timeout`).
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0} ms")]
+struct BodyTimedOut(u64);
+
+impl http_body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let timed_out = BodyTimedOut(self.timeout_ms);
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(timed_out))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The authenticated caller of a request, from `Authorization: Bearer <token>`.

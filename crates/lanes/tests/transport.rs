@@ -119,6 +119,86 @@ async fn tls_serves_https_and_secure_websockets() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_body_is_answered_and_dropped() {
+    let (server, http, _config) = common::start_with_config("body_read_timeout_ms = 500\n");
+    let token = http.register("slow").await;
+    // Whole headers, then a body that trickles a byte at a time and never ends: to a route
+    // without authentication, and to one with it.
+    for (path, authorization) in [
+        ("/v1/login", String::new()),
+        (
+            "/v1/conversations/group",
+            format!("authorization: Bearer {token}\r\n"),
+        ),
+    ] {
+        let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        slow.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 {authorization}content-length: 1000\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b" ").await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut bytes = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut bytes)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Ok(read)) => answer.extend_from_slice(&bytes[..read]),
+                Err(_) => {}
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(closed, "{path}: still connected after 4 s; got {answer}");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("\"bad_frame\""), "{path}: {answer}");
+        assert!(
+            answer.contains("did not arrive within 500 ms"),
+            "{path}: {answer}"
+        );
+    }
+    // A body sent in time, in pieces, is read as usual.
+    let mut prompt = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let body = r#"{"username":"slow","password":"not the password"}"#;
+    prompt
+        .write_all(
+            format!(
+                "POST /v1/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    for piece in body.as_bytes().chunks(8) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        prompt.write_all(piece).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), prompt.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("wrong username or password"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_dropped() {
     let (server, _http, _config) = common::start_with_config("header_read_timeout_ms = 500\n");
     // Half a request line, then a byte at a time, never the blank line that ends the headers.
