@@ -253,6 +253,7 @@ pub(crate) async fn add_member(
         Unauthorized,
         AdminOff,
         NotFound,
+        (status = 409, description = "`conflict`: the client_msg_id is a system message of another conversation", body = ErrorBody),
         PayloadTooLarge,
         Unavailable,
     )
@@ -267,12 +268,25 @@ pub(crate) async fn post(
     let Json(request) = body?;
     let sender = UserId::parse(SYSTEM_USER_ID)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "the system user id is invalid"))?;
-    actions::append(
+    let conversation_id = ConversationId(id);
+    let Json(ack) = actions::append(
         &state,
         sender,
         request.client_msg_id,
-        ConversationId(id),
+        conversation_id,
         Content::System { body: request.body },
     )
-    .await
+    .await?;
+    // Every post shares `@system`'s ids: an id used before in another conversation is not a
+    // retry of this post, and answering its ack would report a post that never happened.
+    if ack.conversation_id != conversation_id {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "client_msg_id {} is a system message of conversation {} already",
+                ack.client_msg_id, ack.conversation_id.0
+            ),
+        ));
+    }
+    Ok(Json(ack))
 }

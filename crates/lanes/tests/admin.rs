@@ -219,6 +219,67 @@ async fn the_admin_api_is_off_without_keys() {
     server.assert_clean_log();
 }
 
+/// `@system` is one sender for every backend and conversation: its posts are not held to a
+/// user's send rate, and an id already used in another conversation is a conflict, not an ack
+/// of a post that was never stored.
+#[tokio::test]
+async fn system_posts_have_no_user_rate_and_ids_do_not_cross_conversations() {
+    let (server, http, _config) = common::start_with_config(&format!(
+        "[admin]\napi_keys = [\"{KEY}\"]\n[rate_limits]\nsends = {{ per_sec = 1, burst = 2 }}\n"
+    ));
+    let alice = http.register("alice").await;
+    http.register("bob").await;
+    let first = http.direct(&alice, "bob").await;
+    let second = http.group(&alice, "team", &["bob".to_owned()]).await;
+    let post = |conversation: u64, id: String| {
+        let http = &http;
+        async move {
+            http.call(
+                "POST",
+                &format!("/v1/admin/conversations/{conversation}/messages"),
+                Some(KEY),
+                Some(json!({"client_msg_id": id, "body": "notice"})),
+            )
+            .await
+        }
+    };
+    for n in 0..6 {
+        let (status, ack) = post(first, format!("notice-{n}")).await;
+        assert_eq!((status, ack["seq"].as_u64()), (200, Some(n + 1)), "{ack}");
+    }
+    // Users still are limited: two sends, then rate_limited.
+    let send = |n: u64| {
+        let http = &http;
+        let alice = &alice;
+        async move {
+            http.call(
+                "POST",
+                &format!("/v1/conversations/{second}/messages"),
+                Some(alice),
+                Some(json!({"client_msg_id": format!("a-{n}"), "body": "hi"})),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(
+        [send(0).await, send(1).await, send(2).await],
+        [200, 200, 429]
+    );
+    // The same id in another conversation: refused, and nothing stored there.
+    let (status, body) = post(second, "notice-0".to_owned()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    assert_eq!(http.history(&alice, second).await.len(), 2);
+    // In its own conversation the id is still a retry, answered with the original ack.
+    let (status, ack) = post(first, "notice-0".to_owned()).await;
+    assert_eq!((status, ack["seq"].as_u64()), (200, Some(1)), "{ack}");
+    server.assert_clean_log();
+}
+
 #[tokio::test]
 async fn admin_adds_follow_the_same_rules_as_user_adds() {
     let (server, http, _config) = common::start_with_config(&format!(
