@@ -34,18 +34,12 @@ impl FromRequestParts<AppState> for Admin {
                 "the admin API is off: set [admin] api_keys",
             ));
         }
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "missing Authorization: Bearer <api key>",
-                )
-            })?;
+        let presented = http::bearer(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing Authorization: Bearer <api key>",
+            )
+        })?;
         // Digests are compared, so the time taken says nothing about the keys.
         let digest = Sha256::digest(presented.as_bytes());
         if keys

@@ -155,6 +155,19 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+/// The credentials of `Authorization: Bearer <credentials>`, the scheme in any case (RFC 9110
+/// §11.1).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
 /// The authenticated caller of a request, from `Authorization: Bearer <token>`.
 pub(crate) struct Caller {
     pub(crate) user_id: UserId,
@@ -165,18 +178,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "missing Authorization: Bearer token",
-                )
-            })?;
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing Authorization: Bearer token",
+            )
+        })?;
         let user_id = state.auth.authenticate(token).await?;
         Ok(Caller {
             user_id,

@@ -75,11 +75,15 @@ pub(crate) async fn index(headers: HeaderMap) -> Response {
         (status = 404, description = "No such file"),
     )
 )]
-pub(crate) async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if name == "index.html" {
-        return StatusCode::NOT_FOUND.into_response();
+pub(crate) async fn asset(
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    // A name that does not decode (`%FF`) is no file either.
+    match name {
+        Ok(Path(name)) if name != "index.html" => serve(&name, &headers),
+        _ => StatusCode::NOT_FOUND.into_response(),
     }
-    serve(&name, &headers)
 }
 
 fn serve(name: &str, request: &HeaderMap) -> Response {

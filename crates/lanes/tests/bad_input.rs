@@ -593,3 +593,51 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_is_kep
     }
     server.assert_clean_log();
 }
+
+/// `Authorization`'s scheme is case-insensitive (RFC 9110 §11.1), for user tokens and admin
+/// keys alike; other schemes are `unauthorized`. A web asset name that does not decode is no
+/// file (`404`), not a plain-text error.
+#[tokio::test]
+async fn the_bearer_scheme_in_any_case_and_undecodable_asset_names() {
+    const KEY: &str = "test-admin-key-0123456789abcdef0123456789";
+    let (_server, http, _config) =
+        common::start_with_config(&format!("[admin]\napi_keys = [\"{KEY}\"]\n"));
+    let token = http.register("alice").await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, authorization: String| {
+        client
+            .get(format!("{}{path}", http.base))
+            .header("authorization", authorization)
+            .send()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = get("/v1/conversations", format!("{scheme} {token}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let response = get("/v1/conversations", format!("Basic {token}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    let response = client
+        .post(format!("{}/v1/admin/users", http.base))
+        .header("authorization", format!("bearer {KEY}"))
+        .json(&json!({"user_id": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "an admin key with a lower-case scheme"
+    );
+    let response = client
+        .get(format!("{}/assets/%FF", http.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
