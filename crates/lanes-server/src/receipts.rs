@@ -2,7 +2,8 @@
 //! positions to one writer task, which merges what arrives within `receipts_flush_ms` (the
 //! highest position per member wins), stores it in one transaction (`Store::advance_markers`:
 //! monotonic, clamped to the head) and only then tells each conversation's online members, in
-//! one `receipts` frame per conversation. A member who hides read receipts has the read
+//! one `receipts` frame per conversation. Positions a failed store did not take are kept and
+//! tried again (with the next flush, or after `RETRY_AFTER`). A member who hides read receipts has the read
 //! position left out of what the others receive. In a conversation of more than
 //! `receipts_members_max` members, a position goes only to its own user's devices, and only a
 //! read one (which syncs unread counts): sent to everyone, each message's receipts would cost
@@ -37,6 +38,9 @@ pub(crate) fn spawn(
     sender
 }
 
+/// How long positions a failed store kept wait before the next try when no new ones come.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 async fn run(
     mut updates: mpsc::Receiver<MarkerUpdate>,
     store: Arc<dyn Store>,
@@ -45,7 +49,24 @@ async fn run(
     flush: Duration,
     members_max: usize,
 ) {
-    while let Some(first) = updates.recv().await {
+    // Positions a failed store kept, tried again with the next flush: clients send a position
+    // again only when a newer message arrives, so in a quiet conversation a dropped one would
+    // stay lost (a stale read marker and unread count on every device).
+    let mut kept: Vec<MarkerUpdate> = Vec::new();
+    loop {
+        let first = if kept.is_empty() {
+            match updates.recv().await {
+                Some(update) => Some(update),
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                update = updates.recv() => update,
+                () = tokio::time::sleep(RETRY_AFTER) => None,
+            }
+        };
+        // The server is stopping: one last try for what was kept.
+        let closing = first.is_none() && updates.is_closed();
         tokio::time::sleep(flush).await;
         let mut merged: HashMap<(ConversationId, UserId), (Seq, Seq)> = HashMap::new();
         let mut merge = |update: MarkerUpdate| {
@@ -55,7 +76,8 @@ async fn run(
             entry.0 = entry.0.max(update.delivered);
             entry.1 = entry.1.max(update.read);
         };
-        merge(first);
+        kept.drain(..).for_each(&mut merge);
+        first.into_iter().for_each(&mut merge);
         while let Ok(update) = updates.try_recv() {
             merge(update);
         }
@@ -72,22 +94,28 @@ async fn run(
             .collect();
         let store = Arc::clone(&store);
         let stored = tokio::task::spawn_blocking(move || {
-            let changed = store.advance_markers(&batch)?;
-            let mut touched: Vec<ConversationId> =
-                changed.iter().map(|row| row.conversation_id).collect();
-            touched.sort_unstable();
-            touched.dedup();
-            let large = store.larger_than(&touched, members_max)?;
-            Ok::<_, lanes_store::StoreError>((batch, changed, large))
+            let stored = store.advance_markers(&batch).and_then(|changed| {
+                let mut touched: Vec<ConversationId> =
+                    changed.iter().map(|row| row.conversation_id).collect();
+                touched.sort_unstable();
+                touched.dedup();
+                let large = store.larger_than(&touched, members_max)?;
+                Ok((changed, large))
+            });
+            (batch, stored)
         })
         .await;
         match stored {
-            Ok(Ok((batch, changed, large))) => {
+            Ok((batch, Ok((changed, large)))) => {
                 Metrics::add(&metrics.receipt_commits, 1);
                 announce(&hub, changed, &large, &reads_in(&batch, &large));
             }
-            // Positions are re-sent by clients with their next receipt; nothing acked is lost.
-            Ok(Err(err)) => tracing::error!("storing receipt positions failed: {err}"),
+            Ok((batch, Err(err))) => {
+                tracing::error!("storing receipt positions failed (kept, tried again): {err}");
+                if !closing {
+                    kept = batch;
+                }
+            }
             Err(err) => tracing::error!("receipt task failed: {err}"),
         }
     }

@@ -123,3 +123,63 @@ async fn a_full_disk_refuses_sends_loses_nothing_and_recovers() {
             .expect("reopen the store");
     store.integrity_check().expect("intact after a full disk");
 }
+
+/// A read position that reaches the server while the disk is full is not lost: it is stored,
+/// and announced, once there is room, though nothing new is sent (clients send a position again
+/// only when a newer message arrives).
+#[tokio::test]
+async fn a_read_position_refused_by_a_full_disk_is_stored_once_there_is_room() {
+    let disk = SmallDisk::mount("4m");
+    let data_dir = disk.path().join("data");
+    let mut server =
+        TestServer::start_with_data_dir(env!("CARGO_BIN_EXE_lanes"), &data_dir, &[], &[]);
+    server.allow_log("storing receipt positions failed");
+    let http = Http::new(&server.base_url());
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+    for i in 0..3 {
+        alice_ws
+            .send_message(conversation, &format!("m-{i}"), "hello")
+            .await;
+    }
+    let receipts = format!("/v1/conversations/{conversation}/receipts");
+    let bob_read = || async {
+        let (status, body) = http.call("GET", &receipts, Some(&alice), None).await;
+        assert_eq!(status, 200, "{body}");
+        body["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|receipt| receipt["user_id"] == "bob")
+            .and_then(|receipt| receipt["read_seq"].as_u64())
+    };
+
+    // A reader holding a snapshot keeps the server from starting its log over in place, so
+    // the position's write must grow the log, which the full disk refuses.
+    let mut reader = rusqlite::Connection::open(data_dir.join("lanes.db")).unwrap();
+    let snapshot = reader.transaction().unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .unwrap();
+    let filler = fill(disk.path());
+    let (status, body) = http
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/read"),
+            Some(&bob),
+            Some(json!({"seq": 3})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(bob_read().await, None, "the full disk took the position");
+
+    drop(snapshot);
+    drop(reader);
+    std::fs::remove_file(filler).unwrap();
+    let (frame, _) = alice_ws.until("receipts").await;
+    assert_eq!(frame["conversation_id"], conversation);
+    assert_eq!(bob_read().await, Some(3));
+}
