@@ -156,6 +156,10 @@ pub struct RateLimitsConfig {
     pub logins: Rate,
     /// Sign-ups per IP address.
     pub signups: Rate,
+    /// Conversations created and members added per acting user (not through the admin API):
+    /// members are added without their consent, and each addition counts against the added
+    /// user's `limits.conversations_per_user_max`.
+    pub memberships: Rate,
 }
 
 impl Default for RateLimitsConfig {
@@ -167,6 +171,7 @@ impl Default for RateLimitsConfig {
             connects: Rate::new(200, 1000),
             logins: Rate::new(5, 20),
             signups: Rate::new(2, 10),
+            memberships: Rate::new(5, 50),
         }
     }
 }

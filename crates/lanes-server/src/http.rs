@@ -634,6 +634,7 @@ async fn create_direct(
     body: Result<Json<CreateDirect>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
+    state.rate_limits.membership(&caller.user_id)?;
     direct_of(&state, caller.user_id, request.user_id).await
 }
 
@@ -693,6 +694,7 @@ async fn create_group(
     body: Result<Json<CreateGroup>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
+    state.rate_limits.membership(&caller.user_id)?;
     group_of(&state, caller.user_id, request).await
 }
 
@@ -887,6 +889,7 @@ async fn add_member(
 ) -> Result<StatusCode, ApiError> {
     let conversation_id = conversation_id(path)?;
     let Json(request) = body?;
+    state.rate_limits.membership(&caller.user_id)?;
     let role = request.role.unwrap_or(Role::Member);
     add_member_as(
         &state,

@@ -58,6 +58,7 @@ pub(crate) struct RateLimits {
     connects: Bucket<IpAddr>,
     logins: Bucket<IpAddr>,
     signups: Bucket<IpAddr>,
+    memberships: Bucket<UserId>,
 }
 
 impl RateLimits {
@@ -69,6 +70,7 @@ impl RateLimits {
             connects: Bucket::new(&config.connects, on, "connections from this address"),
             logins: Bucket::new(&config.logins, on, "logins from this address"),
             signups: Bucket::new(&config.signups, on, "sign-ups from this address"),
+            memberships: Bucket::new(&config.memberships, on, "conversations and members added"),
         }
     }
 
@@ -98,11 +100,17 @@ impl RateLimits {
     }
 
     /// Forgets buckets that are full again, so memory follows active keys only.
+    /// A conversation created or a member added by `actor`.
+    pub(crate) fn membership(&self, actor: &UserId) -> Result<(), ApiError> {
+        self.memberships.check(actor)
+    }
+
     pub(crate) fn retain_recent(&self) {
         self.sends.retain_recent();
         self.receipts.retain_recent();
         self.connects.retain_recent();
         self.logins.retain_recent();
         self.signups.retain_recent();
+        self.memberships.retain_recent();
     }
 }

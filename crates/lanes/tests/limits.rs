@@ -199,11 +199,43 @@ async fn rate_limits_answer_rate_limited_with_a_retry_after() {
          receipts = { per_sec = 1, burst = 2 }\n\
          connects = { per_sec = 1, burst = 4 }\n\
          logins = { per_sec = 1, burst = 2 }\n\
-         signups = { per_sec = 1, burst = 3 }\n",
+         signups = { per_sec = 1, burst = 3 }\n\
+         memberships = { per_sec = 1, burst = 3 }\n",
     );
     let alice = http.register("alice").await;
-    http.register("bob").await;
+    let bob = http.register("bob").await;
     let conversation = http.direct(&alice, "bob").await;
+    // Conversations created and members added per acting user: the direct conversation above,
+    // a group and an add are the burst of three; the next creation is refused, and adds by
+    // the same user too, while another user's are not.
+    let group = http.group(&alice, "team", &[]).await;
+    http.add_member(&alice, group, "bob").await;
+    for (path, body) in [
+        (
+            "/v1/conversations/group".to_owned(),
+            json!({"name": "more", "members": []}),
+        ),
+        (
+            format!("/v1/conversations/{group}/members"),
+            json!({"user_id": "bob"}),
+        ),
+    ] {
+        let (status, answer) = http.call("POST", &path, Some(&alice), Some(body)).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{path}: {answer}"
+        );
+    }
+    let (status, answer) = http
+        .call(
+            "POST",
+            "/v1/conversations/group",
+            Some(&bob),
+            Some(json!({"name": "bob's", "members": ["alice"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
     // Sign-ups per address: a burst of three, then refused.
     let (status, body) = http
         .call(
