@@ -397,8 +397,9 @@ impl<P: Clone> Hub<P> {
     }
 
     /// `user_id` is no longer a member of `conversation_id`: called *before* the store commits
-    /// the removal, so that nothing the committer publishes meanwhile reaches the user. Nothing
-    /// published after this call reaches the user.
+    /// the removal, so that nothing the committer publishes meanwhile reaches the user, and
+    /// again after it (a connection that listed its conversations in between has the
+    /// conversation back). Nothing published after the second call reaches the user.
     pub fn member_removed(&self, conversation_id: ConversationId, user_id: &UserId) {
         let mut inner = self.write();
         let Some(user) = inner.users.get_mut(user_id) else {

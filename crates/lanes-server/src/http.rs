@@ -1126,7 +1126,12 @@ async fn remove(
     if let Some(error) = refused {
         return Err(error);
     }
-    if let (_, Size::Small(member_count)) = result? {
+    let (_, size) = result?;
+    // Once more now that the removal is committed: a connection of the member's that listed its
+    // conversations between the first call and the commit has put the group back in the hub.
+    // Listings from now on no longer hold it.
+    state.hub.member_removed(conversation_id, &target);
+    if let Size::Small(member_count) = size {
         let payload = Utf8Bytes::from(encode_server(&ServerFrame::MemberRemoved {
             conversation_id,
             user_id: target,

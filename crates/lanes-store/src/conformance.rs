@@ -30,6 +30,14 @@ pub fn run_all(make_store: &dyn Fn() -> Box<dyn Store>) {
             duplicate_client_msg_id_returns_original,
         ),
         ("non_member_cannot_append", non_member_cannot_append),
+        (
+            "duplicate_events_in_one_batch_apply_once",
+            duplicate_events_in_one_batch_apply_once,
+        ),
+        (
+            "a_removed_members_retry_gets_the_original",
+            a_removed_members_retry_gets_the_original,
+        ),
         ("messages_after_is_ordered", messages_after_is_ordered),
         (
             "messages_before_pages_backwards",
@@ -256,6 +264,72 @@ pub fn duplicate_client_msg_id_returns_original(store: &dyn Store) {
             .expect("read"),
         Some(vec![])
     );
+}
+
+/// An edit or a reaction repeated under its client_msg_id within one batch (a client's retry
+/// that caught up with the original) is applied once; the repeat is the original's duplicate.
+pub fn duplicate_events_in_one_batch_apply_once(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let (ab, _) = store.create_direct(&alice, &bob, NOW).expect("create");
+    append_one(store, message(&alice, "a1", ab));
+    let edit = event(
+        &alice,
+        "e1",
+        ab,
+        Content::Edit {
+            target_seq: Seq(1),
+            body: "edited".into(),
+        },
+    );
+    let react = event(
+        &bob,
+        "r1",
+        ab,
+        Content::Reaction {
+            target_seq: Seq(1),
+            emoji: "👍".into(),
+            add: true,
+        },
+    );
+    let outcomes = store
+        .append_batch(&[edit.clone(), react.clone(), edit, react], NOW)
+        .expect("append");
+    let (AppendOutcome::Appended(edited), AppendOutcome::Appended(reacted)) =
+        (outcomes[0].clone(), outcomes[1].clone())
+    else {
+        panic!("the first of each must be appended: {outcomes:?}");
+    };
+    assert_eq!(outcomes[2], AppendOutcome::Duplicate(edited));
+    assert_eq!(outcomes[3], AppendOutcome::Duplicate(reacted));
+    let read = history(store, &alice, ab);
+    assert_eq!(read.len(), 3, "one edit and one reaction stored");
+    assert_eq!(read[0].body, "edited");
+    assert_eq!(read[0].reactions.len(), 1);
+    assert_eq!(read[0].reactions[0].user_ids, [bob]);
+}
+
+/// A member removed after sending still gets the original ack for a retry of that send (it was
+/// stored while they were a member), while a new send is `NotMember`.
+pub fn a_removed_members_retry_gets_the_original(store: &dyn Store) {
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let group = store
+        .create_group(&alice, "team", std::slice::from_ref(&bob), NOW)
+        .expect("create");
+    let AppendOutcome::Appended(original) = append_one(store, message(&bob, "b1", group)) else {
+        panic!("a member's send is appended");
+    };
+    store.remove_member(group, &bob).expect("remove");
+    assert_eq!(
+        append_one(store, message(&bob, "b1", group)),
+        AppendOutcome::Duplicate(original)
+    );
+    assert_eq!(
+        append_one(store, message(&bob, "b2", group)),
+        AppendOutcome::NotMember
+    );
+    assert_eq!(history(store, &alice, group).len(), 1);
 }
 
 /// Non-members and unknown conversations get `NotMember`, and nothing is written, also in a

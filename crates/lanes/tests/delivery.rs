@@ -334,6 +334,53 @@ async fn racing_removals_do_not_put_a_former_member_back() {
     server.assert_clean_log();
 }
 
+/// A member who connects while being removed lists its conversations before the removal
+/// commits, and must still not receive the group afterwards. The test holds the database's
+/// write lock so that the removal waits, between the hub forgetting the member and the store's
+/// commit, while the member connects.
+#[tokio::test]
+async fn a_member_connecting_while_removed_does_not_keep_the_group() {
+    let (server, http) = start();
+    let alice = http.register("alice").await;
+    let carol = http.register("carol").await;
+    let direct = http.direct(&alice, "carol").await;
+    let group = http.group(&alice, "team", &["carol".to_owned()]).await;
+    let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
+
+    let mut blocker = rusqlite::Connection::open(server.data_dir().join("lanes.db")).unwrap();
+    let writes_wait = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let kick = format!("/v1/conversations/{group}/members/carol");
+    let removal = tokio::spawn({
+        let http = Http::new(&server.base_url());
+        let alice = alice.clone();
+        async move { http.call("DELETE", &kick, Some(&alice), None).await.0 }
+    });
+    // The removal has read the members and left the hub; its commit waits for the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!removal.is_finished());
+    let (mut carol_ws, _) = RawWs::hello(&server.ws_url(), &carol, json!([]), None).await;
+    drop(writes_wait);
+    assert_eq!(removal.await.unwrap(), 204);
+
+    alice_ws
+        .send_message(group, "secret", "after the removal")
+        .await;
+    alice_ws.send_message(direct, "marker", "marker").await;
+    loop {
+        let frame = carol_ws.frame().await;
+        assert_ne!(
+            frame["body"], "after the removal",
+            "carol got a message sent after her removal"
+        );
+        if frame["type"] == "message" && frame["body"] == "marker" {
+            break;
+        }
+    }
+    server.assert_clean_log();
+}
+
 /// A removal racing an add of the same user: whichever the store takes last decides, and the
 /// hub must agree with it (a removal leaves the hub before its commit, an add joins it after
 /// its own, and changes of one conversation take turns).
