@@ -36,6 +36,9 @@ const TIMEOUT_DEFAULT_MS: u64 = 25_000;
 const TIMEOUT_MAX_MS: u64 = 60_000;
 /// Events returned by one poll at most; the client polls again for the rest.
 const EVENTS_MAX: usize = limits::PAGE_LEN_MAX;
+/// Bytes of events one poll returns at most (but always one event): 500 of the largest
+/// messages are tens of megabytes, held until the client has read the answer.
+const EVENT_BYTES_MAX: usize = 1024 * 1024;
 
 /// `GET /v1/events` query: `cursors=12:40,13:7&epoch=…&timeout_ms=25000&presence=away`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -189,18 +192,21 @@ impl Drop for Registration {
 struct Collected {
     cursors: Cursors,
     events: Vec<Box<RawValue>>,
+    /// The events' encoded size.
+    bytes: usize,
 }
 
 impl Collected {
     fn push(&mut self, text: &str) -> Result<(), ApiError> {
         let raw = RawValue::from_string(text.to_owned())
             .map_err(|_| ApiError::new(ErrorCode::Internal, "an event did not encode"))?;
+        self.bytes += text.len();
         self.events.push(raw);
         Ok(())
     }
 
     fn full(&self) -> bool {
-        self.events.len() >= EVENTS_MAX
+        self.events.len() >= EVENTS_MAX || self.bytes >= EVENT_BYTES_MAX
     }
 }
 
@@ -256,6 +262,7 @@ async fn poll(
     let mut collected = Collected {
         cursors,
         events: Vec::new(),
+        bytes: 0,
     };
     for (conversation_id, head) in heads {
         if collected.full() {
@@ -362,6 +369,10 @@ async fn catch_up(
         let Some(page) = page else { return Ok(()) };
         let short = page.len() < limit;
         for message in page {
+            // Full by size: the cursor stays at the last message taken, the next poll goes on.
+            if collected.full() {
+                return Ok(());
+            }
             if collected
                 .cursors
                 .admit_caught_up(conversation_id, message.seq)

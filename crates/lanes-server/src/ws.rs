@@ -504,7 +504,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The answer comes back through this connection's hub queue, so a send is only
         // possible once subscribed (always: sends are read after the sync).
         let Some(origin) = self.subscription.as_ref().map(|s| s.connection_id) else {
-            let error = lost(&send.client_msg_id, "not subscribed yet");
+            let error = lost(
+                ErrorCode::Internal,
+                &send.client_msg_id,
+                "not subscribed yet",
+            );
             self.connection.handle_committed(Err(error));
             return None;
         };
@@ -538,7 +542,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The server stops: the send was not taken, and the connection drains.
     fn stopping(&mut self, request: &CommitRequest) {
-        let error = lost(&request.message.client_msg_id, "the server is stopping");
+        let error = lost(
+            ErrorCode::ShuttingDown,
+            &request.message.client_msg_id,
+            "the server is stopping",
+        );
         self.connection.handle_committed(Err(error));
         self.connection.handle_shutdown();
     }
@@ -581,7 +589,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         self.connection.handle_authenticated(user_id);
                         self.pending_sync = true;
                     }
-                    Err(err) => self.connection.handle_auth_rejected(err.message),
+                    Err(err) if err.code == ErrorCode::Unauthorized => {
+                        self.connection.handle_auth_rejected(err.message);
+                    }
+                    // The store failed to look the token up: not a refusal of the token (which
+                    // clients take as final); the client reconnects and says hello again.
+                    Err(err) => return self.fail(err.code, err.message),
                 }
             }
             Output::Marker {
@@ -752,6 +765,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .admit_caught_up(conversation_id, message.seq)
                 {
                     self.feed_frame(&ServerFrame::Message(message));
+                    // A page of large messages is tens of megabytes: written as it goes, it is
+                    // never held whole for a peer that reads slowly or not at all.
+                    if self.wire.buffered() >= WRITE_BUFFER_BYTES {
+                        self.flush().await?;
+                    }
                 }
             }
             self.flush().await?;
@@ -855,9 +873,9 @@ enum Waiting {
 }
 
 /// The answer to a send the server could not take; the client retries it.
-fn lost(client_msg_id: &ClientMsgId, why: &str) -> ErrorFrame {
+fn lost(code: ErrorCode, client_msg_id: &ClientMsgId, why: &str) -> ErrorFrame {
     ErrorFrame::new(
-        ErrorCode::Internal,
+        code,
         format!("{why}; retry with the same client_msg_id"),
         Some(client_msg_id.to_string()),
     )

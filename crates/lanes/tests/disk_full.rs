@@ -183,3 +183,58 @@ async fn a_read_position_refused_by_a_full_disk_is_stored_once_there_is_room() {
     assert_eq!(frame["conversation_id"], conversation);
     assert_eq!(bob_read().await, Some(3));
 }
+
+/// A `hello` whose token the store cannot check (a JWT's first use writes its user, and the disk
+/// is full) is not refused as `unauthorized`, which clients take as final: the server says what
+/// failed and closes with 1011, and the client's next hello, once there is room, is welcome.
+#[tokio::test]
+async fn a_store_failure_at_hello_is_not_a_refused_token() {
+    const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
+    let disk = SmallDisk::mount("4m");
+    let data_dir = disk.path().join("data");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("[auth]\njwt_hs256_secret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let mut server = TestServer::start_with_data_dir(
+        env!("CARGO_BIN_EXE_lanes"),
+        &data_dir,
+        &["--config", config.path().to_str().unwrap()],
+        &[],
+    );
+    server.allow_log("store failed");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "newcomer", "exp": expires}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // As above: a reader's snapshot makes the user's row need new room in the log.
+    let mut reader = rusqlite::Connection::open(data_dir.join("lanes.db")).unwrap();
+    let snapshot = reader.transaction().unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .unwrap();
+    let filler = fill(disk.path());
+
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    ws.send(json!({"type": "hello", "token": token})).await;
+    let error = ws.frame().await;
+    assert_eq!(error["code"], "storage_unavailable", "{error}");
+    match ws.next().await {
+        common::Seen::Closed(code) => assert_eq!(code, Some(1011)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+
+    drop(snapshot);
+    drop(reader);
+    std::fs::remove_file(filler).unwrap();
+    let (_ws, _) = RawWs::hello(&server.ws_url(), &token, json!([]), None).await;
+}
