@@ -245,6 +245,9 @@ struct Session<S> {
     shutdown_wait: Option<ShutdownWait>,
     /// The revocable credential the connection authenticated with (0: none).
     credential: u64,
+    /// The last wake was a turn of hub events: the socket and the timer are looked at first on
+    /// the next one.
+    events_last: bool,
 }
 
 impl<S> Session<S> {
@@ -260,6 +263,7 @@ impl<S> Session<S> {
             pending_sync: false,
             shutdown_wait: None,
             credential: 0,
+            events_last: false,
         }
     }
 
@@ -402,40 +406,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.shutdown_wait = None;
                 self.connection.handle_shutdown();
             }
-            Wake::Events(event) => return self.handle_events(event),
+            Wake::Events(event) => {
+                self.events_last = true;
+                return self.handle_events(event);
+            }
             Wake::Incoming(incoming) => self.handle_incoming(incoming)?,
             Wake::Timeout => self.connection.handle_timeout(Instant::now()),
         }
+        self.events_last = false;
         Ok(None)
     }
 
     /// What woke the connection, in order of priority: shutdown, hub events (acks first of
-    /// all), the socket, the timer.
+    /// all), the socket, the timer; but after a turn of events the socket and the timer come
+    /// first, so that a connection a loud group keeps busy still reads its client's frames
+    /// (its sends, pings, close) and keeps its timeouts.
     fn poll_wake(
         &mut self,
         cx: &mut std::task::Context<'_>,
         wants_read: bool,
-        timer: Option<&mut std::pin::Pin<&mut tokio::time::Sleep>>,
+        mut timer: Option<&mut std::pin::Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wake> {
         if let Some(wait) = &mut self.shutdown_wait
             && wait.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Wake::ShuttingDown);
         }
-        if let Some(subscription) = &mut self.subscription
-            && let Poll::Ready(event) = subscription.receiver.poll_recv(cx)
+        if !self.events_last
+            && let Poll::Ready(event) = self.poll_events(cx)
         {
             return Poll::Ready(Wake::Events(event));
         }
         if wants_read && let Poll::Ready(incoming) = self.wire.poll_next(cx) {
             return Poll::Ready(Wake::Incoming(incoming));
         }
-        if let Some(timer) = timer
+        if let Some(timer) = timer.as_mut()
             && timer.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Wake::Timeout);
         }
+        if self.events_last
+            && let Poll::Ready(event) = self.poll_events(cx)
+        {
+            return Poll::Ready(Wake::Events(event));
+        }
         Poll::Pending
+    }
+
+    /// The next hub event, once subscribed.
+    fn poll_events(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Event<Utf8Bytes>>> {
+        match &mut self.subscription {
+            Some(subscription) => subscription.receiver.poll_recv(cx),
+            None => Poll::Pending,
+        }
     }
 
     fn handle_incoming(&mut self, incoming: Result<Incoming, WireError>) -> Result<(), End> {

@@ -738,3 +738,51 @@ async fn group_roles_decide_who_manages_whom() {
     assert_eq!(status, 404, "a former owner is an outsider");
     server.assert_clean_log();
 }
+
+/// A connection a loud conversation keeps busy still reads its client's frames: with thousands
+/// of messages queued for it while its client was not reading, its ping is answered before the
+/// last of them, not after all (it used to take every queued event before looking at the
+/// socket again).
+#[tokio::test]
+async fn a_busy_connection_still_reads_its_clients_frames() {
+    const TOTAL: usize = 3000;
+    let (_server, http, _config) = common::start_with_config("[rate_limits]\nenabled = false\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let ws_url = format!("{}/v1/ws", http.base.replacen("http", "ws", 1));
+    let (mut bob_ws, _) = RawWs::hello(&ws_url, &bob, json!([]), None).await;
+    let (mut alice_ws, _) = RawWs::hello(&ws_url, &alice, json!([]), None).await;
+    // ~36 MB: more than the sockets' buffers hold, so most of it waits in bob's queue.
+    let body = "x".repeat(12_000);
+    for i in 0..TOTAL {
+        alice_ws
+            .send(json!({"type": "send", "client_msg_id": format!("m{i}"), "conversation_id": conversation, "body": body}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < TOTAL {
+        let frame = alice_ws.frame().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    bob_ws
+        .send(json!({"type": "ping", "request_id": "busy"}))
+        .await;
+    let mut before_pong = 0;
+    loop {
+        let frame = bob_ws.frame().await;
+        if frame["type"] == "pong" {
+            break;
+        }
+        if frame["type"] == "message" {
+            before_pong += 1;
+        }
+    }
+    assert!(
+        before_pong < TOTAL,
+        "the ping was read only after all {TOTAL} queued messages"
+    );
+}
