@@ -127,6 +127,9 @@ fn run(
     runtime: &tokio::runtime::Handle,
 ) {
     let mut queue = CommitQueue::new(limits::COMMIT_BATCH_LEN_MAX, linger);
+    // Every sender is gone (the server is stopping): what lingers is committed at once, rather
+    // than waited for in a loop whose `recv` no longer blocks.
+    let mut closed = false;
     loop {
         if queue.is_empty() {
             match requests.blocking_recv() {
@@ -141,7 +144,12 @@ fn run(
                 Err(_) => break,
             }
         }
-        match queue.poll_batch(Instant::now()) {
+        let now = if closed {
+            Instant::now() + linger
+        } else {
+            Instant::now()
+        };
+        match queue.poll_batch(now) {
             Some(batch) => {
                 if publisher
                     .blocking_send(commit(batch, store, metrics))
@@ -159,8 +167,10 @@ fn run(
                 let next = runtime.block_on(async {
                     tokio::time::timeout_at(deadline.into(), requests.recv()).await
                 });
-                if let Ok(Some(request)) = next {
-                    queue.push(Instant::now(), request);
+                match next {
+                    Ok(Some(request)) => queue.push(Instant::now(), request),
+                    Ok(None) => closed = true,
+                    Err(_lingered) => {}
                 }
             }
         }
