@@ -121,7 +121,14 @@ struct Inner<P> {
     /// Each online user's connections, by slot; `None`: free (listed in `free`).
     online: Vec<Option<Online<P>>>,
     free: Vec<Slot>,
+    /// Credentials revoked in the last `REVOKED_KEPT`, and when: a connection that checked its
+    /// token just before the revocation and registers just after it is told at registration.
+    revoked: HashMap<u64, std::time::Instant>,
 }
+
+/// How long a revoked credential is remembered: far longer than any connection takes from
+/// checking its token to registering.
+const REVOKED_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl<P> Inner<P> {
     fn connections(&self, user_id: &UserId) -> Option<&Vec<ConnectionEntry<P>>> {
@@ -285,6 +292,7 @@ impl<P: Clone> Hub<P> {
                 users: Map::default(),
                 online: Vec::new(),
                 free: Vec::new(),
+                revoked: HashMap::new(),
             }),
             next_connection_id: AtomicU64::new(1),
             queue_len_max,
@@ -315,6 +323,10 @@ impl<P: Clone> Hub<P> {
         let (sender, receiver) = queue(self.queue_len_max);
         let slow = Arc::new(AtomicBool::new(false));
         let mut inner = self.write();
+        if credential != 0 && inner.revoked.contains_key(&credential) {
+            // An empty queue: this cannot fail.
+            sender.try_send(Event::Revoked);
+        }
         let version = inner.user(user_id).version;
         if let Some(connections) = inner.connections_mut(user_id) {
             connections.push(ConnectionEntry {
@@ -512,8 +524,8 @@ impl<P: Clone> Hub<P> {
     }
 
     /// The credential `credential` (non-zero) of `user_id` was revoked: its connections get
-    /// `Event::Revoked` (a full queue makes them slow consumers, which closes them too).
-    /// Returns how many were told.
+    /// `Event::Revoked` (a full queue makes them slow consumers, which closes them too), and so
+    /// does one that registers with it within `REVOKED_KEPT`. Returns how many were told now.
     pub fn revoke(&self, user_id: &UserId, credential: u64) -> usize {
         if credential == 0 {
             return 0;
@@ -521,7 +533,12 @@ impl<P: Clone> Hub<P> {
         let mut slow = Vec::new();
         let mut told = 0;
         {
-            let inner = self.read();
+            let mut inner = self.write();
+            let now = std::time::Instant::now();
+            inner
+                .revoked
+                .retain(|_, at| now.duration_since(*at) < REVOKED_KEPT);
+            inner.revoked.insert(credential, now);
             let Some(connections) = inner.connections(user_id) else {
                 return 0;
             };
@@ -707,6 +724,21 @@ mod tests {
         assert_eq!(hub.revoke(&alice, 0), 0, "credential 0 is not revocable");
         assert_eq!(drain(&mut phone), [Event::Revoked]);
         assert_eq!(drain(&mut laptop), []);
+        assert_eq!(drain(&mut app), []);
+    }
+
+    /// A connection that checked its token before a logout and registers after it (no
+    /// connection of the credential was there to tell) is told at registration.
+    #[test]
+    fn a_connection_registering_after_its_credential_was_revoked_is_told() {
+        let hub: Hub<u32> = Hub::new(4);
+        let alice = user("alice");
+        assert_eq!(hub.revoke(&alice, 7), 0, "nobody to tell yet");
+        let mut late = hub.register_with_credential(&alice, 7);
+        let mut other = hub.register_with_credential(&alice, 8);
+        let mut app = hub.register(&alice);
+        assert_eq!(drain(&mut late), [Event::Revoked]);
+        assert_eq!(drain(&mut other), []);
         assert_eq!(drain(&mut app), []);
     }
 
