@@ -464,8 +464,20 @@ async fn list_conversations(
     State(state): State<AppState>,
     caller: Caller,
     query: Result<Query<ConversationsQuery>, QueryRejection>,
-) -> Result<Json<ConversationList>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
+    // A whole listing is up to `conversations_per_user_max` conversations with their last
+    // messages: tens of megabytes. Built a few at a time, read and encoded in one turn.
+    let _turn = match query.limit {
+        None => Some(
+            state
+                .whole_listings
+                .acquire()
+                .await
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "listings are closed"))?,
+        ),
+        Some(_) => None,
+    };
     let limit = match query.limit {
         None => usize::MAX,
         limit => page_limit(limit, 0, limits::CONVERSATIONS_PAGE_MAX)?,
@@ -480,11 +492,23 @@ async fn list_conversations(
     })
     .await?;
     let next = next.map(|cursor| format!("{}.{}", cursor.activity.0, cursor.conversation_id));
-    Ok(Json(ConversationList {
+    let body = serde_json::to_vec(&ConversationList {
         conversations,
         next,
-    }))
+    })
+    .map_err(|_| ApiError::new(ErrorCode::Internal, "the listing did not encode"))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
+
+/// Unpaged conversation listings built at once; more wait their turn.
+pub(crate) const WHOLE_LISTINGS_MAX: usize = 2;
 
 /// Reads a listing's `next` (`activity.conversation_id`).
 fn parse_listing_cursor(text: &str) -> Result<ListingCursor, ApiError> {

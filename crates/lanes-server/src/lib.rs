@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     connections_by_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     /// One membership change of a conversation at a time (`http::MembershipLocks`).
     membership: http::MembershipLocks,
+    /// Unpaged conversation listings built at once (`http::WHOLE_LISTINGS_MAX`).
+    whole_listings: tokio::sync::Semaphore,
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     epoch: StoreEpoch,
@@ -276,6 +278,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServeError> {
         rate_limits,
         connections_by_ip: Arc::default(),
         membership: http::MembershipLocks::default(),
+        whole_listings: tokio::sync::Semaphore::new(http::WHOLE_LISTINGS_MAX),
         auth,
         connection_config: Arc::new(config.connection_config(epoch.clone())),
         config: Arc::new(config),
