@@ -320,15 +320,12 @@ async fn racing_removals_do_not_put_a_former_member_back() {
         // Published after the secret, so it reaches carol after anything of the group would.
         let marker = format!("marker-{round}");
         alice_ws.send_message(direct, &marker, &marker).await;
-        loop {
-            let frame = carol_ws.frame().await;
+        let (_, before) = carol_ws.until_message_body(&marker).await;
+        for frame in before {
             assert!(
                 frame["conversation_id"] != group || frame["type"] == "left",
                 "round {round}: carol got {frame} after leaving"
             );
-            if frame["type"] == "message" && frame["body"] == marker.as_str() {
-                break;
-            }
         }
     }
     server.assert_clean_log();
@@ -347,10 +344,7 @@ async fn a_member_connecting_while_removed_does_not_keep_the_group() {
     let group = http.group(&alice, "team", &["carol".to_owned()]).await;
     let (mut alice_ws, _) = RawWs::hello(&server.ws_url(), &alice, json!([]), None).await;
 
-    let mut blocker = rusqlite::Connection::open(server.data_dir().join("lanes.db")).unwrap();
-    let writes_wait = blocker
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .unwrap();
+    let writes_wait = common::WriteLock::take(&server);
     let kick = format!("/v1/conversations/{group}/members/carol");
     let removal = tokio::spawn({
         let http = Http::new(&server.base_url());
@@ -368,16 +362,13 @@ async fn a_member_connecting_while_removed_does_not_keep_the_group() {
         .send_message(group, "secret", "after the removal")
         .await;
     alice_ws.send_message(direct, "marker", "marker").await;
-    loop {
-        let frame = carol_ws.frame().await;
-        assert_ne!(
-            frame["body"], "after the removal",
-            "carol got a message sent after her removal"
-        );
-        if frame["type"] == "message" && frame["body"] == "marker" {
-            break;
-        }
-    }
+    let (_, before) = carol_ws.until_message_body("marker").await;
+    assert!(
+        before
+            .iter()
+            .all(|frame| frame["body"] != "after the removal"),
+        "carol got a message sent after her removal: {before:?}"
+    );
     server.assert_clean_log();
 }
 
@@ -423,17 +414,11 @@ async fn a_removal_racing_an_add_leaves_the_hub_as_the_store() {
         alice_ws.send_message(group, &secret, &secret).await;
         let marker = format!("marker-{round}");
         alice_ws.send_message(direct, &marker, &marker).await;
-        let mut got_secret = false;
-        loop {
-            let frame = carol_ws.frame().await;
-            // (A member put back also catches up on what it missed while out: earlier rounds'.)
-            if frame["type"] == "message" && frame["body"] == secret.as_str() {
-                got_secret = true;
-            }
-            if frame["type"] == "message" && frame["body"] == marker.as_str() {
-                break;
-            }
-        }
+        let (_, before) = carol_ws.until_message_body(&marker).await;
+        // (A member put back also catches up on what it missed while out: earlier rounds'.)
+        let got_secret = before
+            .iter()
+            .any(|frame| frame["type"] == "message" && frame["body"] == secret.as_str());
         assert_eq!(
             got_secret, member,
             "round {round}: carol is a member: {member}, got the message: {got_secret}"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Http, RawWs, Seen};
+use common::{Http, RawWs, Seen, WriteLock};
 use lanes_test_support::TestServer;
 use serde_json::{Value, json};
 
@@ -93,23 +93,6 @@ async fn sigterm_tells_clients_to_reconnect_and_exits_cleanly() {
         vec![(ack["seq"].as_u64().unwrap(), "before shutdown".to_owned())]
     );
     server.assert_clean_log();
-}
-
-/// Holds the store's write lock from outside the server for as long as it lives: the server's
-/// writes wait their busy timeout (5 s) and then fail, as on any store failure, while its reads
-/// go on.
-struct WriteLock {
-    _connection: rusqlite::Connection,
-}
-
-impl WriteLock {
-    fn take(server: &TestServer) -> WriteLock {
-        let connection = rusqlite::Connection::open(server.data_dir().join("lanes.db")).unwrap();
-        connection.execute_batch("BEGIN IMMEDIATE").unwrap();
-        WriteLock {
-            _connection: connection,
-        }
-    }
 }
 
 /// A read position that reaches the server while its store fails is not lost: it is stored,

@@ -299,6 +299,19 @@ impl RawWs {
         }
     }
 
+    /// Waits for the message whose body is `body`, returning the frames skipped on the way:
+    /// with a marker sent after what is checked, everything that could have come before it.
+    pub async fn until_message_body(&mut self, body: &str) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let frame = self.frame().await;
+            if frame["type"] == "message" && frame["body"] == body {
+                return (frame, skipped);
+            }
+            skipped.push(frame);
+        }
+    }
+
     /// Sends a message and waits for its ack (skipping other frames).
     pub async fn send_message(&mut self, conversation: u64, id: &str, body: &str) -> Value {
         self.send(json!({"type": "send", "client_msg_id": id, "conversation_id": conversation, "body": body})).await;
@@ -325,5 +338,22 @@ impl RawWs {
 
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
+    }
+}
+
+/// Holds the store's write lock from outside the server for as long as it lives: the server's
+/// writes wait (their busy timeout is 5 s, then they fail, as on any store failure), while its
+/// reads go on.
+pub struct WriteLock {
+    _connection: rusqlite::Connection,
+}
+
+impl WriteLock {
+    pub fn take(server: &lanes_test_support::TestServer) -> WriteLock {
+        let connection = rusqlite::Connection::open(server.data_dir().join("lanes.db")).unwrap();
+        connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+        WriteLock {
+            _connection: connection,
+        }
     }
 }
