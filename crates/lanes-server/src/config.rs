@@ -256,8 +256,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// How long a client may take to send a request's headers, in milliseconds.
     pub header_read_timeout_ms: u64,
-    /// How long a client may take to send a request's body once its handler is reached, in
-    /// milliseconds.
+    /// How long a client may take to send a request's body after its headers, in milliseconds.
     pub body_read_timeout_ms: u64,
 }
 
@@ -325,6 +324,7 @@ impl Config {
             &limits.connects,
             &limits.logins,
             &limits.signups,
+            &limits.memberships,
         ]
         .iter()
         .any(|rate| rate.per_sec == 0 || rate.burst == 0)

@@ -99,12 +99,12 @@ impl RateLimits {
         self.signups.check(&ip)
     }
 
-    /// Forgets buckets that are full again, so memory follows active keys only.
     /// A conversation created or a member added by `actor`.
     pub(crate) fn membership(&self, actor: &UserId) -> Result<(), ApiError> {
         self.memberships.check(actor)
     }
 
+    /// Forgets buckets that are full again, so memory follows active keys only.
     pub(crate) fn retain_recent(&self) {
         self.sends.retain_recent();
         self.receipts.retain_recent();

@@ -3,8 +3,8 @@
 //! highest position per member wins), stores it in one transaction (`Store::advance_markers`:
 //! monotonic, clamped to the head) and only then tells each conversation's online members, in
 //! one `receipts` frame per conversation. Positions a failed store did not take are kept and
-//! tried again (with the next flush, or after `RETRY_AFTER`). A member who hides read receipts has the read
-//! position left out of what the others receive. In a conversation of more than
+//! tried again (with the next flush, or after `RETRY_AFTER`). A member who hides read receipts
+//! has the read position left out of what the others receive. In a conversation of more than
 //! `receipts_members_max` members, a position goes only to its own user's devices, and only a
 //! read one (which syncs unread counts): sent to everyone, each message's receipts would cost
 //! members² frame entries.

@@ -425,7 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         cx: &mut std::task::Context<'_>,
         wants_read: bool,
-        mut timer: Option<&mut std::pin::Pin<&mut tokio::time::Sleep>>,
+        timer: Option<&mut std::pin::Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wake> {
         if let Some(wait) = &mut self.shutdown_wait
             && wait.as_mut().poll(cx).is_ready()
@@ -440,7 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if wants_read && let Poll::Ready(incoming) = self.wire.poll_next(cx) {
             return Poll::Ready(Wake::Incoming(incoming));
         }
-        if let Some(timer) = timer.as_mut()
+        if let Some(timer) = timer
             && timer.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Wake::Timeout);
