@@ -523,6 +523,12 @@ impl<P: Clone> Hub<P> {
         sent
     }
 
+    /// Whether `credential` (non-zero) was revoked in the last `REVOKED_KEPT`: for a long poll
+    /// that registered just after its session's logout, which must not answer with catch-up.
+    pub fn is_revoked(&self, credential: u64) -> bool {
+        credential != 0 && self.read().revoked.contains_key(&credential)
+    }
+
     /// The credential `credential` (non-zero) of `user_id` was revoked: its connections get
     /// `Event::Revoked` (a full queue makes them slow consumers, which closes them too), and so
     /// does one that registers with it within `REVOKED_KEPT`. Returns how many were told now.
@@ -740,6 +746,8 @@ mod tests {
         assert_eq!(drain(&mut late), [Event::Revoked]);
         assert_eq!(drain(&mut other), []);
         assert_eq!(drain(&mut app), []);
+        assert!(hub.is_revoked(7));
+        assert!(!hub.is_revoked(8) && !hub.is_revoked(0));
     }
 
     #[test]

@@ -243,6 +243,13 @@ async fn poll(
         user_id: user_id.clone(),
         connection_id: subscription.connection_id,
     };
+    // Its session was logged out between the token check and the registration: no answer.
+    if state.hub.is_revoked(credential) {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the session was revoked; log in again",
+        ));
+    }
     state
         .presence
         .connected(&user_id, subscription.connection_id);
