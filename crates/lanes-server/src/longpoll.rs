@@ -236,6 +236,15 @@ async fn poll(
     } else {
         Cursors::default()
     };
+    // Polls count with the user's WebSockets: each holds a registration and, answered, up to
+    // `EVENT_BYTES_MAX` until its client reads it.
+    let connections_max = state.config.websocket.connections_per_user_max;
+    if state.hub.connections_of(&user_id) >= connections_max {
+        return Err(ApiError::rate_limited(
+            "open connections and polls for this user",
+            Duration::from_secs(1),
+        ));
+    }
     let mut subscription = state.hub.register_with_credential(&user_id, credential);
     let _registration = Registration {
         hub: Arc::clone(&state.hub),

@@ -578,6 +578,48 @@ async fn a_backlog_of_large_messages_comes_in_pages_of_bounded_size() {
     server.assert_clean_log();
 }
 
+/// Waiting polls count with the user's WebSockets against `connections_per_user_max`: past
+/// it a poll is `429 rate_limited`, and once one ends there is room again.
+#[tokio::test]
+async fn polls_count_against_the_connections_per_user() {
+    let (server, http, _config) =
+        common::start_with_config("[websocket]\nconnections_per_user_max = 2\n");
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let conversation = http.direct(&alice, "bob").await;
+    let (_bob_ws, _) = RawWs::hello(&server.ws_url(), &bob, json!([]), None).await;
+    let waiting = tokio::spawn({
+        let mut poller = Poller::new(&http.base, &bob);
+        async move { poller.poll(10_000).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&bob),
+            Some(json!({"cursors": [], "timeout_ms": 0})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    http_send(&http, &alice, conversation, "m1", "wake up").await;
+    let events = waiting.await.unwrap();
+    assert_eq!(message_seqs(&events), [1]);
+    let (status, body) = http
+        .call(
+            "POST",
+            "/v1/events",
+            Some(&bob),
+            Some(json!({"cursors": [], "timeout_ms": 0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A waiting long poll hears that a group grew past `receipts_members_max`, as a WebSocket
 /// does (`large`), once.
 #[tokio::test]
