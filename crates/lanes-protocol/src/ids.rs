@@ -29,9 +29,10 @@ impl Seq {
     /// The position before any message.
     pub const ZERO: Seq = Seq(0);
 
-    /// The following position.
+    /// The following position. Saturates: a client's cursor may be `u64::MAX`, and no stored
+    /// seq ever follows it.
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        Seq(self.0.saturating_add(1))
     }
 }
 
@@ -191,6 +192,12 @@ impl fmt::Display for Seq {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seq_after_the_largest_cursor_does_not_overflow() {
+        assert_eq!(Seq(7).next(), Seq(8));
+        assert_eq!(Seq(u64::MAX).next(), Seq(u64::MAX));
+    }
 
     fn check_user(input: &str, ok: bool) {
         assert_eq!(UserId::parse(input).is_ok(), ok, "{input:?}");
