@@ -164,10 +164,16 @@ impl Authenticator {
         let ensured = user_id.clone();
         let now = now_millis();
         let password_account = blocking(&self.store, move |store| {
-            store.ensure_user(&ensured, now)?;
-            Ok(store
-                .user(&ensured)?
-                .is_some_and(|user| user.password_hash.is_some()))
+            let has_password =
+                |store: &dyn Store| Ok(store.user(&ensured)?.map(|u| u.password_hash.is_some()));
+            match has_password(store)? {
+                Some(has) => Ok(has),
+                // Created now, unless a registration won the race: read what stands.
+                None => {
+                    store.ensure_user(&ensured, now)?;
+                    Ok(has_password(store)?.unwrap_or(false))
+                }
+            }
         })
         .await?;
         // A password account and the application's user of the same id are never one account:

@@ -286,6 +286,22 @@ async fn non_members_cannot_send_read_or_receive() {
     server.assert_clean_log();
 }
 
+/// `sender` posts `body` (as `id`) to `group`, then a marker to `direct`: returns what `reader`
+/// received before the marker, which is everything of the group that could reach it (the
+/// hub publishes in commit order and a connection's queue is first in, first out).
+async fn before_a_marker(
+    sender: &mut RawWs,
+    reader: &mut RawWs,
+    (group, direct): (u64, u64),
+    id: &str,
+    body: &str,
+) -> Vec<Value> {
+    sender.send_message(group, id, body).await;
+    let marker = format!("marker-{id}");
+    sender.send_message(direct, &marker, &marker).await;
+    reader.until_message_body(&marker).await.1
+}
+
 /// Removals of one member that race (a leave sent twice, an owner's kick at the same time):
 /// the ones that lose find the member gone, and must not put them back in the hub, where they
 /// would keep receiving a conversation they are no longer in. Several rounds: the race is lost
@@ -314,13 +330,15 @@ async fn racing_removals_do_not_put_a_former_member_back() {
         let mut statuses = [first.0, second.0, third.0];
         statuses.sort_unstable();
         assert_eq!(statuses, [204, 404, 404], "one removal, round {round}");
-        alice_ws
-            .send_message(group, &format!("secret-{round}"), "carol has left")
-            .await;
-        // Published after the secret, so it reaches carol after anything of the group would.
-        let marker = format!("marker-{round}");
-        alice_ws.send_message(direct, &marker, &marker).await;
-        let (_, before) = carol_ws.until_message_body(&marker).await;
+        let secret = format!("secret-{round}");
+        let before = before_a_marker(
+            &mut alice_ws,
+            &mut carol_ws,
+            (group, direct),
+            &secret,
+            "carol has left",
+        )
+        .await;
         for frame in before {
             assert!(
                 frame["conversation_id"] != group || frame["type"] == "left",
@@ -358,11 +376,14 @@ async fn a_member_connecting_while_removed_does_not_keep_the_group() {
     drop(writes_wait);
     assert_eq!(removal.await.unwrap(), 204);
 
-    alice_ws
-        .send_message(group, "secret", "after the removal")
-        .await;
-    alice_ws.send_message(direct, "marker", "marker").await;
-    let (_, before) = carol_ws.until_message_body("marker").await;
+    let before = before_a_marker(
+        &mut alice_ws,
+        &mut carol_ws,
+        (group, direct),
+        "secret",
+        "after the removal",
+    )
+    .await;
     assert!(
         before
             .iter()
@@ -411,10 +432,14 @@ async fn a_removal_racing_an_add_leaves_the_hub_as_the_store() {
             other => panic!("round {round}: {other}"),
         };
         let secret = format!("secret-{round}");
-        alice_ws.send_message(group, &secret, &secret).await;
-        let marker = format!("marker-{round}");
-        alice_ws.send_message(direct, &marker, &marker).await;
-        let (_, before) = carol_ws.until_message_body(&marker).await;
+        let before = before_a_marker(
+            &mut alice_ws,
+            &mut carol_ws,
+            (group, direct),
+            &secret,
+            &secret,
+        )
+        .await;
         // (A member put back also catches up on what it missed while out: earlier rounds'.)
         let got_secret = before
             .iter()

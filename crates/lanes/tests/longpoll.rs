@@ -593,14 +593,15 @@ async fn polls_count_against_the_connections_per_user() {
         async move { poller.poll(10_000).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (status, body) = http
-        .call(
+    let poll_now = || {
+        http.call(
             "POST",
             "/v1/events",
             Some(&bob),
             Some(json!({"cursors": [], "timeout_ms": 0})),
         )
-        .await;
+    };
+    let (status, body) = poll_now().await;
     assert_eq!(
         (status, body["code"].as_str()),
         (429, Some("rate_limited")),
@@ -609,14 +610,7 @@ async fn polls_count_against_the_connections_per_user() {
     http_send(&http, &alice, conversation, "m1", "wake up").await;
     let events = waiting.await.unwrap();
     assert_eq!(message_seqs(&events), [1]);
-    let (status, body) = http
-        .call(
-            "POST",
-            "/v1/events",
-            Some(&bob),
-            Some(json!({"cursors": [], "timeout_ms": 0})),
-        )
-        .await;
+    let (status, body) = poll_now().await;
     assert_eq!(status, 200, "{body}");
 }
 
