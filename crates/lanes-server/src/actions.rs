@@ -39,9 +39,21 @@ fn conversation(path: Result<Path<u64>, PathRejection>) -> Result<ConversationId
     Ok(ConversationId(id))
 }
 
-/// Validates, commits and waits for the outcome of one lane event. Users' events are
-/// rate-limited per user; the admin API's `@system` posts are not (its key holder is trusted,
-/// and every backend's posts to every conversation share that one sender).
+/// A user's lane event: rate-limited per user, then `append`.
+async fn append_by_user(
+    state: &AppState,
+    sender_id: UserId,
+    client_msg_id: ClientMsgId,
+    conversation_id: ConversationId,
+    content: Content,
+) -> Result<Json<AckFrame>, ApiError> {
+    state.rate_limits.send(&sender_id)?;
+    append(state, sender_id, client_msg_id, conversation_id, content).await
+}
+
+/// Validates, commits and waits for the outcome of one lane event. Not rate-limited: users'
+/// events come through `append_by_user`; the admin API's `@system` posts are not limited (its
+/// key holder is trusted, and every backend's posts to every conversation share that sender).
 pub(crate) async fn append(
     state: &AppState,
     sender_id: UserId,
@@ -49,9 +61,6 @@ pub(crate) async fn append(
     conversation_id: ConversationId,
     content: Content,
 ) -> Result<Json<AckFrame>, ApiError> {
-    if sender_id.as_str() != lanes_protocol::SYSTEM_USER_ID {
-        state.rate_limits.send(&sender_id)?;
-    }
     let valid = lanes_core::validate::send(
         client_msg_id,
         conversation_id,
@@ -120,7 +129,7 @@ pub(crate) async fn send(
         body: send.body,
         reply_to: send.reply_to,
     };
-    append(
+    append_by_user(
         &state,
         caller.user_id,
         send.client_msg_id,
@@ -172,7 +181,7 @@ pub(crate) async fn edit(
         target_seq,
         body: edit.body,
     };
-    append(
+    append_by_user(
         &state,
         caller.user_id,
         edit.client_msg_id,
@@ -221,7 +230,7 @@ pub(crate) async fn delete(
 ) -> Result<Json<AckFrame>, ApiError> {
     let (conversation_id, target_seq) = conversation_and_seq(path)?;
     let Json(delete) = body?;
-    append(
+    append_by_user(
         &state,
         caller.user_id,
         delete.client_msg_id,
@@ -275,7 +284,7 @@ pub(crate) async fn react(
         emoji: react.emoji,
         add: !react.remove,
     };
-    append(
+    append_by_user(
         &state,
         caller.user_id,
         react.client_msg_id,
